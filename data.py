@@ -1,0 +1,662 @@
+"""Text in, integers out: corpora, tokenizers, batches, and the one metric that compares them.
+
+A language model never sees text, only integers. This file is everything between a pile of text
+and the (B, T) tensors of token ids that model.py consumes:
+
+    corpus      one long string of text to learn from. `pydocs` (the default) needs no network:
+                the English documentation that ships inside every Python (the pydoc topics plus
+                the docstrings of the standard library). `shakespeare` is nanoGPT's 1 MB classic.
+    tokenizer   turns a string into a list of token ids and back, losslessly. All three here are
+                byte-level: text -> UTF-8 bytes -> tokens, so any string round-trips. `bytes` has
+                one token per byte (256); `bpe:N` learns N-256 merges of frequent adjacent pairs
+                (byte pair encoding, Sennrich et al. 2016, applied to bytes as in GPT-2, Radford
+                et al. 2019); `gpt2` is GPT-2's own 50,000 merges. Four special tokens sit on top
+                of every vocabulary: <|endoftext|> <|mask|> <|cls|> <|pad|> at ids n_ordinary+0..3.
+    dataset     the corpus split 90/10 by characters (first 90% train, last 10% validation, as
+                nanoGPT, so the validation text is unseen and contiguous), each part encoded once
+                and cached on disk as a flat array of token ids (np.memmap).
+    batch       B random windows of T+1 consecutive tokens: x is the first T, y the last T, so
+                y[b, t] is the token that follows x[b, :t+1], the target of next-token prediction.
+
+Why bits per byte. The loss is nats per *token*, and a token means something different for each
+tokenizer: a bytes token is one byte, a bpe:4096 token is about four. To compare runs with
+different tokenizers, convert to the information per unit of the underlying text:
+
+    bits per byte = (nats per token / ln 2) * (tokens / bytes)
+
+Total nats over the validation text are the same quantity whatever the tokenization (the
+probability the model gives the text), so dividing by the byte count gives a tokenizer-free
+number; per character works the same way (Shannon 1951 measured English in bits per character).
+
+Read in this order: locations (where files come from), corpora, tokenizers (the BPE trainer is the
+lesson), encoded datasets, batches and bits_per_unit, labelled sets for fine-tuning.
+"""
+import ast
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import re
+import sys
+import sysconfig
+import time
+import urllib.request
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import torch
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|mask|>", "<|cls|>", "<|pad|>")  # ids n_ordinary + 0..3
+# GPT-2's pre-tokenization pattern, as tiktoken writes it (r50k_base): the possessive `++` and the
+# `\s++$|...|\s` tail only make it faster; it splits exactly like GPT-2's original
+# 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# The same split in the stdlib `re`, which has no \p{L}: a letter is a word character that is not
+# a digit or "_" ([^\W\d_]), a number is \d, the rest is "not space, letter or digit". It differs
+# from \p{L}/\p{N} only on rare characters (e.g. "²" counts as a letter); that can only make the
+# BPE trainer's pieces differ a little from tiktoken's, never break a round trip. (On the pydocs
+# training text the two give identical pieces: 17,408 distinct, checked against `regex`.)
+SPLIT_RE = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
+VAL_FRACTION = 0.1         # nanoGPT's split: first 90% of characters train, last 10% validate
+PYDOCS_VERSION = 1         # bump when the pydocs recipe changes, so old caches are not reused
+MIN_DOCSTRING = 40         # shorter docstrings ("Return self.") are boilerplate, not prose
+# pydocs-topic classes: a docstring's label is the stdlib package it lives in. Six areas with
+# about 200+ docstrings each on Python 3.11 (smallest: xml), so balanced splits stay usable.
+TOPIC_AREAS = {"asyncio": ("asyncio",), "email": ("email",), "http": ("http", "urllib"),
+               "logging": ("logging",), "tkinter": ("tkinter",), "xml": ("xml",)}
+# Files we can download: name in a data dir -> (canonical url, sha256 of the file, zip member).
+SST2 = "https://raw.githubusercontent.com/clairett/pytorch-sentiment-classification/master/data/SST2/"
+SOURCES = {
+    "tinyshakespeare.txt": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                            "tinyshakespeare/input.txt",
+                            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", None),
+    "gpt2/gpt2.tiktoken": ("https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
+                           "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930", None),
+    "sst2/train.tsv": (SST2 + "train.tsv", "ec192f833a64da08f475488a77b0d0b47db47acd0f458bd18433fc793b569920", None),
+    "sst2/dev.tsv": (SST2 + "dev.tsv", "eddea6b39e601dd4e7a672b53cc40fdf6019fa80522f351206c24340ca5d9359", None),
+    "sst2/test.tsv": (SST2 + "test.tsv", "831169c7e2e429d6026e1bdbb542f33b636e3e596caad9602ebc953c205928b7", None),
+    "sms_spam/SMSSpamCollection": ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+                                   "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+                                   "SMSSpamCollection"),
+}
+
+
+class UserError(Exception):
+    """Bad input a user can fix. One line: what is wrong; how to fix it. CLIs print it and exit 2."""
+
+
+# ----------------------------------------------------------------------------- locations
+# Files are looked for in the data dir (--data-dir, else $PTFT_DATA_DIR), then in the cache
+# (--cache-dir, else $PTFT_CACHE_DIR, else ~/.cache/ptft), and only then downloaded into the cache.
+
+def resolve_cache_dir(cache_dir=None):
+    return Path(cache_dir or os.environ.get("PTFT_CACHE_DIR") or "~/.cache/ptft").expanduser()
+
+
+def fingerprint(data):
+    """First 12 hex digits of sha256: short enough to read, long enough never to collide here."""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()[:12]
+
+
+def write_atomic(path, data):
+    """Write bytes so that a reader sees the old file or the whole new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def find_data_file(relative_names, data_dir=None, cache_dir=None):
+    """The first existing `root/name` over roots (data dir, cache) and names, else None."""
+    data_dir = data_dir or os.environ.get("PTFT_DATA_DIR")
+    if data_dir and not Path(data_dir).is_dir():
+        raise UserError(f"data dir {data_dir} is not a directory; check --data-dir / PTFT_DATA_DIR")
+    roots = [Path(data_dir)] if data_dir else []
+    roots.append(resolve_cache_dir(cache_dir) / "data")
+    for root in roots:
+        for name in relative_names:
+            if (root / name).is_file():
+                return root / name
+    return None
+
+
+def download(url, sha256, dest, member=None):
+    """Fetch url (extracting `member` if it is a zip), check its sha256, write it atomically."""
+    with urllib.request.urlopen(url, timeout=60) as response:
+        payload = response.read()
+    if member is not None:
+        payload = zipfile.ZipFile(io.BytesIO(payload)).read(member)
+    got = hashlib.sha256(payload).hexdigest()
+    if got != sha256:
+        raise UserError(f"{url}: sha256 {got} is not the expected {sha256}; the download is corrupt "
+                        f"or the file changed upstream; get the original and pass --data-dir DIR")
+    write_atomic(dest, payload)
+
+
+def obtain_data_file(name, data_dir=None, cache_dir=None, also=()):
+    """A file of SOURCES: found (as `name` or one of `also`), else downloaded into the cache,
+    else one UserError that says what to do."""
+    found = find_data_file((name, *also), data_dir, cache_dir)
+    if found is not None:
+        return found
+    dest = resolve_cache_dir(cache_dir) / "data" / name
+    try:
+        download(*SOURCES[name][:2], dest, member=SOURCES[name][2])
+    except UserError:
+        raise
+    except Exception as e:  # offline, timeout, HTTP error, bad zip: all mean "get it another way"
+        searched = data_dir or os.environ.get("PTFT_DATA_DIR") or "(none given)"
+        raise UserError(f"{name} not found in data dir {searched} and download failed "
+                        f"({type(e).__name__}: {e}); put the file in a data directory and pass "
+                        f"--data-dir DIR or set PTFT_DATA_DIR") from None
+    return dest
+
+
+def read_text(path):
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 (bad byte at offset {e.start}); convert it, "
+                        f"e.g. iconv -f latin1 -t utf-8") from None
+
+
+# ----------------------------------------------------------------------------- corpora
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    text: str
+    fingerprint: str  # first 12 hex of sha256(text): names the exact text a result came from
+
+    def __repr__(self):  # never print 2 MB by accident
+        return f"Corpus({self.name!r}, {len(self.text):,} chars, {self.fingerprint})"
+
+
+def summary_line(text):
+    return text.split("\n", 1)[0]
+
+
+def topic_split(text):
+    """Train/dev/test (70/15/15) from a hash of the summary line (PEP 257's first line): stable
+    across runs and machines, and near-duplicates (an override that repeats its parent's summary
+    and adds a paragraph) fall in the same split instead of leaking across splits."""
+    bucket = int(hashlib.sha256(summary_line(text).encode("utf-8")).hexdigest()[:8], 16) % 100
+    return "train" if bucket < 70 else "dev" if bucket < 85 else "test"
+
+
+def documented_nodes(node):
+    """Module, classes and functions in source order. Only statement lists are walked: docstrings
+    never hide inside expressions, and skipping those makes this ~6x faster than ast.walk."""
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        yield node
+    for field in ("body", "orelse", "handlers", "finalbody", "cases"):  # if/try/with/match nest too
+        children = getattr(node, field, None)
+        if isinstance(children, list):
+            for child in children:
+                yield from documented_nodes(child)
+
+
+def collect_pydocs():
+    """[(source, text)]: pydoc topics sorted by key, then stdlib docstrings by path, deduplicated."""
+    from pydoc_data.topics import topics
+    docs = [(f"topic:{key}", topics[key].strip()) for key in sorted(topics)]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "site-packages", "__pycache__"}
+    paths = []
+    for folder, subfolders, files in os.walk(stdlib):
+        subfolders[:] = [s for s in subfolders if s not in skip]  # prune: never descend into them
+        paths += [Path(folder) / f for f in files if f.endswith(".py")]
+    for path in sorted(paths):
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):  # py2-only files, bad encodings: not documentation
+            continue
+        for node in documented_nodes(tree):
+            doc = ast.get_docstring(node, clean=True)  # clean=True: inspect.cleandoc
+            if doc and len(doc) >= MIN_DOCSTRING:
+                docs.append((path.relative_to(stdlib).as_posix(), doc))
+    unique, seen = [], set()
+    for source, text in docs:  # the same text twice (inherited or copied docstrings): keep the first
+        if text not in seen:
+            seen.add(text)
+            unique.append((source, text))
+    return unique
+
+
+def topic_of(source):
+    top = source.split("/")[0]
+    return next((label for label, tops in TOPIC_AREAS.items() if top in tops), None)
+
+
+def pydocs_paths(cache_dir=None, verbose=False):
+    """Build (once per Python version) the pydocs corpus text and the pydocs-topic labelled set.
+
+    Both come from one collect_pydocs() so that the docstrings held out for the topic dev/test
+    splits can be dropped from the pretraining text: pretraining never reads evaluation text.
+    """
+    base = resolve_cache_dir(cache_dir) / "corpora"
+    tag = f"py{'.'.join(map(str, sys.version_info[:3]))}-v{PYDOCS_VERSION}"
+    corpus_path, topic_path = base / f"pydocs-{tag}.txt", base / f"pydocs-topic-{tag}.json"
+    if corpus_path.exists() and topic_path.exists():
+        return corpus_path, topic_path
+    start = time.time()
+    docs = collect_pydocs()
+    labelled = {"train": [], "dev": [], "test": []}
+    for source, text in docs:
+        if topic_of(source) is not None:
+            labelled[topic_split(text)].append((text, sorted(TOPIC_AREAS).index(topic_of(source))))
+    # Hold out by summary line: drops the dev/test docstrings and any near-duplicate of them.
+    held_out = {summary_line(text) for split in ("dev", "test") for text, _ in labelled[split]}
+    corpus_text = "\n\n".join(text for _, text in docs if summary_line(text) not in held_out)
+    rng = random.Random(0)
+    for split, examples in labelled.items():  # balance: every class cut to the smallest one
+        by_label = [[e for e in examples if e[1] == k] for k in range(len(TOPIC_AREAS))]
+        n = min(len(group) for group in by_label)
+        labelled[split] = [e for group in by_label for e in rng.sample(group, n)]
+        rng.shuffle(labelled[split])
+    write_atomic(topic_path, json.dumps(dict(labelled, label_names=sorted(TOPIC_AREAS))).encode())
+    write_atomic(corpus_path, corpus_text.encode("utf-8"))
+    if verbose:
+        print(f"built pydocs: {len(corpus_text.encode()) / 1e6:.2f} MB, fingerprint "
+              f"{fingerprint(corpus_text)}, {len(held_out)} topic dev/test summaries held out, "
+              f"{time.time() - start:.1f} s -> {corpus_path}")
+    return corpus_path, topic_path
+
+
+def load_corpus(name, data_dir=None, cache_dir=None, verbose=False):
+    """A built-in corpus ("pydocs", "shakespeare") or a .txt file / folder of .txt files."""
+    if name == "pydocs":
+        path = pydocs_paths(cache_dir, verbose)[0]
+        text = read_text(path)
+    elif name == "shakespeare":
+        text = read_text(obtain_data_file("tinyshakespeare.txt", data_dir, cache_dir))
+    elif Path(name).is_dir():
+        files = sorted(Path(name).rglob("*.txt"))
+        if not files:
+            raise UserError(f"corpus folder {name} has no .txt files; add some or pass a .txt file")
+        text = "\n\n".join(read_text(f) for f in files)
+    elif Path(name).is_file():
+        text = read_text(name)
+    elif os.sep in name or "/" in name or name.endswith(".txt"):
+        raise UserError(f"corpus file {name} does not exist; check the path")
+    else:
+        raise UserError(f"unknown corpus {name!r}; use pydocs, shakespeare, or a path to a .txt "
+                        f"file or a folder of .txt files")
+    if not text.strip():
+        raise UserError(f"corpus {name} is empty; give it some text")
+    return Corpus(name, text, fingerprint(text))
+
+
+# ----------------------------------------------------------------------------- tokenizers
+# Every tokenizer is a tiktoken.Encoding: a table `mergeable ranks` {token bytes: id}, the split
+# pattern above, and our special tokens. tiktoken encodes by splitting text into pieces with the
+# pattern, then inside each piece repeatedly merging the adjacent pair whose concatenation has the
+# lowest rank: with ranks in the order a BPE trainer learned its merges, that replays the merges.
+
+def make_encoding(name, ranks):
+    n = len(ranks)
+    enc = tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)})
+    probe = "héllo, 世界 🙂\n\tend  of\r\n  text 'll ²"
+    assert enc.decode(enc.encode_ordinary(probe)) == probe, f"tokenizer {name} does not round-trip"
+    return enc
+
+
+def special_ids(enc):
+    return dict(zip(("eot", "mask", "cls", "pad"), map(enc.encode_single_token, SPECIAL_TOKENS)))
+
+
+def n_ordinary(enc):
+    """Number of ordinary (mergeable) tokens; the specials are the ids right after them."""
+    return special_ids(enc)["eot"]
+
+
+def ranks_text(ranks):
+    """tiktoken's ranks format: one `base64(token bytes) rank` line per token, by rank."""
+    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1]))
+
+
+def parse_ranks(text, source):
+    """The inverse of ranks_text, checked: ranks 0..n-1 including all 256 single bytes. (We do not
+    use tiktoken.load.load_tiktoken_bpe: it keeps a hidden copy in /tmp/data-gym-cache keyed by the
+    file's path and serves that stale copy when the file at the same path changes.)"""
+    ranks = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise UserError(f"{source} line {number} is not 'base64-token rank'; "
+                            f"replace it with a valid tiktoken ranks file") from None
+    if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
+        raise UserError(f"{source}: ranks must be 0..n-1 and include all 256 single bytes; "
+                        f"replace it with a valid tiktoken ranks file")
+    return ranks
+
+
+def tokenizer_state(enc):
+    """Everything needed to rebuild enc (plain strings: safe for weights_only checkpoints)."""
+    return dict(name=enc.name, ranks=ranks_text({enc.decode_single_token_bytes(i): i
+                                                 for i in range(n_ordinary(enc))}))
+
+
+def tokenizer_from_state(state):
+    return make_encoding(state["name"], parse_ranks(state["ranks"], "checkpoint tokenizer"))
+
+
+def tokenizer_identity(enc):
+    """Name, size and a fingerprint of the exact vocabulary (ordinary tokens in id order, then the
+    specials), recorded with every dataset and checkpoint. All encodings here share GPT2_PATTERN,
+    so the vocabulary determines the tokenization."""
+    blob = tokenizer_state(enc)["ranks"] + "\n".join(SPECIAL_TOKENS)
+    return dict(name=enc.name, n_vocab=enc.n_vocab, fingerprint=fingerprint(blob))
+
+
+def merge_pair(word, a, b, new):
+    """Replace every adjacent (a, b) in word (left to right) by the single token `new`."""
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+            out.append(new)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+def train_bpe(text, vocab_size):
+    """Byte-level BPE (Sennrich et al. 2016; on bytes as in GPT-2, Radford et al. 2019).
+
+    Start from the 256 byte tokens; repeat: count every adjacent pair of tokens in the text, merge
+    the most frequent pair into a new token. Frequent strings ("the", " def", "\\n    ") become
+    single tokens, so text gets shorter in tokens while staying exactly recoverable.
+    Returns {token bytes: rank}, ranks in the order the merges were learned.
+
+    Efficiency, the two classic tricks: (1) merges never cross pre-token boundaries (SPLIT_RE), so
+    count each distinct pre-token ("word") once, weighted by its frequency; (2) keep pair counts
+    and an index pair -> words containing it, and after each merge update only the words that
+    contained the merged pair, instead of recounting the whole text.
+    """
+    counts = Counter(SPLIT_RE.findall(text))
+    words = [list(w.encode("utf-8")) for w in counts]   # each word as a list of token ids
+    freqs = list(counts.values())
+    token_bytes = [bytes([i]) for i in range(256)]       # id -> bytes
+    ids = {t: i for i, t in enumerate(token_bytes)}      # bytes -> id
+    pair_counts, where = defaultdict(int), defaultdict(set)
+    for w, (word, freq) in enumerate(zip(words, freqs)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freq
+            where[pair].add(w)
+    # Max-heap of pairs by (count desc, then the smaller pair of byte strings: a deterministic tie
+    # break). Stale entries (the count changed since the push) are skipped when popped.
+    heap = [(-c, token_bytes[a], token_bytes[b], a, b) for (a, b), c in pair_counts.items()]
+    heapify(heap)
+    while len(ids) < vocab_size:
+        while heap and pair_counts.get(heap[0][3:], 0) != -heap[0][0]:
+            heappop(heap)
+        if not heap:
+            raise UserError(f"bpe:{vocab_size}: the training text allows only {len(ids)} tokens; "
+                            f"use a smaller N or a larger corpus")
+        _, bytes_a, bytes_b, a, b = heappop(heap)
+        # Two different merges can spell the same bytes ("a"+"bc", "ab"+"c"): reuse that token.
+        new = ids.setdefault(bytes_a + bytes_b, len(ids))
+        if new == len(token_bytes):
+            token_bytes.append(bytes_a + bytes_b)
+        delta = defaultdict(int)
+        for w in where.pop((a, b)):
+            old, freq = words[w], freqs[w]
+            words[w] = merge_pair(old, a, b, new)
+            for pair in zip(old, old[1:]):
+                delta[pair] -= freq
+            for pair in zip(words[w], words[w][1:]):
+                delta[pair] += freq
+                where[pair].add(w)  # words that lost a pair stay indexed: harmless, merge no-ops
+        for pair, d in delta.items():
+            if d:
+                pair_counts[pair] += d
+                if pair_counts[pair] > 0:
+                    heappush(heap, (-pair_counts[pair], token_bytes[pair[0]], token_bytes[pair[1]]) + pair)
+        pair_counts.pop((a, b), None)
+    return {t: i for i, t in enumerate(token_bytes)}
+
+
+def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False):
+    """"bytes", "gpt2" (offline from gpt2.tiktoken in the data dir) or "bpe:N" trained on `text`."""
+    if name == "bytes":
+        return make_encoding("bytes", {bytes([i]): i for i in range(256)})
+    if name == "gpt2":
+        path = obtain_data_file("gpt2/gpt2.tiktoken", data_dir, cache_dir, also=("gpt2.tiktoken",))
+        return make_encoding("gpt2", parse_ranks(read_text(path), path))
+    if name.startswith("bpe:"):
+        size = name[4:]
+        if not (size.isascii() and size.isdigit()) or int(size) < 256:
+            raise UserError(f"tokenizer {name}: N must be an integer >= 256 (the byte tokens), "
+                            f"e.g. bpe:4096")
+        if text is None:
+            raise ValueError(f"{name} is learned from a text: pass text= (the training split)")
+        key = f"bpe{int(size)}-{fingerprint(text)}"
+        path = resolve_cache_dir(cache_dir) / "tokenizers" / f"{key}.tiktoken"
+        if not path.exists():
+            start = time.time()
+            write_atomic(path, ranks_text(train_bpe(text, int(size))).encode())
+            if verbose:
+                print(f"trained {name} on {len(text):,} chars in {time.time() - start:.1f} s -> {path}")
+        enc = make_encoding(key, parse_ranks(read_text(path), path))
+        sample = text[:20_000]
+        assert enc.decode(enc.encode_ordinary(sample)) == sample, f"{path} does not round-trip"
+        return enc
+    raise UserError(f"unknown tokenizer {name!r}; use bytes, gpt2 or bpe:N (e.g. bpe:4096)")
+
+
+# ----------------------------------------------------------------------------- encoded datasets
+
+@dataclass
+class Dataset:
+    train: np.ndarray  # np.memmap of token ids, uint16 (or uint32 past 65,536 tokens)
+    val: np.ndarray
+    enc: tiktoken.Encoding
+    corpus: dict       # name, fingerprint
+    meta: dict         # token/byte/char counts, dtype, corpus and tokenizer identity
+
+
+def encode_text(enc, text, chunk_chars=1 << 18):
+    """enc.encode_ordinary(text) as a numpy array, encoded in parallel chunks.
+
+    Chunks are cut only at a newline that follows a non-space character: no piece of the split
+    pattern can span such a point, so the result equals encoding the whole text at once.
+    """
+    pieces, start = [], 0
+    while len(text) - start > chunk_chars:
+        cut = text.find("\n", start + chunk_chars)
+        while cut != -1 and text[cut - 1].isspace():
+            cut = text.find("\n", cut + 1)
+        if cut == -1:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    encoded = enc.encode_ordinary_batch(pieces, num_threads=min(8, os.cpu_count() or 1))
+    return np.fromiter((t for piece in encoded for t in piece), dtype=np.int64)
+
+
+def prepare_dataset(corpus_name, tokenizer_name, data_dir=None, cache_dir=None, verbose=True):
+    """Load a corpus, split it 90/10 by characters, encode both parts once, memory-map them.
+
+    The cache key is (corpus fingerprint, tokenizer fingerprint): change either and it re-encodes.
+    bpe:N is trained on the train part only, so the tokenizer never saw the validation text.
+    """
+    corpus = load_corpus(corpus_name, data_dir, cache_dir, verbose)
+    cut = int(len(corpus.text) * (1 - VAL_FRACTION))
+    parts = {"train": corpus.text[:cut], "val": corpus.text[cut:]}
+    enc = get_tokenizer(tokenizer_name, parts["train"], cache_dir, data_dir, verbose)
+    identity = tokenizer_identity(enc)
+    safe_name = re.sub(r"[^\w.-]", "_", Path(corpus.name).name)
+    folder = resolve_cache_dir(cache_dir) / "datasets" / f"{safe_name}-{corpus.fingerprint}-{identity['fingerprint']}"
+    cached = (folder / "meta.json").exists()  # written last: its presence means the rest is whole
+    if not cached:
+        dtype = "uint16" if enc.n_vocab <= 1 << 16 else "uint32"
+        meta = dict(corpus=dict(name=corpus.name, fingerprint=corpus.fingerprint),
+                    tokenizer=identity, dtype=dtype)
+        for split, text in parts.items():
+            tokens = encode_text(enc, text).astype(dtype)
+            write_atomic(folder / f"{split}.bin", tokens.tobytes())
+            meta.update({f"n_{split}_tokens": len(tokens), f"{split}_chars": len(text),
+                         f"{split}_bytes": len(text.encode("utf-8"))})
+        write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["tokenizer"] = identity  # same vocabulary, maybe another name (bpe:256 is bytes)
+    arrays = {split: np.memmap(folder / f"{split}.bin", dtype=meta["dtype"], mode="r")
+              if meta[f"n_{split}_tokens"] else np.zeros(0, meta["dtype"]) for split in parts}
+    if verbose:
+        n_tokens = meta["n_train_tokens"] + meta["n_val_tokens"]
+        print(f"{corpus.name}: {len(corpus.text.encode()) / 1e6:.2f} MB, fingerprint "
+              f"{corpus.fingerprint} | {enc.name} ({enc.n_vocab} tokens): {meta['n_train_tokens']:,} "
+              f"train + {meta['n_val_tokens']:,} val tokens, "
+              f"{(meta['train_bytes'] + meta['val_bytes']) / max(n_tokens, 1):.2f} bytes/token"
+              f"{' (cached)' if cached else ''}")
+    return Dataset(arrays["train"], arrays["val"], enc, meta["corpus"], meta)
+
+
+def check_fits(dataset, block_size):
+    """A window needs block_size + 1 tokens (inputs plus the shifted targets)."""
+    for split, tokens in (("validation", dataset.val), ("training", dataset.train)):
+        if len(tokens) < block_size + 1:
+            raise UserError(f"corpus too short: {len(tokens)} {split} tokens, need at least "
+                            f"block_size+1 = {block_size + 1}; use a larger corpus or a smaller --block-size")
+
+
+# ----------------------------------------------------------------------------- batches and the metric
+
+def get_batch(tokens, batch_size, block_size, device, generator):
+    """B random windows: x (B, T) and y (B, T) int64 with y[:, t] = x[:, t + 1] in the text.
+
+    Start positions come from the CPU `generator`, so saving its state saves where the data
+    stream is; resuming with it reproduces the same batches.
+    """
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = starts.numpy()[:, None] + np.arange(block_size + 1)                     # (B, T+1)
+    window = torch.from_numpy(np.asarray(tokens[offsets]).astype(np.int64))            # one gather
+    x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()                     # (B, T) each
+    if torch.device(device).type == "cuda":  # pinned memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def bits_per_unit(nats_per_token, n_tokens, n_units):
+    """Mean loss per token -> bits per byte (n_units = bytes) or per character (n_units = chars).
+
+        bits/unit = nats_per_token / ln 2 * n_tokens / n_units
+
+    e.g. 1.0 nat/token over 1,000 tokens that spell 4,000 bytes = 1.4427 * 0.25 = 0.361 bits/byte.
+    """
+    return nats_per_token / math.log(2) * n_tokens / n_units
+
+
+# (Masked-LM corruption of a batch, mask_tokens, is added here by the MLM lesson.)
+
+
+# ----------------------------------------------------------------------------- labelled sets
+
+@dataclass
+class LabelledSet:
+    name: str
+    train: list        # [(text, label id)]
+    dev: list
+    test: list
+    label_names: list  # label id -> name
+
+
+def read_tsv(path, label_first=False):
+    """[(text, label string)] from `text<TAB>label` lines (`label<TAB>text` if label_first).
+    Blank lines are skipped; any other line without both parts is an error naming its number."""
+    rows, bad = [], []
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        if label_first:
+            label, tab, text = line.partition("\t")
+        else:
+            text, tab, label = line.rpartition("\t")  # last column is the label; text may hold tabs
+        if not (tab and text.strip() and label.strip()):
+            bad.append(number)
+        rows.append((text.strip(), label.strip()))
+    if bad:
+        raise UserError(f"{path}: malformed line(s) {', '.join(map(str, bad[:5]))}"
+                        f"{' ...' if len(bad) > 5 else ''}; each line must be "
+                        f"{'label<TAB>text' if label_first else 'text<TAB>label'}, both non-empty")
+    if not rows:
+        raise UserError(f"{path} has no rows; add text<TAB>label lines")
+    return rows
+
+
+def stratified_split(rows, name, seed=0):
+    """No official split: 80/10/10 within each class (seeded), so every split keeps the class mix."""
+    label_names = sorted({label for _, label in rows})
+    if len(label_names) < 2:
+        raise UserError(f"{name}: only one label ({label_names[0]}); a classifier needs at least two")
+    rng, splits = random.Random(seed), {"train": [], "dev": [], "test": []}
+    for k, label in enumerate(label_names):
+        examples = [(text, k) for text, lab in rows if lab == label]
+        rng.shuffle(examples)
+        n_train, n_dev = round(0.8 * len(examples)), round(0.1 * len(examples))
+        splits["train"] += examples[:n_train]
+        splits["dev"] += examples[n_train:n_train + n_dev]
+        splits["test"] += examples[n_train + n_dev:]
+    if not (splits["dev"] and splits["test"]):
+        raise UserError(f"{name}: {len(rows)} rows are too few for an 80/10/10 split; add more rows")
+    for examples in splits.values():
+        rng.shuffle(examples)
+    return LabelledSet(name, label_names=label_names, **splits)
+
+
+def load_labelled(name, data_dir=None, cache_dir=None):
+    """"pydocs-topic" (offline), "sst2", "sms-spam", or a path to a text<TAB>label .tsv file."""
+    if name == "pydocs-topic":
+        stored = json.loads(pydocs_paths(cache_dir)[1].read_text("utf-8"))
+        return LabelledSet(name, *([tuple(e) for e in stored[s]] for s in ("train", "dev", "test")),
+                           label_names=stored["label_names"])
+    if name == "sst2":  # the official split (Socher et al. 2013, sentence level): labels 0/1
+        splits = {}
+        for split in ("train", "dev", "test"):
+            path = obtain_data_file(f"sst2/{split}.tsv", data_dir, cache_dir)
+            rows = read_tsv(path)
+            if any(label not in ("0", "1") for _, label in rows):
+                raise UserError(f"{path}: labels must be 0 or 1; use the original SST-2 files")
+            splits[split] = [(text, int(label)) for text, label in rows]
+        return LabelledSet(name, label_names=["negative", "positive"], **splits)
+    if name == "sms-spam":  # UCI SMS Spam Collection (Almeida & Hidalgo 2011): ham|spam<TAB>text
+        path = obtain_data_file("sms_spam/SMSSpamCollection", data_dir, cache_dir)
+        return stratified_split(read_tsv(path, label_first=True), name)
+    if Path(name).is_file():
+        return stratified_split(read_tsv(name), name)
+    raise UserError(f"unknown labelled set {name!r} (or no such file); use pydocs-topic, sst2, "
+                    f"sms-spam, or a path to a text<TAB>label .tsv file")
+
+
+def subsample_balanced(examples, k, seed=0):
+    """k examples, as equal as possible across classes (round robin over shuffled classes)."""
+    if not 1 <= k <= len(examples):
+        raise UserError(f"cannot take {k} examples from {len(examples)}; use 1 <= --n-train <= {len(examples)}")
+    rng = random.Random(seed)
+    by_label = [[e for e in examples if e[1] == label] for label in sorted({e[1] for e in examples})]
+    for group in by_label:
+        rng.shuffle(group)
+    picked, i = [], 0
+    while len(picked) < k:
+        picked += [group[i] for group in by_label if i < len(group)][:k - len(picked)]
+        i += 1
+    rng.shuffle(picked)
+    return picked
