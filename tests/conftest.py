@@ -1,0 +1,32 @@
+"""Shared fixtures: every test makes its own small data; nothing touches the network or ../shared."""
+import os
+import random
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def generated_text(n_sentences=600, seed=0):
+    """Simple English-like sentences from a tiny grammar: learnable in a few steps."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "the old man", "my friend", "the teacher", "a bird"]
+    verbs = ["sees", "likes", "finds", "reads", "paints", "follows"]
+    objects = ["the book", "a red ball", "the garden", "a letter", "the river", "some bread"]
+    return "\n".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}."
+                     for _ in range(n_sentences)) + "\n"
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(generated_text(), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    """Caches and data directories live in the test's own tmp folder."""
+    monkeypatch.setenv("PTFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PTFT_DATA_DIR", raising=False)

@@ -1,0 +1,131 @@
+"""Tests of the training loop in train_clm.py (the loop train_mlm.py and scaling.py reuse)."""
+import dataclasses
+import json
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+import train_clm
+from model import ModelConfig, Transformer
+from train_clm import CLM, TrainConfig, learning_rate, train
+
+
+def tiny_config(corpus_file, out_dir, **overrides):
+    settings = dict(train_clm.PRESETS["tiny"], corpus=corpus_file, out_dir=str(out_dir), quiet=True,
+                    precision="fp32", device="cpu", sample_tokens=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_two_layer_model_learns_and_writes_log_and_plot(corpus_file, tmp_path):
+    cfg = tiny_config(corpus_file, tmp_path / "run", max_iters=60, eval_interval=20, lr=3e-3)
+    result = train(cfg)
+    val = [r["val_loss"] for r in result["history"] if "val_loss" in r]
+    assert val[-1] < val[0]
+    assert result["val_loss"] < 3.0                    # from ln(256) = 5.5 at initialisation
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert records[-1]["final"] and records[0]["step"] == 5
+    assert {"train_loss", "lr", "tokens_per_s", "mfu"} <= set(records[0])
+    assert os.path.getsize(tmp_path / "run" / "loss.png") > 1000
+    assert 0 < result["val_bpb"] < 8 and math.isclose(result["val_bpb"], result["val_bpc"], rel_tol=0.01)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    idx = torch.randint(0, 40, (8, 8))
+    targets = torch.randint(0, 40, (8, 8))
+    _, autocast_scaler = None, train_clm.precision_context(torch.device("cpu"), "fp32")
+    autocast, scaler = autocast_scaler
+
+    def gradients(micro_batches):
+        model.zero_grad()
+        batches = iter(micro_batches)
+        train_clm.accumulate_gradients(model, CLM.loss, lambda: next(batches), len(micro_batches),
+                                       autocast, scaler)
+        return [p.grad.clone() for p in model.parameters()]
+
+    big = gradients([dict(idx=idx, targets=targets)])
+    small = gradients([dict(idx=idx[i:i + 2], targets=targets[i:i + 2]) for i in range(0, 8, 2)])
+    for g_big, g_small in zip(big, small):
+        assert torch.allclose(g_big, g_small, atol=1e-6)
+
+
+def test_learning_rate_schedule_hits_warmup_peak_and_minimum():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup=0.1)
+    assert learning_rate(0.0, cfg) == 0.0
+    assert math.isclose(learning_rate(0.05, cfg), 5e-4)           # half way up the warmup
+    assert math.isclose(learning_rate(0.1, cfg), 1e-3)            # the peak, at the end of warmup
+    assert math.isclose(learning_rate(0.55, cfg), 5.5e-4)         # cosine mid-point: the mean
+    assert math.isclose(learning_rate(1.0, cfg), 1e-4)            # the minimum, at the end
+    values = [learning_rate(p / 100, cfg) for p in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))        # monotone decay after warmup
+
+
+def test_wall_clock_budget_ends_the_schedule(corpus_file, tmp_path):
+    cfg = tiny_config(corpus_file, "", max_iters=None, max_seconds=1.5, log_interval=1,
+                      eval_interval=10_000, warmup=0.2)
+    result = train(cfg)
+    records = [r for r in result["history"] if "lr" in r]
+    assert 1.5 <= result["seconds"] < 3.0
+    lrs = [r["lr"] for r in records]
+    peak_index = lrs.index(max(lrs))
+    assert 0 < peak_index < len(lrs) - 1                          # warmed up, then decayed
+    assert max(lrs) > 0.9 * cfg.lr
+    assert lrs[-1] < cfg.min_lr + 0.1 * (cfg.lr - cfg.min_lr)     # near the minimum at the end
+
+
+def test_budget_progress_uses_the_tightest_rule():
+    cfg = TrainConfig(max_iters=100, max_tokens=1000, max_seconds=None)
+    assert train_clm.budget_progress(cfg, 10, 500, 99.0) == 0.5
+
+
+def test_resume_reproduces_the_uninterrupted_run(corpus_file, tmp_path, monkeypatch):
+    # Keep a copy of the step-10 checkpoint as it was written, as if the run had died right after it.
+    # (tests/test_reliability.py does the same with a real SIGKILL.)
+    real_save = train_clm.save_checkpoint
+
+    def save_and_keep_step_10(path, payload):
+        real_save(path, payload)
+        if payload["state"]["step"] == 10:
+            os.makedirs(tmp_path / "died", exist_ok=True)
+            shutil.copy(path, tmp_path / "died" / "ckpt.pt")
+
+    monkeypatch.setattr(train_clm, "save_checkpoint", save_and_keep_step_10)
+    straight = train(tiny_config(corpus_file, tmp_path / "a", max_iters=20, eval_interval=10))
+    again = train(tiny_config(corpus_file, tmp_path / "b", max_iters=20, eval_interval=10))
+    assert again["val_loss"] == straight["val_loss"]                  # determinism, same seed
+    resumed = train(tiny_config(corpus_file, tmp_path / "died", max_iters=20, eval_interval=10,
+                                resume=True))
+    after_10 = lambda result: [r["train_loss"] for r in result["history"] if r["step"] > 10 and "lr" in r]
+    assert len(after_10(straight)) == 2
+    assert after_10(resumed) == after_10(straight)
+    assert resumed["val_loss"] == straight["val_loss"]
+
+
+def test_sampling_is_deterministic_and_cli_refuses_bidirectional(corpus_file, tmp_path, capsys):
+    train(tiny_config(corpus_file, tmp_path / "run", max_iters=10))
+    args = ["--sample", str(tmp_path / "run" / "ckpt.pt"), "--prompt", "the cat", "--num-tokens", "20",
+            "--seed", "3"]
+    train_clm.main(args)
+    first = capsys.readouterr().out
+    train_clm.main(args)
+    assert capsys.readouterr().out == first and first.startswith("the cat")
+    checkpoint = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    checkpoint["kind"] = "bidirectional"
+    torch.save(checkpoint, tmp_path / "bidi.pt")
+    with pytest.raises(train_clm.UserError, match="bidirectional"):
+        train_clm.main(["--sample", str(tmp_path / "bidi.pt")])
+
+
+def test_every_config_field_is_a_flag():
+    parser = train_clm.build_parser("x")
+    args = parser.parse_args(["--preset", "tiny", "--n-layer", "3", "--lr", "0.01", "--compile",
+                              "--max-seconds", "5"])
+    cfg = train_clm.config_from_args(args)
+    assert (cfg.n_layer, cfg.lr, cfg.compile, cfg.max_seconds, cfg.n_embd) == (3, 0.01, True, 5.0, 32)
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= flags
