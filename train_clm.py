@@ -24,8 +24,10 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -135,7 +137,7 @@ def fixed_windows(tokens, block_size, n_windows):
     """Evenly spaced windows over the whole split, so every evaluation sees the same text and
     covers all of it (n_windows=None: every non-overlapping window)."""
     stride = block_size
-    starts = np.arange(0, len(tokens) - block_size - 1, stride)
+    starts = np.arange(0, len(tokens) - block_size, stride)    # a window needs block_size + 1 tokens
     if n_windows is not None and n_windows < len(starts):
         starts = starts[np.linspace(0, len(starts) - 1, n_windows).round().astype(int)]
     return [np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts]
@@ -213,16 +215,31 @@ def budget_progress(cfg, step, tokens, seconds):
 # ----------------------------------------------------------------------------------------------
 # 4. The loop.
 
+def check_config(cfg):
+    """Refuse knobs that would otherwise fail deep inside the loop, or never end it."""
+    for name in ("max_iters", "max_tokens", "max_seconds"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if not (cfg.max_iters or cfg.max_tokens or cfg.max_seconds):
+        raise UserError("no budget: give --max-iters, --max-tokens or --max-seconds")
+    for name in ("batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {cfg.precision!r}; use auto, fp32, bf16 or fp16")
+
+
 def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     """Pretrain a model on cfg; returns a dict of final metrics, the history of log records and
     the trained model. Used by the command line below, by train_mlm.py and by scaling.py."""
-    if not (cfg.max_iters or cfg.max_tokens or cfg.max_seconds):
-        raise UserError("no budget: give --max-iters, --max-tokens or --max-seconds")
-    dist = setup_distributed()
+    # Every input is checked, on every rank, before anything in --out-dir is created, changed or
+    # deleted: a run refused for bad input leaves an existing run exactly as it was.
+    check_config(cfg)
+    dist = setup_distributed(cfg.device)
     master = dist["rank"] == 0
     log = print if (master and not cfg.quiet) else (lambda *a, **k: None)
     device = pick_device(cfg.device, dist)
-    out_dir = prepare_out_dir(cfg) if master else None
+    check_out_dir(cfg)
     checkpoint = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
 
     if dataset is None:
@@ -232,6 +249,9 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     model_config = make_model_config(cfg, dataset.enc, objective.causal)
     if checkpoint is not None:
         check_compatible(checkpoint, dataset.enc, objective)
+        check_resumable(checkpoint, model_config, dist)
+    # All input is valid: only now is --out-dir touched.
+    out_dir = prepare_out_dir(cfg, checkpoint["history"] if checkpoint else []) if master else None
 
     torch.manual_seed(cfg.seed)                           # same seed on every rank: same init
     model = Transformer(model_config).to(device)
@@ -248,9 +268,6 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
         history = list(checkpoint["history"])
         precision = checkpoint["precision"]
         batch_generator.set_state(checkpoint["rng"]["batches"][dist["rank"]])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
         log(f"resumed from {cfg.out_dir}/ckpt.pt at step {state['step']}")
 
     train_model = model
@@ -290,9 +307,18 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
                 kind="causal" if objective.causal else "bidirectional",
                 tokenizer=data.tokenizer_identity(dataset.enc),
                 tokenizer_state=data.tokenizer_state(dataset.enc), metrics=metrics,
+                scaler=scaler.state_dict(),                  # fp16's loss scale ({} otherwise)
                 rng=dict(torch=torch.get_rng_state(), batches=data_positions,
                          cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)))
 
+    if checkpoint is not None:
+        # The global RNGs (dropout) are restored last: the setup above draws random numbers too
+        # (measure_peak_flops), and a resumed run must continue the stream where the killed one was.
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
     model.train()
     last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
     loop_start = time.perf_counter() - state["seconds"]
@@ -311,6 +337,8 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
         loss_sum = accumulate_gradients(train_model, objective.loss, draw, cfg.grad_accum, autocast,
                                         scaler, distributed=dist["world_size"] > 1)
         loss_value = float(loss_sum)
+        if dist["world_size"] > 1:     # the whole batch's loss; and all ranks agree when it is NaN
+            loss_value = all_reduce_mean(loss_value, device)
         if not math.isfinite(loss_value):
             raise UserError(f"loss became {loss_value} at step {state['step']}; the last good checkpoint "
                             f"is kept. Lower --lr, or use --precision fp32/bf16 instead of fp16")
@@ -411,12 +439,15 @@ def pick_device(name, dist):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else (
             "mps" if torch.backends.mps.is_available() else "cpu")
+    if not (name in ("cpu", "mps", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"numbered from 0; use a smaller N")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps asked for, but this machine has no Apple MPS; use --device cpu or auto")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if name == "cuda" and dist["world_size"] > 1:
         name = f"cuda:{dist['local_rank']}"
     device = torch.device(name)
@@ -512,12 +543,14 @@ def synchronize(device):
 # Distributed data parallel: one process per GPU (or per CPU group, with gloo), launched by torchrun,
 # which sets RANK, LOCAL_RANK and WORLD_SIZE. Each process holds a full model; gradients are averaged.
 
-def setup_distributed():
+def setup_distributed(device_name="auto"):
     if "RANK" not in os.environ:
         return dict(rank=0, local_rank=0, world_size=1)
     import torch.distributed as torch_dist
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    torch_dist.init_process_group(backend=backend)
+    # NCCL talks between GPUs only; gloo between CPU processes (also `--device cpu` on a GPU machine).
+    on_gpu = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if not torch_dist.is_initialized():            # scaling.py calls train() many times per process
+        torch_dist.init_process_group(backend="nccl" if on_gpu else "gloo")
     return dict(rank=torch_dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
                 world_size=torch_dist.get_world_size())
 
@@ -531,6 +564,12 @@ def all_reduce_max(value, device):
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return tensor.item()
+
+
+def all_reduce_mean(value, device):
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)                                   # the sum over ranks
+    return tensor.item() / torch.distributed.get_world_size()
 
 
 def broadcast_from_rank0(value, dist):
@@ -555,26 +594,39 @@ def gather_generator_states(generator, dist):
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: data, never code.
 
-def prepare_out_dir(cfg):
+def check_out_dir(cfg):
+    """Read-only: is --out-dir usable for this run? Nothing is created, changed or deleted here."""
+    if cfg.resume and not cfg.out_dir:
+        raise UserError("--resume needs the --out-dir of the run to continue")
     if not cfg.out_dir:
-        return None
+        return
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     if os.path.exists(path) and not (cfg.resume or cfg.overwrite):
         raise UserError(f"{path} already holds a run; pass --resume to continue it, --overwrite to "
                         f"replace it, or another --out-dir")
     if cfg.resume and not os.path.exists(path):
         raise UserError(f"--resume: no checkpoint at {path}; check --out-dir")
+    existing = os.path.abspath(cfg.out_dir)            # the folder, or the ancestor it would go in
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+        raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {existing} is not a writable "
+                        f"folder; choose a writable folder")
+
+
+def prepare_out_dir(cfg, history):
+    """Create --out-dir and start log.jsonl from the history the run carries: empty for a new run,
+    the checkpoint's for a resumed one (so records that a killed run wrote after its last
+    checkpoint are dropped; the resumed run writes them again)."""
+    if not cfg.out_dir:
+        return None
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        probe = os.path.join(cfg.out_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        data.write_atomic(os.path.join(cfg.out_dir, "log.jsonl"),
+                          "".join(json.dumps(record) + "\n" for record in history).encode())
     except OSError as error:
         raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {error.strerror}; choose a writable "
                         f"folder") from None
-    if cfg.overwrite and not cfg.resume and os.path.exists(os.path.join(cfg.out_dir, "log.jsonl")):
-        os.remove(os.path.join(cfg.out_dir, "log.jsonl"))
     return cfg.out_dir
 
 
@@ -582,12 +634,20 @@ def save_checkpoint(path, payload):
     """Write to a temporary file, flush it to disk, then rename it over the old checkpoint. A
     rename is atomic on POSIX and Windows, so a crash at any instant leaves either the old
     checkpoint or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp"                 # a fixed name: a killed run's leftover is simply overwritten
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:      # disk full, Ctrl-C mid-write: the old checkpoint stands
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write checkpoint {path}: {error.strerror}; the previous "
+                            f"checkpoint is intact") from None
+        raise
     with contextlib.suppress(OSError):                     # make the rename itself durable
         directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         os.fsync(directory)
@@ -597,20 +657,41 @@ def save_checkpoint(path, payload):
 def load_checkpoint(path):
     """weights_only=True: only tensors, numbers, strings and containers are unpickled, so a crafted
     file cannot run code. map_location='cpu': a checkpoint from a GPU loads on any machine, and
-    never onto a GPU that is already full."""
+    never onto a GPU that is already full. A checkpoint is a zip archive whose members each carry
+    a CRC32; torch.load does not check them, so a flipped bit in a tensor would load silently:
+    testzip() reads every member and checks it first."""
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 -- any unpickling failure means: not a safe checkpoint
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise UserError(f"cannot load checkpoint {path}: it is truncated or not a checkpoint "
+                        f"({type(error).__name__}: {error}); use an intact copy") from None
+    if damaged is not None:
+        raise UserError(f"cannot load checkpoint {path}: {damaged} fails its CRC check, the file is "
+                        f"corrupted; use an intact copy")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"refused checkpoint {path}: it holds Python objects other than tensors and "
+                        f"plain data, which could run code when unpickled; load only checkpoints "
+                        f"these scripts wrote") from None
+    except Exception as error:  # noqa: BLE001 -- any other failure: not a readable checkpoint
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load checkpoint {path}: it is truncated, corrupted or not a plain-data "
-                        f"checkpoint ({reason[:160]})") from None
+        raise UserError(f"cannot load checkpoint {path}: it is corrupted or not a checkpoint "
+                        f"({reason[:160]})") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    return checkpoint
 
 
 def check_compatible(checkpoint, enc, objective=None, want_kind=None):
     """A checkpoint is only meaningful with the tokenizer it was trained with, and a causal model
     cannot do a bidirectional model's job (or the reverse): refuse instead of computing garbage."""
+    if not {"tokenizer", "kind", "model", "model_config"} <= checkpoint.keys():
+        raise UserError("this file is not a pretraining checkpoint (it records no tokenizer or model "
+                        "kind); use a ckpt.pt written by train_clm.py or train_mlm.py")
     saved = checkpoint["tokenizer"]
     current = data.tokenizer_identity(enc)
     if saved["fingerprint"] != current["fingerprint"]:
@@ -623,6 +704,22 @@ def check_compatible(checkpoint, enc, objective=None, want_kind=None):
         raise UserError(f"this checkpoint holds a {checkpoint['kind']} model, but a {want_kind} one is "
                         f"needed here; use a checkpoint from "
                         f"{'train_clm.py' if want_kind == 'causal' else 'train_mlm.py'}")
+
+
+def check_resumable(checkpoint, model_config, dist):
+    """--resume continues the same run: the same shapes (or the weights do not fit) and the same
+    number of processes (each one resumes its own data position)."""
+    shape = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
+    saved = {k: checkpoint["model_config"][k] for k in shape}
+    wanted = {k: getattr(model_config, k) for k in shape}
+    if saved != wanted:
+        changed = ", ".join(f"{k} {saved[k]} -> {wanted[k]}" for k in shape if saved[k] != wanted[k])
+        raise UserError(f"--resume: this run's model shape differs from the checkpoint's ({changed}); "
+                        f"resume with the flags the run was started with")
+    saved_ranks = len(checkpoint["rng"]["batches"])
+    if saved_ranks != dist["world_size"]:
+        raise UserError(f"--resume: the run was saved by {saved_ranks} process(es), this one has "
+                        f"{dist['world_size']}; resume with the same torchrun --nproc_per_node")
 
 
 def model_from_checkpoint(checkpoint):
@@ -745,8 +842,9 @@ def main(argv=None):
     result = train(cfg, CLM)
     if cfg.out_dir and int(os.environ.get("RANK", 0)) == 0:
         print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
-    report(result)
-    print(f"wall time: {time.perf_counter() - start:.1f}s in all")
+    if int(os.environ.get("RANK", 0)) == 0:          # under torchrun, one report, not one per process
+        report(result)
+        print(f"wall time: {time.perf_counter() - start:.1f}s in all")
 
 
 if __name__ == "__main__":

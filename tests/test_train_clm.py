@@ -65,17 +65,21 @@ def test_learning_rate_schedule_hits_warmup_peak_and_minimum():
     assert all(a >= b for a, b in zip(values, values[1:]))        # monotone decay after warmup
 
 
-def test_wall_clock_budget_ends_the_schedule(corpus_file, tmp_path):
+def test_wall_clock_budget_ends_the_schedule(corpus_file, tmp_path, monkeypatch):
+    # A fake clock that advances 10 ms each time it is read: the run is then the same on a loaded
+    # machine as on an idle one, while train() still only ever looks at "seconds elapsed".
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(train_clm.time, "perf_counter", lambda: next(ticks) * 0.01)
     cfg = tiny_config(corpus_file, "", max_iters=None, max_seconds=1.5, log_interval=1,
                       eval_interval=10_000, warmup=0.2)
     result = train(cfg)
-    records = [r for r in result["history"] if "lr" in r]
-    assert 1.5 <= result["seconds"] < 3.0
-    lrs = [r["lr"] for r in records]
+    lrs = [r["lr"] for r in result["history"] if "lr" in r]
+    assert 1.5 <= result["seconds"] < 1.6                         # stopped as the budget ran out
+    assert len(lrs) > 10
     peak_index = lrs.index(max(lrs))
     assert 0 < peak_index < len(lrs) - 1                          # warmed up, then decayed
     assert max(lrs) > 0.9 * cfg.lr
-    assert lrs[-1] < cfg.min_lr + 0.1 * (cfg.lr - cfg.min_lr)     # near the minimum at the end
+    assert lrs[-1] < cfg.min_lr + 0.05 * (cfg.lr - cfg.min_lr)    # at the minimum at the end
 
 
 def test_budget_progress_uses_the_tightest_rule():

@@ -1,0 +1,457 @@
+"""Reliability: nothing lost, nothing executed, clear errors, and data parallel training.
+
+    nothing lost      a run killed with SIGKILL resumes to the same final loss, bit for bit (CPU);
+                      a checkpoint write that dies half way leaves the previous checkpoint whole.
+    nothing executed  every torch.load is weights_only=True: a crafted pickle is refused and its
+                      payload never runs.
+    clear errors      bad input ends with exit status 2 and one line on stderr, no traceback, and
+                      an existing checkpoint stays byte for byte as it was.
+    many processes    two CPU processes under torchrun (gloo) end with identical weights.
+
+Most bad-input cases run in-process (main(argv) under run_cli); a few run as real processes,
+since only a real process shows what the user sees.
+"""
+import ast
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import train_clm
+from conftest import generated_text
+from model import ModelConfig, Transformer
+from train_clm import CLM, PRESETS, TrainConfig, UserError, load_checkpoint, save_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_settings(corpus, out_dir, **overrides):
+    return dict(PRESETS["tiny"], corpus=str(corpus), out_dir=str(out_dir), quiet=True,
+                precision="fp32", device="cpu", sample_tokens=0, **overrides)
+
+
+def cli_args(corpus, out_dir, *extra):
+    return ["--preset", "tiny", "--corpus", str(corpus), "--out-dir", str(out_dir), "--precision",
+            "fp32", "--device", "cpu", "--sample-tokens", "0", "--quiet", *extra]
+
+
+def snapshot(folder):
+    """Every file in folder, byte for byte: 'untouched' means this is equal before and after."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+def run_script(*args, timeout=300):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def log_records(out_dir):
+    path = Path(out_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]   # whole lines
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    """One finished 10-step run (ckpt.pt, log.jsonl, loss.png) that the tests copy and attack."""
+    base = tmp_path_factory.mktemp("good")
+    corpus = base / "corpus.txt"
+    corpus.write_text(generated_text(), encoding="utf-8")
+    train(TrainConfig(**tiny_settings(corpus, base / "run", max_iters=10, cache_dir=str(base / "cache"))))
+    return dict(corpus=corpus, run=base / "run")
+
+
+def copy_of(good_run, tmp_path):
+    return Path(shutil.copytree(good_run["run"], tmp_path / "run"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing lost: SIGKILL and resume; atomic writes; corrupted files.
+
+def test_sigkill_mid_run_then_resume_ends_bit_identical(corpus_file, tmp_path):
+    # Dropout on, so the resumed run must also restore the global RNG (not only the data position).
+    settings = dict(max_iters=30, eval_interval=10, log_interval=1, dropout=0.1)
+    killed_dir = tmp_path / "killed"
+    kill_at = random.randint(12, 18)             # some step after the first checkpoint (step 10)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    process = subprocess.Popen([sys.executable, "train_clm.py", *cli_args(corpus_file, killed_dir, *flags)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r["step"] >= kill_at for r in log_records(killed_dir)):
+            assert process.poll() is None, f"the run ended before step {kill_at}: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "the run never reached the step to kill it at"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    saved_step = load_checkpoint(killed_dir / "ckpt.pt")["state"]["step"]
+    assert 10 <= saved_step < 30, f"killed at step {kill_at}, checkpoint at step {saved_step}"
+
+    resumed = train(TrainConfig(**tiny_settings(corpus_file, killed_dir, resume=True, **settings)))
+    straight = train(TrainConfig(**tiny_settings(corpus_file, tmp_path / "straight", **settings)))
+    assert resumed["val_loss"] == straight["val_loss"], f"killed at step {kill_at}"
+
+    def losses(records):  # what must match; timings (seconds, tokens/s) of course differ
+        return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in records]
+    # The resumed run's log has each step once (the records the killed run wrote after its last
+    # checkpoint were dropped, then written again) and every loss is the uninterrupted run's.
+    assert losses(log_records(killed_dir)) == losses(log_records(tmp_path / "straight"))
+
+
+def test_checkpoint_is_saved_without_the_torch_compile_prefix(corpus_file, tmp_path, monkeypatch):
+    class Compiled(torch.nn.Module):
+        """What torch.compile returns, minus the compiling (seconds): the model held as _orig_mod,
+        so its state_dict keys read '_orig_mod.blocks.0...'."""
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, *args, **kwargs):
+            return self._orig_mod(*args, **kwargs)
+
+    monkeypatch.setattr(train_clm.torch, "compile", lambda model, **kwargs: Compiled(model))
+    assert any(k.startswith("_orig_mod.") for k in Compiled(torch.nn.Linear(1, 1)).state_dict())
+    train(TrainConfig(**tiny_settings(corpus_file, tmp_path / "run", max_iters=5, eval_interval=5,
+                                      compile=True)))
+    checkpoint = load_checkpoint(tmp_path / "run" / "ckpt.pt")
+    assert not [k for k in checkpoint["model"] if "_orig_mod" in k]
+    Transformer(ModelConfig(**checkpoint["model_config"])).load_state_dict(checkpoint["model"])  # strict
+
+
+def test_interrupted_checkpoint_write_leaves_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    old = dict(model={"w": torch.arange(4.0)}, state=dict(step=10))
+    save_checkpoint(str(path), old)
+    before = path.read_bytes()
+
+    def dies_half_way(error):
+        def save(payload, f, *args, **kwargs):
+            f.write(before[:len(before) // 2])      # half of a checkpoint reached the disk
+            raise error
+        return save
+
+    disk_full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(train_clm.torch, "save", dies_half_way(disk_full))
+    with pytest.raises(UserError, match="No space left on device; the previous checkpoint is intact"):
+        save_checkpoint(str(path), dict(model={"w": torch.zeros(4)}, state=dict(step=20)))
+    monkeypatch.setattr(train_clm.torch, "save", dies_half_way(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):       # Ctrl-C still stops the run; it just cleans up
+        save_checkpoint(str(path), dict(model={"w": torch.zeros(4)}, state=dict(step=20)))
+    assert os.listdir(tmp_path) == ["ckpt.pt"]   # no half-written temporary file left behind
+    assert path.read_bytes() == before
+    assert torch.equal(load_checkpoint(path)["model"]["w"], old["model"]["w"])
+
+
+def test_truncated_or_corrupted_checkpoint_is_reported(good_run, tmp_path):
+    good = (good_run["run"] / "ckpt.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[:len(good) // 2])
+    with pytest.raises(UserError, match=r"truncated\.pt: it is truncated or not a checkpoint"):
+        load_checkpoint(truncated)
+
+    # Flip one byte in the middle of the largest tensor: the zip structure is intact, so torch.load
+    # alone would return wrong weights without a word; the CRC32 check must catch it.
+    with zipfile.ZipFile(good_run["run"] / "ckpt.pt") as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    header = member.header_offset
+    name_length = int.from_bytes(good[header + 26:header + 28], "little")
+    extra_length = int.from_bytes(good[header + 28:header + 30], "little")
+    position = header + 30 + name_length + extra_length + member.file_size // 2
+    flipped = bytearray(good)
+    flipped[position] ^= 0x10
+    corrupted = tmp_path / "corrupted.pt"
+    corrupted.write_bytes(bytes(flipped))
+    assert isinstance(torch.load(corrupted, map_location="cpu", weights_only=True), dict)  # silent
+    with pytest.raises(UserError, match=f"{re.escape(member.filename)} fails its CRC check"):
+        load_checkpoint(corrupted)
+
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("these are not weights")
+    with pytest.raises(UserError, match="truncated or not a checkpoint"):
+        load_checkpoint(not_a_checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing executed.
+
+class RunsCodeWhenUnpickled:
+    """A pickle payload: unpickling calls os.mkdir(marker). Real attacks call os.system instead."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(good_run, tmp_path, capsys):
+    # First show the payload is live: an unsafe load (which this project never does) runs it.
+    live, ran = tmp_path / "live.pt", tmp_path / "ran"
+    torch.save({"model": RunsCodeWhenUnpickled(ran)}, live)
+    torch.load(live, weights_only=False)
+    assert ran.is_dir()
+
+    marker = tmp_path / "pwned"
+    checkpoint = load_checkpoint(good_run["run"] / "ckpt.pt")    # a real checkpoint, plus the payload
+    checkpoint["model"]["extra"] = RunsCodeWhenUnpickled(marker)
+    run = copy_of(good_run, tmp_path)
+    torch.save(checkpoint, run / "ckpt.pt")
+    with pytest.raises(UserError, match="refused checkpoint .* could run code"):
+        load_checkpoint(run / "ckpt.pt")
+    for argv in (["--sample", str(run / "ckpt.pt")],
+                 cli_args(good_run["corpus"], run, "--resume", "--max-iters", "20")):
+        with pytest.raises(SystemExit) as exit_info:
+            train_clm.run_cli(lambda: train_clm.main(argv))
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.startswith("error: refused checkpoint")
+    assert not marker.exists()
+
+
+def test_a_real_process_refuses_the_pickle_in_one_line(good_run, tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": RunsCodeWhenUnpickled(marker)}, tmp_path / "evil.pt")
+    result = run_script("train_clm.py", "--sample", tmp_path / "evil.pt")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("error: refused checkpoint") and result.stderr.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_every_torch_load_in_the_course_is_weights_only():
+    calls = []
+    for path in sorted(REPO.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                calls.append((f"{path.name}:{node.lineno}", keywords.get("weights_only"),
+                              "map_location" in keywords))
+    assert calls, "no torch.load found at all: this test would be checking nothing"
+    assert all(weights_only == "True" and has_map for _, weights_only, has_map in calls), calls
+
+
+# ----------------------------------------------------------------------------------------------
+# Clear errors: exit status 2, one line, the existing run untouched.
+
+def write_bytes(name, content):
+    def setup(tmp_path):
+        (tmp_path / name).write_bytes(content)
+    return setup
+
+
+BAD_INPUTS = [  # id, extra flags (later flags win), what the message must say, files to create
+    ("missing corpus", ["--corpus", "{tmp}/nowhere.txt"], "corpus file .* does not exist", None),
+    ("empty corpus", ["--corpus", "{tmp}/empty.txt"], "is empty", write_bytes("empty.txt", b" \n\n")),
+    ("non-UTF-8 corpus", ["--corpus", "{tmp}/latin1.txt"], r"not UTF-8 \(bad byte at offset 3\)",
+     write_bytes("latin1.txt", "café au lait\n".encode("latin-1") * 50)),
+    ("corpus shorter than a block", ["--corpus", "{tmp}/short.txt"], "corpus too short",
+     write_bytes("short.txt", b"the cat sees the dog.\n" * 5)),
+    ("invalid model shape", ["--n-embd", "30", "--n-head", "4"], "n_embd .30. must be divisible", None),
+    ("zero batch size", ["--batch-size", "0"], "--batch-size must be at least 1", None),
+    ("negative budget", ["--max-iters", "-5"], "--max-iters must be positive", None),
+    ("unknown preset", ["--preset", "huge"], "unknown preset 'huge'", None),
+    ("unknown tokenizer", ["--tokenizer", "wordpiece"], "unknown tokenizer 'wordpiece'", None),
+    ("unknown corpus", ["--corpus", "wikipedia"], "unknown corpus 'wikipedia'", None),
+    ("unknown device", ["--device", "tpu"], "unknown device 'tpu'", None),
+    ("malformed device", ["--device", "cuda:x"], "unknown device 'cuda:x'", None),
+    ("unknown precision", ["--precision", "fp8"], "unknown precision 'fp8'", None),
+    ("no CUDA", ["--device", "cuda"], "PyTorch sees no CUDA GPU", None),
+    ("no MPS", ["--device", "mps"], "no Apple MPS", None),
+    ("unwritable out dir", ["--out-dir", "{tmp}/a_file/run"], "cannot write to --out-dir .*a_file",
+     write_bytes("a_file", b"a file, not a folder")),
+    ("run exists", ["--no-overwrite"], "already holds a run; pass --resume", None),
+    ("resume without out dir", ["--resume", "--out-dir", ""], "--resume needs the --out-dir", None),
+    ("resume, other tokenizer", ["--resume", "--tokenizer", "bpe:300"], "tokenizer mismatch: .* bytes", None),
+    ("resume, other shape", ["--resume", "--n-layer", "3"], r"model shape differs .*n_layer 2 -> 3", None),
+    ("resume, corrupted checkpoint", ["--resume"], "truncated or not a checkpoint",
+     lambda tmp: (tmp / "run" / "ckpt.pt").write_bytes((tmp / "run" / "ckpt.pt").read_bytes()[:5000])),
+    ("loss becomes NaN", ["--resume", "--max-iters", "20", "--lr", "1e30"],
+     r"loss became (nan|inf) at step 1\d; the last good checkpoint is kept", None),
+]
+
+
+@pytest.mark.parametrize("flags, message, setup", [case[1:] for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_leaves_the_run(flags, message, setup, good_run, tmp_path,
+                                                            capsys):
+    if "cuda" in flags and torch.cuda.is_available() or "mps" in flags and torch.backends.mps.is_available():
+        pytest.skip("this machine has the device")
+    run = copy_of(good_run, tmp_path)
+    if setup:
+        setup(tmp_path)
+    before = snapshot(run)
+    # --overwrite in every case: even a run allowed to replace the old one must validate first.
+    argv = cli_args(good_run["corpus"], run, "--overwrite", *[f.format(tmp=tmp_path) for f in flags])
+    with pytest.raises(SystemExit) as exit_info:
+        train_clm.run_cli(lambda: train_clm.main(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    after = snapshot(run)
+    assert after["ckpt.pt"] == before["ckpt.pt"]
+    if "--lr" not in flags:              # a run that trained before failing may add log lines
+        assert after == before
+
+
+def test_nan_in_a_real_process_exits_2_and_keeps_the_checkpoint(good_run, tmp_path):
+    run = copy_of(good_run, tmp_path)
+    before = (run / "ckpt.pt").read_bytes()
+    result = run_script("train_clm.py", *cli_args(good_run["corpus"], run, "--resume", "--max-iters", "20",
+                                                  "--lr", "1e30"))
+    assert result.returncode == 2
+    assert re.fullmatch(r"error: loss became (nan|inf) at step 1\d; .*\n", result.stderr), result.stderr
+    assert (run / "ckpt.pt").read_bytes() == before
+    assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
+
+
+def test_ctrl_c_prints_one_line_and_keeps_the_checkpoint(corpus_file, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def loss_until_ctrl_c(model, batch):         # Ctrl-C arrives during step 13
+        calls.append(1)
+        if len(calls) == 13:
+            raise KeyboardInterrupt
+        return train_clm.clm_loss(model, batch)
+
+    monkeypatch.setattr(train_clm, "CLM", dataclasses.replace(CLM, loss=loss_until_ctrl_c))
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_clm.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--max-iters", "20")))
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "interrupted; the last checkpoint is intact (continue with --resume)\n"
+    assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
+    assert sorted(os.listdir(run)) == ["ckpt.pt", "log.jsonl"]
+
+
+def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, tmp_path):
+    checkpoint = load_checkpoint(good_run["run"] / "ckpt.pt")
+    assert checkpoint["kind"] == "causal"
+    assert set(checkpoint["tokenizer"]) == {"name", "n_vocab", "fingerprint"}
+    enc = data.get_tokenizer("bytes")
+    train_clm.check_compatible(checkpoint, enc, want_kind="causal")           # the right one passes
+    with pytest.raises(UserError, match="holds a causal model, but a bidirectional one is needed"):
+        train_clm.check_compatible(checkpoint, enc, want_kind="bidirectional")
+    with pytest.raises(UserError, match="holds a bidirectional model, but a causal one is needed"):
+        train_clm.check_compatible(dict(checkpoint, kind="bidirectional"), enc, want_kind="causal")
+    other = data.get_tokenizer("bpe:300", text=generated_text())
+    with pytest.raises(UserError, match=r"tokenizer mismatch: .*bytes \(260 tokens.*bpe300"):
+        train_clm.check_compatible(checkpoint, other, want_kind="causal")
+    with pytest.raises(UserError, match="not a pretraining checkpoint"):
+        train_clm.check_compatible({"model": {}}, enc)
+    # A masked-LM objective (bidirectional) refuses to resume the causal run, before touching it.
+    run = copy_of(good_run, tmp_path)
+    before = snapshot(run)
+    bidirectional = dataclasses.replace(CLM, name="mlm", causal=False)
+    with pytest.raises(UserError, match="holds a causal model, but a bidirectional one"):
+        train(TrainConfig(**tiny_settings(good_run["corpus"], run, max_iters=20, resume=True)), bidirectional)
+    assert snapshot(run) == before
+    # Each process resumes its own data position: another number of processes is refused.
+    model_config = ModelConfig(**checkpoint["model_config"])
+    with pytest.raises(UserError, match="saved by 1 process.*this one has 2"):
+        train_clm.check_resumable(checkpoint, model_config, dict(rank=0, local_rank=0, world_size=2))
+
+
+def test_malformed_label_file_names_the_line_in_finetune(good_run, tmp_path, capsys):
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("a fine sentence\t1\nanother one\t0\nno label on this line\nlast\t1\n")
+    with pytest.raises(UserError, match=r"labels\.tsv: malformed line\(s\) 3;"):
+        data.load_labelled(str(labels))
+    finetune = pytest.importorskip("finetune")
+    with pytest.raises(SystemExit) as exit_info:
+        train_clm.run_cli(lambda: finetune.main(["--task", str(labels), "--checkpoint",
+                                                 str(good_run["run"] / "ckpt.pt"), "--device", "cpu",
+                                                 "--out-dir", str(tmp_path / "finetuned")]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "malformed line(s) 3" in err, err
+
+
+# ----------------------------------------------------------------------------------------------
+# Data parallel: torchrun, gloo, two CPU processes.
+
+def test_gradients_are_synchronised_only_at_the_last_micro_batch():
+    synced = []
+
+    class RecordingDDP(torch.nn.Linear):
+        """Stands in for DistributedDataParallel: records whether each backward would all-reduce."""
+        syncing = True
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.syncing = False
+            yield
+            self.syncing = True
+
+        def forward(self, x):
+            synced.append(self.syncing)
+            return super().forward(x)
+
+    model = RecordingDDP(3, 1)
+    autocast, scaler = train_clm.precision_context(torch.device("cpu"), "fp32")
+    train_clm.accumulate_gradients(model, lambda m, batch: m(batch).sum(), lambda: torch.ones(2, 3), 4,
+                                   autocast, scaler, distributed=True)
+    assert synced == [False, False, False, True]
+
+
+# Run by torchrun in each process: the real command line of a script, plus one addition made here
+# and not in the course code: when train() returns, every rank saves its own weights.
+RANK_WEIGHTS_LAUNCHER = """
+import os, sys
+import torch
+sys.path.insert(0, os.getcwd())
+import train_clm
+script = __import__(sys.argv[1])
+real_train = train_clm.train
+
+def train_and_save_rank_weights(*args, **kwargs):
+    result = real_train(*args, **kwargs)
+    torch.save(result["model"].state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+    return result
+
+train_clm.train = script.train = train_and_save_rank_weights
+train_clm.run_cli(lambda: script.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
+@pytest.mark.parametrize("script", ["train_clm", "train_mlm"])
+def test_two_processes_under_torchrun_end_with_identical_weights(script, corpus_file, tmp_path):
+    if not (REPO / f"{script}.py").exists():
+        pytest.skip(f"{script}.py is not written yet")
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(RANK_WEIGHTS_LAUNCHER)
+    run = tmp_path / "run"
+    flags = [a for a in cli_args(corpus_file, run, "--max-iters", "6", "--eval-interval", "3",
+                                 "--grad-accum", "2") if a != "--quiet"]
+    result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", str(launcher), script,
+                             str(tmp_path), *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", map_location="cpu", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", map_location="cpu", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    checkpoint = load_checkpoint(run / "ckpt.pt")                      # written by rank 0 alone
+    assert all(torch.equal(checkpoint["model"][k], rank0[k]) for k in rank0)
+    first, second = checkpoint["rng"]["batches"]                         # one data position per rank
+    assert not torch.equal(first, second)
+    assert checkpoint["state"]["tokens"] == 6 * 2 * 2 * 8 * 32           # steps x ranks x accum x B x T
+    assert result.stdout.count("model:") == 1                          # only rank 0 logs ...
+    assert result.stdout.count("final:") == 1                          # ... and reports
+    assert sorted(p.name for p in run.iterdir()) == ["ckpt.pt", "log.jsonl", "loss.png"]
