@@ -162,7 +162,10 @@ def obtain_data_file(name, data_dir=None, cache_dir=None, also=()):
 
 
 def read_text(path):
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:  # unreadable (permissions), vanished, or a folder where a file was expected
+        raise UserError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -564,7 +567,110 @@ def bits_per_unit(nats_per_token, n_tokens, n_units):
     return nats_per_token / math.log(2) * n_tokens / n_units
 
 
-# (Masked-LM corruption of a batch, mask_tokens, is added here by the MLM lesson.)
+# ----------------------------------------------------------------------------- masked-LM batches
+# BERT's corruption (Devlin et al. 2019, sec 3.1 and appendix A.1), used by train_mlm.py. The
+# model must see a sequence with holes and say what was there; only the holes are scored.
+
+def check_masking(mask_prob, draw="fixed", short_seq_prob=0.0):
+    """The masking knobs, checked (also by train_mlm.MLMConfig, before a run touches its out dir)."""
+    if not 0.0 < mask_prob <= 1.0:
+        raise UserError(f"--mask-prob must be in (0, 1], got {mask_prob}; BERT uses 0.15")
+    if draw not in ("fixed", "bernoulli"):
+        raise UserError(f"unknown --mask-draw {draw!r}; use fixed or bernoulli")
+    if not 0.0 <= short_seq_prob <= 1.0:
+        raise UserError(f"--short-seq-prob must be in [0, 1], got {short_seq_prob}; BERT uses 0.1")
+
+
+def mask_tokens(idx, enc, mask_prob, generator, draw="fixed", corruption=(0.8, 0.1)):
+    """BERT's masking of a batch of token ids: idx (B, T) -> (inputs, labels), both (B, T) int64.
+
+    1. Select mask_prob of the positions that hold an ordinary token (never [CLS], [PAD] or any
+       other special token: they are the ids >= n_ordinary), at least one per sequence, so no
+       sequence and no batch ever has a loss over zero positions.
+    2. Corrupt the selected positions: corruption[0] (80%) become the mask token, corruption[1]
+       (10%) a random ordinary token, the rest (10%) stay unchanged. Why not always the mask token:
+       it never occurs in fine-tuning inputs, so a model that only had to predict at mask tokens
+       would owe nothing to the tokens it can see; the random and unchanged 10%s make it keep a
+       good guess of the true token at every position (Devlin et al. 2019, sec 3.1 and
+       appendix A.1; appendix C.2 compares other splits).
+    3. labels: the original token at the selected positions, -100 (ignored by the loss) elsewhere.
+
+    Two ways to select, `draw`:
+      "fixed"      exactly max(1, round(mask_prob * n)) of a sequence's n ordinary tokens, as BERT's
+                   own create_pretraining_data.py does. Every full-length sequence then yields the
+                   same number of predictions, so with no short sequences the sparse LM head sees one
+                   (N, C) shape every step, and torch.compile compiles once instead of recompiling or
+                   falling back to dynamic shapes.
+      "bernoulli"  each ordinary token independently with probability mask_prob (Hugging Face's
+                   DataCollatorForLanguageModeling): N varies from batch to batch. A sequence that drew
+                   none gets one random position: on sequences of n tokens this adds about
+                   (1 - mask_prob)^n / n to the rate: nothing at n = 127, 0.85 at n = 1.
+    Both select mask_prob of the tokens on average. The masking rate itself is a choice, not a law:
+    Wettig et al. 2022 ("Should You Mask 15% in Masked Language Modeling?") find 40% beats 15% for
+    BERT-large, that 80% still keeps about 95% of fine-tuning quality, and that the best rate grows
+    with model size: a higher rate corrupts more context (a harder task) but also scores more
+    predictions per sequence (more learning signal per step), and they revisit the 80/10/10 split
+    in that light. 15% stays our default; try --mask-prob 0.3 or 0.4 (train_mlm.py).
+    All randomness comes from the CPU `generator`, so a resumed run masks exactly as the first did.
+    """
+    check_masking(mask_prob, draw)
+    B, T = idx.shape
+    n_ord, mask_id = n_ordinary(enc), special_ids(enc)["mask"]
+    eligible = idx < n_ord                                                # (B, T) ordinary tokens
+    n_eligible = eligible.sum(dim=1)                                      # (B,)
+    if (n_eligible == 0).any():
+        raise ValueError("every sequence needs at least one ordinary token to mask")
+    # One uniform score per position; ineligible positions get 2.0, above every real score in [0, 1).
+    scores = torch.rand(B, T, generator=generator).masked_fill(~eligible, 2.0)          # (B, T)
+    if draw == "fixed":
+        n_select = (n_eligible * mask_prob).round().long().clamp(min=1)   # (B,), <= n_eligible
+        # The n_select positions with the lowest scores: at or below the n_select-th smallest score.
+        threshold = scores.sort(dim=1).values.gather(1, (n_select - 1)[:, None])          # (B, 1)
+        selected = scores <= threshold                                                    # (B, T)
+    else:
+        selected = scores < mask_prob                                                     # (B, T)
+        none = ~selected.any(dim=1)                                                       # (B,)
+        # A row that selected nothing has all its scores >= mask_prob; its lowest-scored eligible
+        # position is a uniformly random one.
+        selected[none, scores[none].argmin(dim=1)] = True
+    mask_share, random_share = corruption
+    choice = torch.rand(B, T, generator=generator)                        # (B, T): which corruption
+    random_tokens = torch.randint(n_ord, (B, T), generator=generator)     # ordinary ids only
+    inputs = idx.masked_fill(selected & (choice < mask_share), mask_id)
+    use_random = selected & (choice >= mask_share) & (choice < mask_share + random_share)
+    inputs = torch.where(use_random, random_tokens, inputs)               # (B, T)
+    labels = idx.masked_fill(~selected, -100)                             # (B, T)
+    return inputs, labels
+
+
+def mlm_batch(windows, enc, mask_prob, generator, short_seq_prob=0.0, draw="fixed",
+              corruption=(0.8, 0.1)):
+    """Windows of text (B, T-1) ordinary token ids -> a masked-LM batch of T positions:
+
+        idx             [CLS] w_1 .. w_L [PAD] .. [PAD], then corrupted by mask_tokens   (B, T)
+        targets         the original token where selected, -100 elsewhere               (B, T)
+        attention_mask  1 on [CLS] and the L text tokens, 0 on the padding              (B, T)
+
+    [CLS] at position 0 gives a fine-tuned classifier a slot to pool from (BERT's [CLS] pooling);
+    mean pooling over attention_mask works too. Where do sequences shorter than the block come
+    from? The corpus is one token stream (pydocs has no end-of-text tokens to cut at), so we follow
+    BERT's create_pretraining_data.py (short_seq_prob = 0.1): with probability short_seq_prob a
+    sequence keeps only a random length in [2, T] (counting [CLS]) and is padded on the right. A
+    model that never saw padding during pretraining would meet it for the first time at
+    fine-tuning, where sentences are short; 10% of short sequences costs little and avoids that.
+    """
+    check_masking(mask_prob, draw, short_seq_prob)
+    ids = special_ids(enc)
+    B, T = windows.shape[0], windows.shape[1] + 1
+    idx = torch.cat([torch.full((B, 1), ids["cls"], dtype=torch.long), windows.long()], dim=1)  # (B, T)
+    # Both draws happen for every row, so the generator advances the same way whatever the rate.
+    short = torch.rand(B, generator=generator) < short_seq_prob                         # (B,)
+    random_lengths = torch.randint(2, T + 1, (B,), generator=generator)                 # (B,)
+    lengths = torch.where(short, random_lengths, torch.full((B,), T))                   # (B,)
+    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()               # (B, T)
+    idx = idx.masked_fill(attention_mask == 0, ids["pad"])
+    inputs, targets = mask_tokens(idx, enc, mask_prob, generator, draw, corruption)
+    return dict(idx=inputs, targets=targets, attention_mask=attention_mask)
 
 
 # ----------------------------------------------------------------------------- labelled sets

@@ -141,8 +141,10 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        # tanh-approximate GELU, as in GPT-2 and BERT's original code (Hendrycks & Gimpel 2016)
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        # GELU, x * Phi(x) (Hendrycks & Gimpel 2016), in its exact erf form as nanoGPT's nn.GELU().
+        # GPT-2 and BERT's original code used a tanh approximation, cheaper on their accelerators;
+        # on a CPU PyTorch's tanh form is ~3x slower than the erf one (forward + backward, measured).
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -208,15 +210,23 @@ class Transformer(nn.Module):
             x = block(x, attention_mask)                                        # (B, T, C)
         return self.final_norm(x)
 
-    def forward(self, idx, targets=None, attention_mask=None):
+    def forward(self, idx, targets=None, attention_mask=None, only_scored=False):
         """idx (B, T) token ids; targets (B, T) ids with -100 where no prediction is scored;
-        attention_mask (B, T), 1 = real token, 0 = padding. Returns (logits (B, T, V), loss or None)."""
-        logits = self.lm_head(self.hidden_states(idx, attention_mask))         # (B, T, V)
-        loss = None
-        if targets is not None:
-            # Mean over scored positions only: the causal loss scores them all, the masked loss
-            # scores the positions in M (labels are -100 everywhere else).
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        attention_mask (B, T), 1 = real token, 0 = padding. Returns (logits, loss or None):
+        logits (B, T, V), or with only_scored=True (N, V) for just the N scored positions."""
+        h = self.hidden_states(idx, attention_mask)                             # (B, T, C)
+        if targets is None:
+            return self.lm_head(h), None
+        if only_scored:
+            # Sparse prediction: when only a few positions are scored (15% in masked LM), run the
+            # head, the largest matrix product in a small model, on those rows alone.
+            scored = targets != -100                                            # (B, T) bool
+            h, targets = h[scored], targets[scored]                             # (N, C), (N,)
+        logits = self.lm_head(h)                                                # (..., V)
+        # Mean over scored positions only: the causal loss scores them all, the masked loss
+        # scores the positions in M (labels are -100 everywhere else).
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=-100)
         return logits, loss
 
     # ------------------------------------------------------------------------------------------

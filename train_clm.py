@@ -500,27 +500,35 @@ def choose_precision(model, objective, batch, device):
     return min(timings, key=timings.get)
 
 
-# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets (FLOP/s), for MFU on GPUs.
+# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets (FLOP/s), for reference next to
+# the measured peak (bench.py prints both).
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
                   "L40S": 362e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
 def peak_flops(device, precision):
-    """Peak FLOP/s to measure MFU against (model FLOPs utilisation, Chowdhery et al. 2022): the
-    datasheet figure for known GPUs; otherwise measured here with a large matrix product in the
-    precision actually used, since CPUs differ too much for any table."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value if precision != "fp32" else value / 2   # TF32 runs at half the rate
+    """Peak FLOP/s to measure MFU against (model FLOPs utilisation, Chowdhery et al. 2022):
+    measured here with a large matrix product in the precision actually used, on every device.
+    CPUs differ too much for any table, and a GPU's datasheet figure assumes clocks and cooling
+    that a given card may not have; datasheet_peak_flops gives it for comparison."""
     return measure_peak_flops(device, precision)
 
 
-def measure_peak_flops(device, precision, n=1024, repeats=10):
+def datasheet_peak_flops(device, precision):
+    """The vendor's figure for a known GPU (TF32 for fp32: half the bf16 rate); None otherwise."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    value = next((v for key, v in GPU_PEAK_FLOPS.items() if key in name), None)
+    return None if value is None else (value / 2 if precision == "fp32" else value)
+
+
+def measure_peak_flops(device, precision, n=None, repeats=10):
+    # A GPU needs a large product to keep all its units busy; on a CPU 1024 already saturates them.
+    n = n or (8192 if device.type == "cuda" else 1024)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if device.type == "cpu" and dtype == torch.float16:
-        dtype = torch.float32
+        dtype = torch.float32       # CPUs without fp16 units emulate it (~1 GFLOP/s): not a peak
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")

@@ -1,0 +1,348 @@
+"""How fast does it train? Throughput, MFU and memory of the training step, measured, not guessed.
+
+One number answers "how fast": tokens per second through a full training step, exactly the step
+train_clm.train() runs (forward, backward, gradient clipping, fused AdamW):
+
+    tokens per second = batch_size * block_size * steps / seconds
+
+One number answers "how well is the machine used": model FLOPs utilisation (Chowdhery et al. 2022,
+PaLM, appendix B), the useful arithmetic done per second over what the matrix units can do:
+
+    MFU = tokens per second * FLOPs per token / peak FLOP/s
+
+FLOPs per token are Transformer.flops_per_token (6N + 12 * n_layer * T * C). The peak is measured
+here, on the spot, with a large matrix product in the same precision as the row (a bf16 row is
+compared with the bf16 peak, an fp32 row with the fp32 peak); on a GPU the datasheet figure is
+reported next to it for reference. MFU is what makes rows of different sizes comparable: a tiny
+model is bound by per-operation overhead (low MFU), a wide one by arithmetic (high MFU).
+
+How the measurement is kept honest:
+  - every configuration runs in its own fresh Python process, so one row's compiled graphs,
+    allocator caches or memory peak cannot leak into the next row's numbers;
+  - the first steps are warm-up and are not timed (memory allocation, kernel selection, and under
+    torch.compile the compilation itself, whose cost is reported separately as warmup_s);
+  - peak memory is the process's maximum resident set size on a CPU (everything: weights, optimiser
+    state, activations, and the Python and PyTorch runtime), torch.cuda.max_memory_allocated on a GPU;
+  - the tokenizer is measured too (MB/s encoding the default corpus, seconds to train the BPE),
+    since a data pipeline slower than the model would make every other number moot.
+
+Other programs running on the same cores distort wall-clock timings (two threads that must meet at
+every operation wait for the slower one): each row records the load average, and the table should
+only be quoted from a quiet machine.
+
+Read in this order: SHAPES, measure_training (one row), measure_tokenizer, run_isolated (one fresh
+process per row), the table, the command line.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+import data
+import train_clm
+from data import UserError
+from model import ModelConfig, Transformer
+
+# Model shapes, named layers x width. The first three are the shapes of the README's comparison
+# with nanoGPT: its README's CPU example (shakespeare_char, 4 layers, width 128, 64-token context,
+# batch 12, 65 characters), then two that a bpe:4096 vocabulary and more width make realistic.
+SHAPES = {
+    "4x128": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
+    "6x384": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=16, vocab_size=4096),
+    "8x512": dict(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=8, vocab_size=4096),
+    "2x32": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, vocab_size=64),  # --quick
+}
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+
+
+def parse_shape(text):
+    """A name from SHAPES, or 'n_layer/n_head/n_embd/block_size/batch_size/vocab_size'."""
+    if text in SHAPES:
+        return text, dict(SHAPES[text])
+    parts = text.split("/")
+    if len(parts) != len(SHAPE_KEYS) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"unknown shape {text!r}; use one of {', '.join(SHAPES)} or "
+                        f"layers/heads/width/block/batch/vocab, e.g. 4/4/128/64/12/65")
+    return text, dict(zip(SHAPE_KEYS, map(int, parts)))
+
+
+def default_precisions(device):
+    """fp16 only where it applies: CUDA has fp16 units; CPUs compute it by converting to fp32."""
+    return {"cuda": ["fp32", "bf16", "fp16"], "mps": ["fp32"]}.get(device.type, ["fp32", "bf16"])
+
+
+# ----------------------------------------------------------------------------------------------
+# One row: the training step of one shape in one precision, attention and compile setting.
+
+def measure_training(spec):
+    """Time spec["steps"] training steps after spec["warmup"] untimed ones; returns a row (dict).
+
+    The step is train_clm.train()'s: the same optimiser (make_optimizer), autocast and gradient
+    scaler (precision_context), micro-batch loop (accumulate_gradients), clipping and loss read-out,
+    on random windows of a random token stream drawn by data.get_batch, the training data path.
+    """
+    device = train_clm.pick_device(spec["device"], dict(rank=0, local_rank=0, world_size=1))
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    shape = spec["shape"]
+    cfg = train_clm.TrainConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
+                                block_size=shape["block_size"], batch_size=shape["batch_size"],
+                                attention=spec["attention"], device=spec["device"])
+    torch.manual_seed(0)
+    model_config = ModelConfig(vocab_size=train_clm.padded_vocab_size(shape["vocab_size"]),
+                               block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                               n_embd=cfg.n_embd, attention=cfg.attention)
+    model = Transformer(model_config).to(device)
+    optimizer = train_clm.make_optimizer(model, cfg, device)
+    autocast, scaler = train_clm.precision_context(device, spec["precision"])
+    train_model = torch.compile(model) if spec["compiled"] else model
+    tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
+    generator = torch.Generator().manual_seed(0)
+    draw = lambda: dict(zip(("idx", "targets"), data.get_batch(tokens, cfg.batch_size, cfg.block_size,
+                                                                 device, generator)))
+
+    def step():                                       # the body of train()'s loop, minus logging
+        loss = train_clm.accumulate_gradients(train_model, train_clm.clm_loss, draw, cfg.grad_accum,
+                                              autocast, scaler)
+        loss_value = float(loss)                      # train() reads the loss every step
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(spec["warmup"]):
+        step()
+    train_clm.synchronize(device)
+    warmup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(spec["steps"]):
+        loss = step()
+    train_clm.synchronize(device)
+    seconds = time.perf_counter() - start
+
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
+    tokens_per_s = tokens_per_step * spec["steps"] / seconds
+    peak = train_clm.peak_flops(device, spec["precision"])       # measured, in this precision
+    return dict(kind="train_step", shape=spec["shape_name"], **shape, precision=spec["precision"],
+                attention=spec["attention"], compiled=spec["compiled"], tokens_per_s=round(tokens_per_s, 1),
+                mfu=round(tokens_per_s * model.flops_per_token() / peak, 4), peak_memory_mb=peak_memory_mb(device),
+                memory_kind=("max allocated (CUDA)" if device.type == "cuda" else "max RSS of the process"
+                             + ("" if spec.get("isolated", True) else ", cumulative over the rows it ran")),
+                step_ms=round(1000 * seconds / spec["steps"], 2), warmup_s=round(warmup_s, 2),
+                steps=spec["steps"], warmup=spec["warmup"], final_loss=round(loss, 4),
+                flops_per_token=model.flops_per_token(), measured_peak_flops=peak,
+                datasheet_peak_flops=train_clm.datasheet_peak_flops(device, spec["precision"]),
+                **machine(device))
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        import resource                               # POSIX only
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)   # bytes on macOS, KiB on Linux
+
+
+def machine(device):
+    """What the numbers were measured on, and how busy it was (1-minute load average)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return dict(device=device.type, device_name=device_name(device), threads=torch.get_num_threads(),
+                torch=torch.__version__, load_avg=None if load is None else round(load, 2))
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer: encoding speed on the corpus, and how long learning the BPE takes.
+
+def measure_tokenizer(corpus_name, tokenizer_name, max_chars=None, data_dir=None, cache_dir=None):
+    """BPE training time (always trained afresh: the cache is bypassed) and encoding MB/s, both with
+    one thread (enc.encode_ordinary) and with data.encode_text's parallel chunks, as prepare_dataset."""
+    corpus = data.load_corpus(corpus_name, data_dir, cache_dir)
+    text = corpus.text[:max_chars]
+    train_text = text[:int(len(text) * (1 - data.VAL_FRACTION))]       # as prepare_dataset trains it
+    n_bytes = len(text.encode("utf-8"))
+    bpe_train_s = None
+    if tokenizer_name.startswith("bpe:"):
+        start = time.perf_counter()
+        ranks = data.train_bpe(train_text, int(tokenizer_name[4:]))
+        bpe_train_s = time.perf_counter() - start
+        enc = data.make_encoding(tokenizer_name, ranks)
+    else:
+        enc = data.get_tokenizer(tokenizer_name, text, cache_dir, data_dir)
+    start = time.perf_counter()
+    n_tokens = len(enc.encode_ordinary(text))
+    one_thread_s = time.perf_counter() - start
+    start = time.perf_counter()
+    data.encode_text(enc, text)
+    parallel_s = time.perf_counter() - start
+    cpu = torch.device("cpu")
+    return dict(kind="tokenizer", shape=f"{corpus_name}, {tokenizer_name}", precision=None, attention=None,
+                compiled=False, tokens_per_s=round(n_tokens / one_thread_s), mfu=None,
+                peak_memory_mb=peak_memory_mb(cpu), memory_kind="max RSS of the process",
+                corpus_mb=round(n_bytes / 1e6, 3), bytes_per_token=round(n_bytes / n_tokens, 3),
+                encode_mb_per_s=round(n_bytes / 1e6 / one_thread_s, 2),
+                encode_parallel_mb_per_s=round(n_bytes / 1e6 / parallel_s, 2),
+                bpe_train_s=None if bpe_train_s is None else round(bpe_train_s, 2), **machine(cpu))
+
+
+# ----------------------------------------------------------------------------------------------
+# One fresh process per row.
+
+def run_isolated(spec):
+    """Run measure_training(spec) in a new Python process; a failure becomes a row with an error."""
+    command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == 0:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()
+    return dict(kind="train_step", shape=spec["shape_name"], **spec["shape"], precision=spec["precision"],
+                attention=spec["attention"], compiled=spec["compiled"], threads=spec["threads"] or None,
+                tokens_per_s=None, mfu=None, peak_memory_mb=None, error=lines[-1][:300])
+
+
+# ----------------------------------------------------------------------------------------------
+# The table.
+
+def format_table(rows):
+    """Markdown, so the README can quote it as printed."""
+    lines = ["| shape (layers/heads/width, block, batch, vocab) | precision | attention | compiled | threads "
+             "| tokens/s | MFU | peak memory MB | warm-up s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in (r for r in rows if r["kind"] == "train_step"):
+        shape = f"{r['n_layer']}/{r['n_head']}/{r['n_embd']}, {r['block_size']}, {r['batch_size']}, {r['vocab_size']}"
+        if r.get("error"):
+            lines.append(f"| {shape} | {r['precision']} | {r['attention']} | {r['compiled']} | "
+                         f"{r.get('threads', '')} | failed: {r['error']} | | | |")
+            continue
+        lines.append(f"| {shape} | {r['precision']} | {r['attention']} | {'yes' if r['compiled'] else 'no'} "
+                     f"| {r['threads']} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['peak_memory_mb']} "
+                     f"| {r['warmup_s']:.1f} |")
+    for r in (r for r in rows if r["kind"] == "tokenizer"):
+        bpe = f", BPE trained in {r['bpe_train_s']:.1f} s" if r["bpe_train_s"] is not None else ""
+        lines.append(f"\ntokenizer ({r['shape']}, {r['corpus_mb']:.2f} MB): {r['encode_mb_per_s']:.2f} MB/s "
+                     f"on one thread ({r['tokens_per_s']:,} tokens/s), {r['encode_parallel_mb_per_s']:.2f} MB/s "
+                     f"in parallel chunks{bpe}; peak memory {r['peak_memory_mb']} MB")
+    return "\n".join(lines)
+
+
+def peak_lines(rows):
+    """The peaks MFU was computed against, one line per precision (the last row's measurement)."""
+    peaks = {}
+    for r in rows:
+        if r["kind"] == "train_step" and not r.get("error"):
+            peaks[r["precision"]] = (r["measured_peak_flops"], r["datasheet_peak_flops"])
+    return "; ".join(f"{p} {m / 1e12:.3f} TFLOP/s measured" + (f" ({d / 1e12:.0f} datasheet)" if d else "")
+                     for p, (m, d) in peaks.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line.
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke test: shape 2x32, 3 timed steps, "
+                        "no compile, the tokenizer on the first 200k characters, and every row in this "
+                        "process (seconds instead of minutes; peak memory is then cumulative)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file")
+    parser.add_argument("--shapes", default="4x128,6x384,8x512",
+                        help=f"comma-separated: {', '.join(SHAPES)}, or layers/heads/width/block/batch/vocab")
+    parser.add_argument("--precisions", default="auto", help="comma-separated fp32,bf16,fp16; auto: "
+                        "fp32,bf16 on a CPU, plus fp16 on CUDA")
+    parser.add_argument("--attention", default="fast,explicit", help="comma-separated fast,explicit")
+    parser.add_argument("--compile", choices=("no", "yes", "both"), default="both",
+                        help="torch.compile the model: without, with, or a row for each")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--threads", default="0", help="comma-separated torch thread counts, a row for "
+                        "each (0: PyTorch's default, one per core)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--corpus", default="pydocs", help="corpus for the tokenizer measurement")
+    parser.add_argument("--tokenizer", default="bpe:4096", help="tokenizer to train and time ('none': skip)")
+    parser.add_argument("--data-dir", default=None, help="data folder (default: $PTFT_DATA_DIR)")
+    parser.add_argument("--cache-dir", default=None, help="cache folder (default: $PTFT_CACHE_DIR or ~/.cache/ptft)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)            # internal: one row, as JSON
+    return parser
+
+
+def split_list(text, allowed, what):
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [item for item in items if item not in allowed]
+    if bad or not items:
+        raise UserError(f"--{what} {text!r}: use a comma-separated list of {', '.join(allowed)}")
+    return items
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.child:                                     # inside a fresh process: measure one row
+        print(json.dumps(measure_training(json.loads(args.child))))
+        return
+    if args.quick:
+        args.shapes, args.steps, args.warmup, args.compile = "2x32", 3, 1, "no"
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError("--steps must be >= 1 and --warmup >= 0")
+    device = train_clm.pick_device(args.device, dict(rank=0, local_rank=0, world_size=1))
+    shapes = [parse_shape(s.strip()) for s in args.shapes.split(",") if s.strip()]
+    precisions = (default_precisions(device) if args.precisions == "auto"
+                  else split_list(args.precisions, ("fp32", "bf16", "fp16"), "precisions"))
+    attentions = split_list(args.attention, ("fast", "explicit"), "attention")
+    compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    threads = [t.strip() for t in args.threads.split(",")]
+    if not all(t.isdigit() for t in threads):
+        raise UserError(f"--threads {args.threads!r}: use comma-separated counts, e.g. 1,2 (0: the default)")
+
+    command = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"{datetime.date.today().isoformat()}  {command}\n{device_name(device)}, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else '?'} at the start\n", flush=True)
+    rows = []
+    if args.tokenizer != "none":
+        rows.append(measure_tokenizer(args.corpus, args.tokenizer, 200_000 if args.quick else None,
+                                      args.data_dir, args.cache_dir))
+    for shape_name, shape in shapes:
+        for precision in precisions:
+            for attention in attentions:
+                for compiled in compiles:
+                    for n_threads in threads:
+                        spec = dict(shape_name=shape_name, shape=shape, precision=precision,
+                                    attention=attention, compiled=compiled, steps=args.steps,
+                                    warmup=args.warmup, threads=int(n_threads), device=str(device))
+                        row = run_isolated(spec) if not args.quick else measure_training(dict(spec, isolated=False))
+                        rows.append(row)
+                        print(f"  {shape_name} {precision} {attention} compiled={compiled} threads={n_threads}: "
+                              + (f"{row['tokens_per_s']:,.0f} tokens/s" if row["tokens_per_s"] else row["error"]),
+                              flush=True)
+    print("\n" + format_table(rows))
+    print(f"\nMFU against the peak of each row's precision: {peak_lines(rows)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        print(f"wrote {len(rows)} rows to {args.json}")
+
+
+if __name__ == "__main__":
+    train_clm.run_cli(main)

@@ -1,0 +1,816 @@
+"""Fine-tuning: one costly pretraining run, then cheap specialisation with few labels.
+
+Pretraining (train_clm.py, train_mlm.py) turns unlabelled text into a body f that maps a text of
+T tokens to T vectors, h = f(x), shape (T, C). A classifier for K classes adds two small pieces:
+
+    p(y | x) = softmax(W pool(f(x)) + b)            W: (K, C), b: (K,)
+
+and minimises cross-entropy on labelled pairs (x, y). The claim under test (Howard & Ruder 2018;
+Radford et al. 2018; Devlin et al. 2019): starting f from pretrained weights instead of random ones
+reaches a given accuracy with far fewer labels. This file measures that instead of asserting it.
+
+Pooling: which vectors of h the head reads.
+    causal model          the LAST non-pad token: under a causal mask it is the only position that
+                          has read the whole text (GPT-1 reads its final token the same way).
+    bidirectional model   the MEAN over non-pad tokens (default), or the CLS token at position 0.
+        Why not CLS after masked-LM pretraining: the masked loss scores only the masked positions,
+        and CLS is never masked, so nothing the loss sees reads the final vector at CLS: its
+        gradient is exactly zero for the whole of pretraining. Lower layers' CLS states are
+        trained (other tokens attend to them), but the top one was never asked to summarise
+        anything. BERT trains it with next-sentence prediction; we have no such task, so we
+        average vectors that were all trained.
+
+Modes: which parameters move.
+    full      everything: the strongest, and the one that can forget pretraining
+    last-k    the top k blocks, the final norm and the head; lower layers hold the most general
+              features (Yosinski et al. 2014; Howard & Ruder 2018), so freezing them costs little
+    frozen    the head alone: a linear probe of what pretraining put in the vectors
+    lora      low-rank adaptation (Hu et al. 2021). Each adapted matrix W0 (out, in) stays frozen
+              and learns a low-rank update:
+                  h = W0 x + (alpha / r) B A x        A: (r, in) random, B: (out, r) zero
+              B = 0 makes the update exactly zero at the start, so training starts exactly at the
+              pretrained model; only A, B and the head train, r (in + out) numbers per matrix
+              instead of in * out. After training, W = W0 + (alpha / r) B A is one plain matrix
+              again (merge_lora): the same outputs at no extra cost at inference.
+
+What is measured: accuracy and macro-F1 (the mean of per-class F1, which a classifier that always
+says "ham" cannot fake on imbalanced spam) on dev and test; a bag-of-words logistic regression on
+the same examples, so a reader sees what the Transformer buys; forgetting, the body's own
+pretraining validation loss before and after fine-tuning; and --sweep, test accuracy against the
+number of labels for scratch, CLM, MLM and LoRA, 3+ seeds each.
+
+Read in this order: 1. inputs and pooling; 2. the classifier, the modes and LoRA; 3. bodies
+(pretrained or scratch); 4. the fine-tuning loop and its metrics; 5. the bag-of-words baseline;
+6. forgetting; 7. one run; 8. the sweep; 9. the command line.
+
+    python finetune.py --checkpoint out/clm/ckpt.pt --n-train 256          # CLM, full fine-tuning
+    python finetune.py --checkpoint out/clm/ckpt.pt --init scratch         # same shape, random
+    python finetune.py --checkpoint out/mlm/ckpt.pt --mode lora --forgetting
+    python finetune.py --sweep --clm out/clm/ckpt.pt --mlm out/mlm/ckpt.pt # the paradigm in a picture
+"""
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+import types
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+import train_clm
+from data import UserError
+from model import ModelConfig, Transformer
+from train_clm import knob
+
+SINGLE_PROCESS = dict(rank=0, local_rank=0, world_size=1)   # fine-tuning runs in one process
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Inputs and pooling.
+
+def encode_texts(enc, texts, max_len, cls_first):
+    """One list of token ids per text, cut to max_len. Bidirectional models read [CLS] + text,
+    as they were pretrained (train_mlm.py puts CLS first); causal models read the text alone."""
+    prefix = [data.special_ids(enc)["cls"]] if cls_first else []
+    eot = data.special_ids(enc)["eot"]
+    return [((prefix + ids)[:max_len] or [eot]) for ids in enc.encode_ordinary_batch(list(texts))]
+
+
+def encode_examples(enc, examples, max_len, body):
+    """[(text, label)] -> (token id lists, labels), the way `body` reads them."""
+    max_len = min(max_len, body.config.block_size)
+    return encode_texts(enc, [t for t, _ in examples], max_len, not body.config.causal), [y for _, y in examples]
+
+
+def collate(sequences, pad_id):
+    """Right-pad to the longest sequence: idx (B, T) and attention_mask (B, T), 1 = real token.
+    Padding to the batch's longest, not to max_len, keeps short texts cheap."""
+    T = max(len(s) for s in sequences)
+    idx = torch.full((len(sequences), T), pad_id, dtype=torch.long)          # (B, T)
+    attention_mask = torch.zeros((len(sequences), T), dtype=torch.long)      # (B, T)
+    for row, ids in enumerate(sequences):
+        idx[row, :len(ids)] = torch.tensor(ids)
+        attention_mask[row, :len(ids)] = 1
+    return idx, attention_mask
+
+
+def pool(h, attention_mask, how):
+    """(B, T, C) -> (B, C), reading only real tokens (right padding)."""
+    if how == "last":
+        last = attention_mask.sum(dim=1) - 1                                 # (B,) last real index
+        return h[torch.arange(h.size(0), device=h.device), last]             # (B, C)
+    if how == "mean":
+        weights = attention_mask.unsqueeze(-1).to(h.dtype)                   # (B, T, 1)
+        return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)    # (B, C)
+    if how == "cls":
+        return h[:, 0]                                                       # (B, C)
+    raise UserError(f"unknown pooling {how!r}; use auto, last, mean or cls")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The classifier, the modes, and LoRA.
+
+class Classifier(nn.Module):
+    def __init__(self, body: Transformer, n_classes, pooling):
+        super().__init__()
+        self.body = body
+        self.pooling = pooling
+        self.head = nn.Linear(body.config.n_embd, n_classes)
+        nn.init.normal_(self.head.weight, std=0.02)          # the body's own init scale (GPT-2)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, idx, attention_mask):
+        h = self.body.hidden_states(idx, attention_mask)                     # (B, T, C)
+        return self.head(pool(h, attention_mask, self.pooling))              # (B, K)
+
+
+class LoRALinear(nn.Module):
+    """W0 x + (alpha / r) B A x around a frozen nn.Linear (Hu et al. 2021, eq. 3)."""
+
+    def __init__(self, base: nn.Linear, r, alpha):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / r     # dividing by r keeps the update's size steady when r changes
+        self.A = nn.Parameter(torch.empty(r, base.in_features))                # (r, in)
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))               # (out, r): zero
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))     # nn.Linear's own init, as loralib
+
+    def forward(self, x):                                                      # (..., in)
+        return self.base(x) + (x @ self.A.T @ self.B.T) * self.scale           # (..., out)
+
+    def merged(self):
+        """One nn.Linear with W = W0 + (alpha / r) B A: the same function, no extra cost."""
+        linear = nn.Linear(self.base.in_features, self.base.out_features,
+                           bias=self.base.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(self.base.weight + self.scale * self.B @ self.A)
+            if self.base.bias is not None:
+                linear.bias.copy_(self.base.bias)
+        return linear
+
+
+LORA_TARGETS = {"attn": ("attn.qkv", "attn.proj"),
+                "all": ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")}   # all: Dettmers et al. 2023
+
+
+def add_lora(body, r, alpha, targets="all"):
+    """Wrap the chosen matrices of every block in LoRALinear (in place)."""
+    for block in body.blocks:
+        for path in LORA_TARGETS[targets]:
+            parent_name, name = path.split(".")
+            parent = getattr(block, parent_name)
+            setattr(parent, name, LoRALinear(getattr(parent, name), r, alpha))
+
+
+def merge_lora(module):
+    """Replace every LoRALinear by its merged nn.Linear (in place): a plain Transformer again."""
+    for name, child in module.named_children():
+        if isinstance(child, LoRALinear):
+            setattr(module, name, child.merged())
+        else:
+            merge_lora(child)
+    return module
+
+
+MODES = ("full", "last-k", "frozen", "lora")
+
+
+def apply_mode(classifier, cfg):
+    """Set requires_grad for cfg.mode (inserting LoRA first); the optimiser gets only these."""
+    body = classifier.body
+    if cfg.mode not in MODES:
+        raise UserError(f"unknown mode {cfg.mode!r}; use {', '.join(MODES)}")
+    if cfg.mode == "last-k" and not 1 <= cfg.last_k <= body.config.n_layer:
+        raise UserError(f"--last-k {cfg.last_k}: the model has {body.config.n_layer} blocks; "
+                        f"use 1 <= --last-k <= {body.config.n_layer}")
+    if cfg.mode == "lora":
+        if cfg.lora_r < 1 or cfg.lora_targets not in LORA_TARGETS:
+            raise UserError(f"LoRA needs --lora-r >= 1 and --lora-targets in {', '.join(LORA_TARGETS)}")
+        add_lora(body, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
+    for name, parameter in body.named_parameters():
+        parameter.requires_grad = (cfg.mode == "full" or
+                                   (cfg.mode == "lora" and name.rsplit(".", 1)[-1] in ("A", "B")))
+    if cfg.mode == "last-k":
+        for module in [*body.blocks[-cfg.last_k:], body.final_norm]:
+            module.requires_grad_(True)
+    return classifier
+
+
+def parameter_counts(classifier):
+    """(trainable, total) where total is the model being adapted: body + head, LoRA excluded."""
+    trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+    total = sum(p.numel() for name, p in classifier.named_parameters()
+                if name.rsplit(".", 1)[-1] not in ("A", "B"))
+    return trainable, total
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Bodies: a pretrained checkpoint, or the same architecture from random weights.
+
+def read_checkpoint(path):
+    """A pretraining checkpoint (weights_only, via train_clm) and its tokenizer, checked."""
+    checkpoint = train_clm.load_checkpoint(path)
+    missing = {"model", "model_config", "kind", "tokenizer", "tokenizer_state"} - set(checkpoint)
+    if missing:
+        raise UserError(f"{path} is not a pretraining checkpoint (no {', '.join(sorted(missing))}); "
+                        f"use one written by train_clm.py or train_mlm.py")
+    checkpoint.pop("optimizer", None)                          # not needed here: free the memory
+    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
+    train_clm.check_compatible(checkpoint, enc)               # the rebuilt vocabulary is the saved one
+    return checkpoint, enc
+
+
+def scratch_like(checkpoint, seed):
+    """Random weights in exactly the checkpoint's architecture: the fair comparison."""
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(**checkpoint["model_config"]))
+
+
+def scratch_from_flags(args, seed):
+    """No checkpoint: the tokenizer from --corpus/--tokenizer, the shape from --preset."""
+    dataset = data.prepare_dataset(args.corpus, args.tokenizer, args.data_dir, args.cache_dir, verbose=False)
+    shape = train_clm.TrainConfig(**{**train_clm.PRESETS[args.preset], "corpus": args.corpus,
+                                     "tokenizer": args.tokenizer})
+    torch.manual_seed(seed)
+    model_config = train_clm.make_model_config(shape, dataset.enc, args.kind == "causal")
+    return Transformer(model_config), dataset.enc
+
+
+def make_classifier(body, n_classes, cfg):
+    """Body + pooling + head, with cfg.mode applied. Seeded here, so that for one seed the head
+    (and LoRA's A) start the same whether the body is pretrained or random."""
+    pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if body.config.causal else "mean")
+    if pooling == "cls" and body.config.causal:
+        raise UserError("--pooling cls needs a bidirectional model: under a causal mask the first "
+                        "token sees only itself; use last (the default for causal models)")
+    torch.manual_seed(cfg.seed)
+    return apply_mode(Classifier(body, n_classes, pooling), cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Fine-tuning and its metrics.
+
+@dataclass
+class FinetuneConfig:
+    mode: str = knob("full", "full, last-k, frozen (head only) or lora: which parameters train")
+    last_k: int = knob(2, "with --mode last-k: how many top blocks train")
+    lora_r: int = knob(8, "LoRA rank r")
+    lora_alpha: float = knob(16.0, "LoRA alpha: the update is scaled by alpha / r")
+    lora_targets: str = knob("all", "LoRA on attention (attn: qkv, proj) or on every block matrix (all)")
+    pooling: str = knob("auto", "auto (last for causal, mean for bidirectional), last, mean or cls")
+    n_train: Optional[int] = knob(None, "train on K labelled examples, balanced and seeded (None: all of the train split)")
+    max_len: int = knob(64, "tokens per text, longer texts are cut (64 keeps a docstring's summary "
+                            "and more; 128 costs twice as much)")
+    epochs: float = knob(3.0, "passes over the labelled training examples")
+    min_steps: int = knob(50, "at least this many steps, so that tiny label sets still train")
+    batch_size: int = knob(16, "examples per step")
+    lr: Optional[float] = knob(None, "peak learning rate (None: 3e-4 full/last-k, 2e-3 lora, 3e-3 frozen)")
+    min_lr: float = knob(0.0, "final learning rate (BERT decays to zero)")
+    warmup: float = knob(0.1, "warmup as a fraction of the steps (BERT: a tenth)")
+    weight_decay: float = knob(0.01, "AdamW weight decay on matrices (BERT fine-tuning's 0.01)")
+    beta1: float = knob(0.9, "AdamW beta1")
+    beta2: float = knob(0.999, "AdamW beta2 (BERT's; short runs need no 0.95)")
+    grad_clip: float = knob(1.0, "clip the global gradient norm to this (0: off)")
+    eval_points: int = knob(5, "dev evaluations during training, for the curve (0: only at the end)")
+    seed: int = knob(0, "seed for the subsample, the head, LoRA, scratch weights and batch order")
+    device: str = knob("auto", "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
+    precision: str = knob("auto", "auto (time fp32 and bf16 on this model, keep the faster), fp32 or bf16")
+
+
+# Each mode's default peak learning rate, picked on pydocs-topic dev accuracy. A pretrained body
+# wants small steps (large ones erase what it knows); new parameters alone (head, LoRA) take large ones.
+DEFAULT_LR = {"full": 3e-4, "last-k": 3e-4, "frozen": 3e-3, "lora": 2e-3}
+
+
+def resolved(cfg):
+    return cfg if cfg.lr is not None else dataclasses.replace(cfg, lr=DEFAULT_LR.get(cfg.mode, 3e-4))
+
+
+def n_steps(cfg, n_examples):
+    return max(cfg.min_steps, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
+
+
+def classification_loss(classifier, batch):
+    logits = classifier(batch["idx"], batch["attention_mask"])                 # (B, K)
+    return F.cross_entropy(logits.float(), batch["labels"])
+
+
+def make_batch(sequences, labels, pad_id, device):
+    idx, attention_mask = collate(sequences, pad_id)
+    return dict(idx=idx.to(device), attention_mask=attention_mask.to(device),
+                labels=torch.tensor(labels, dtype=torch.long, device=device))
+
+
+def pick_precision(classifier, sequences, labels, pad_id, cfg, device):
+    if cfg.precision != "auto":
+        return cfg.precision
+    batch = make_batch(sequences[:cfg.batch_size], labels[:cfg.batch_size], pad_id, device)
+    objective = types.SimpleNamespace(loss=classification_loss)   # all choose_precision needs
+    return train_clm.choose_precision(classifier, objective, batch, device)
+
+
+@torch.no_grad()
+def predict(classifier, sequences, pad_id, device, autocast, batch_size=64):
+    """Predicted class per sequence. Sorted by length, so each batch pads little."""
+    classifier.eval()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    predictions = torch.empty(len(sequences), dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        idx, attention_mask = collate([sequences[i] for i in rows], pad_id)
+        with autocast():
+            logits = classifier(idx.to(device), attention_mask.to(device))     # (B, K)
+        predictions[rows] = logits.argmax(dim=-1).cpu()
+    classifier.train()
+    return predictions
+
+
+def classification_metrics(predictions, labels):
+    """Accuracy and macro-F1: F1_k = 2 TP / (2 TP + FP + FN) per class, averaged over the classes
+    that occur (in labels or predictions), so a minority class counts as much as a majority one."""
+    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
+    f1s = []
+    for k in torch.unique(torch.cat([predictions, labels])).tolist():
+        tp = ((predictions == k) & (labels == k)).sum().item()
+        fp = ((predictions == k) & (labels != k)).sum().item()
+        fn = ((predictions != k) & (labels == k)).sum().item()
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return dict(accuracy=(predictions == labels).float().mean().item(), macro_f1=sum(f1s) / len(f1s))
+
+
+def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev=None, log=print):
+    """Train classifier in place on (sequences, labels). dev: optional (sequences, labels) for the
+    curve. Reuses the pretraining loop's optimiser (AdamW, decay groups) and schedule (warmup +
+    cosine, ending exactly at the last step). Returns (history, precision)."""
+    cfg = resolved(cfg)
+    steps = n_steps(cfg, len(train_sequences))
+    precision = pick_precision(classifier, train_sequences, train_labels, pad_id, cfg, device)
+    autocast, scaler = train_clm.precision_context(device, precision)
+    optimizer = train_clm.make_optimizer(classifier, cfg, device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batch_size = min(cfg.batch_size, len(train_sequences))
+    eval_at = {round(steps * (i + 1) / cfg.eval_points) for i in range(cfg.eval_points)} if dev else set()
+    order, history, start = [], [], time.perf_counter()
+    classifier.train()
+    for step in range(1, steps + 1):
+        lr = train_clm.learning_rate((step - 1) / steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if len(order) < batch_size:                       # a fresh shuffle for each epoch
+            order += torch.randperm(len(train_sequences), generator=generator).tolist()
+        rows, order = order[:batch_size], order[batch_size:]
+        batch = make_batch([train_sequences[i] for i in rows], [train_labels[i] for i in rows], pad_id, device)
+        with autocast():
+            loss = classification_loss(classifier, batch)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(classifier.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        record = dict(step=step, train_loss=loss.item(), lr=lr, seconds=time.perf_counter() - start)
+        if step in eval_at:
+            record.update({f"dev_{k}": v for k, v in classification_metrics(
+                predict(classifier, dev[0], pad_id, device, autocast), dev[1]).items()})
+            log(f"step {step:5d}/{steps} | train loss {record['train_loss']:.4f} | dev accuracy "
+                f"{record['dev_accuracy']:.3f} | dev macro-F1 {record['dev_macro_f1']:.3f} | "
+                f"{record['seconds']:.1f}s")
+        history.append(record)
+    return history, precision
+
+
+def plot_curve(history, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot([r["step"] for r in history], [r["train_loss"] for r in history], alpha=0.7)
+    left.set(xlabel="step", ylabel="training loss (cross-entropy, nats)", title="training loss")
+    evals = [r for r in history if "dev_accuracy" in r]
+    for key in ("dev_accuracy", "dev_macro_f1"):
+        right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key.replace("_", " "))
+    right.set(xlabel="step", ylabel="score", title="dev set", ylim=(0, 1.02))
+    right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The reference row: bag-of-words logistic regression on the same examples.
+
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def bag_of_words(texts, vocabulary):
+    """(N, V) sparse features: log(1 + count) per known word, each row scaled to unit length
+    (sublinear tf with cosine normalisation: Manning et al. 2008, ch. 6)."""
+    rows, cols, values = [], [], []
+    for row, text in enumerate(texts):
+        counts = Counter(w for w in WORD.findall(text.lower()) if w in vocabulary)
+        norm = math.sqrt(sum(math.log1p(c) ** 2 for c in counts.values())) or 1.0
+        for word, count in counts.items():
+            rows.append(row), cols.append(vocabulary[word]), values.append(math.log1p(count) / norm)
+    return torch.sparse_coo_tensor([rows, cols], values, (len(texts), len(vocabulary)),
+                                   dtype=torch.float64, check_invariants=True)
+
+
+def fit_logistic(features, labels, n_classes, l2):
+    """Multinomial logistic regression, mean cross-entropy + l2/2 |W|^2, with L-BFGS: the problem
+    is convex, so this is the optimum, not one run of a noisy optimiser."""
+    weights = torch.zeros(features.size(1) + 1, n_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        logits = torch.sparse.mm(features, weights[:-1]) + weights[-1]        # (N, K), last row = bias
+        loss = F.cross_entropy(logits, labels) + 0.5 * l2 * weights[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return weights.detach()
+
+
+def bag_of_words_baseline(train, dev, test, n_classes, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1)):
+    """Vocabulary from the training texts only; the l2 strength with the best dev accuracy. Tuning
+    on dev gives the baseline its best shot, so what the Transformer buys is not overstated."""
+    vocabulary = {w: i for i, w in enumerate(sorted({w for t, _ in train for w in WORD.findall(t.lower())}))}
+    splits = {name: (bag_of_words([t for t, _ in examples], vocabulary),
+                     torch.tensor([y for _, y in examples])) for name, examples in
+              (("train", train), ("dev", dev), ("test", test))}
+    best = None
+    for l2 in l2_grid:
+        weights = fit_logistic(*splits["train"], n_classes, l2)
+        scores = {name: classification_metrics(
+            (torch.sparse.mm(x, weights[:-1]) + weights[-1]).argmax(-1), y)
+            for name, (x, y) in splits.items() if name != "train"}
+        if best is None or scores["dev"]["accuracy"] > best["dev"]["accuracy"]:
+            best = dict(scores, l2=l2, vocabulary=len(vocabulary))
+    return best
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Forgetting: the body's own pretraining loss, before and after fine-tuning.
+
+def pretraining_objective(name):
+    """The Objective a checkpoint was trained with, from the script that defines it."""
+    if name == "clm":
+        return train_clm.CLM
+    try:
+        import train_mlm
+        return train_mlm.MLM
+    except (ImportError, AttributeError):
+        raise UserError(f"measuring forgetting of an {name} checkpoint needs train_mlm.py (its MLM "
+                        f"objective); run without --forgetting") from None
+
+
+def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
+    """A function model -> validation loss, on the checkpoint's own validation split and objective
+    (the whole split: for a CLM checkpoint the 'before' number is the one train_clm.py printed)."""
+    settings = types.SimpleNamespace(**checkpoint["train_config"])
+    objective = pretraining_objective(checkpoint.get("objective", "clm"))
+    dataset = data.prepare_dataset(settings.corpus, settings.tokenizer, data_dir or settings.data_dir,
+                                   cache_dir or settings.cache_dir, verbose=False)
+    train_clm.check_compatible(checkpoint, dataset.enc, objective)   # same text, same vocabulary
+    batches = objective.eval_batches(dataset.val, settings, dataset, None, device)  # fixed once
+
+    def loss_of(model):
+        model.eval()
+        with torch.no_grad():
+            loss = objective.metrics(model, batches, dataset)["val_loss"]
+        model.train()
+        return loss
+    return loss_of
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
+
+def load_task(name, n_train, seed, data_dir=None, cache_dir=None):
+    labelled = data.load_labelled(name, data_dir, cache_dir)
+    train = data.subsample_balanced(labelled.train, n_train, seed) if n_train else labelled.train
+    return labelled, train
+
+
+def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None):
+    """Fine-tune `body` on `train` and score it on dev and test. forgetting: an optional function
+    model -> pretraining validation loss. Returns a dict of results (and the classifier)."""
+    cfg = resolved(cfg)
+    encoded = {name: encode_examples(enc, examples, cfg.max_len, body)
+               for name, examples in (("train", train), ("dev", labelled.dev), ("test", labelled.test))}
+    classifier = make_classifier(body, len(labelled.label_names), cfg).to(device)
+    trainable, total = parameter_counts(classifier)
+    before = forgetting(classifier.body) if forgetting else None
+    pad_id = data.special_ids(enc)["pad"]
+    history, precision = finetune(classifier, *encoded["train"], cfg, pad_id, device, dev=encoded["dev"], log=log)
+    autocast, _ = train_clm.precision_context(device, precision)
+    result = dict(trainable=trainable, total=total, steps=len(history), precision=precision,
+                  seconds=history[-1]["seconds"], history=history, pooling=classifier.pooling)
+    for split in ("dev", "test"):
+        predictions = predict(classifier, encoded[split][0], pad_id, device, autocast)
+        result[split] = classification_metrics(predictions, encoded[split][1])
+    if forgetting:
+        result["pretraining_loss"] = dict(before=before, after=forgetting(classifier.body))
+    if cfg.mode == "lora":        # the merged model must be the same function
+        merged = merge_lora(copy.deepcopy(classifier)).eval()
+        idx, attention_mask = collate(encoded["dev"][0][:64], pad_id)
+        classifier.eval()
+        with torch.no_grad():
+            unmerged_logits = classifier(idx.to(device), attention_mask.to(device))
+            merged_logits = merged(idx.to(device), attention_mask.to(device))
+        classifier.train()
+        result["lora_merge_max_abs_diff"] = (unmerged_logits - merged_logits).abs().max().item()
+    return result, classifier
+
+
+def print_results(result, baseline, label):
+    print(f"{'':28s} {'dev acc':>8s} {'dev F1':>8s} {'test acc':>9s} {'test F1':>8s}")
+    for name, row in ((label, result), ("bag-of-words logistic reg.", baseline)):
+        print(f"{name:28s} {row['dev']['accuracy']:8.3f} {row['dev']['macro_f1']:8.3f} "
+              f"{row['test']['accuracy']:9.3f} {row['test']['macro_f1']:8.3f}")
+    if "pretraining_loss" in result:
+        pre = result["pretraining_loss"]
+        print(f"forgetting: pretraining val loss {pre['before']:.4f} -> {pre['after']:.4f} "
+              f"({pre['after'] - pre['before']:+.4f} nats per token)")
+    if "lora_merge_max_abs_diff" in result:
+        print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
+
+
+def single_run(args, cfg):
+    device = train_clm.pick_device(cfg.device, SINGLE_PROCESS)
+    checkpoint = None
+    if args.checkpoint:
+        checkpoint, enc = read_checkpoint(args.checkpoint)
+        body = train_clm.model_from_checkpoint(checkpoint) if args.init == "pretrained" else scratch_like(checkpoint, cfg.seed)
+        source = f"{checkpoint.get('objective', '?')} checkpoint {args.checkpoint}"
+        source = source if args.init == "pretrained" else f"random weights shaped like {source}"
+    elif args.init == "pretrained":
+        raise UserError("--init pretrained needs --checkpoint CKPT (from train_clm.py or train_mlm.py); "
+                        "or pass --init scratch")
+    else:
+        body, enc = scratch_from_flags(args, cfg.seed)
+        source = f"random weights, --preset {args.preset} shape, tokenizer {args.tokenizer}"
+    if args.forgetting and (checkpoint is None or args.init == "scratch"):
+        raise UserError("--forgetting compares a pretrained body before and after; pass --checkpoint "
+                        "with --init pretrained")
+    labelled, train = load_task(args.task, cfg.n_train, cfg.seed, args.data_dir, args.cache_dir)
+    forgetting = pretraining_eval(checkpoint, device, args.data_dir, args.cache_dir) if args.forgetting else None
+    print(f"task {args.task}: {len(labelled.label_names)} classes, {len(train)} train"
+          f"{' (balanced subsample)' if cfg.n_train else ''} / {len(labelled.dev)} dev / {len(labelled.test)} test")
+    print(f"body: {source} ({'causal' if body.config.causal else 'bidirectional'}, "
+          f"{body.num_params(non_embedding=False):,} parameters); mode {cfg.mode}")
+    result, classifier = run_one(body, enc, labelled, train, cfg, device, forgetting=forgetting)
+    print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
+          f"({100 * result['trainable'] / result['total']:.2f}%), {result['steps']} steps in "
+          f"{result['seconds']:.1f}s, precision {result['precision']}")
+    baseline = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+    print_results(result, baseline, f"fine-tuned ({args.init}, {cfg.mode})")
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init, config=dataclasses.asdict(cfg),
+                      **result, bag_of_words=baseline)
+        with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        plot_curve(result["history"], os.path.join(args.out_dir, "curve.png"),
+                   f"{args.task}: {args.init} {cfg.mode}, {len(train)} labels")
+        print(f"saved {args.out_dir}/results.json and {args.out_dir}/curve.png")
+    return result, baseline
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. The sweep: test accuracy against the number of labels.
+
+# method -> (which checkpoint, init, mode). LoRA adapts the CLM body.
+SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrained", "full"),
+                 "mlm": ("mlm", "pretrained", "full"), "lora": ("clm", "pretrained", "lora")}
+
+
+def parse_sizes(text, n_available):
+    sizes = set()
+    for item in text.split(","):
+        item = item.strip()
+        if item != "all" and not (item.isdigit() and int(item) > 0):
+            raise UserError(f"--sizes: {item!r} is not a positive integer or 'all'; e.g. --sizes 32,128,all")
+        sizes.add(n_available if item == "all" else min(int(item), n_available))
+    return sorted(sizes)
+
+
+def sweep_id(args, cfg):
+    """Results from other settings must not be mixed in: every record carries this id."""
+    stamp = {k: (os.path.getmtime(p) if p else None) for k, p in (("clm", args.clm), ("mlm", args.mlm))}
+    blob = json.dumps([args.task, args.clm, args.mlm, stamp, dataclasses.asdict(cfg)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def sweep(args, cfg):
+    device = train_clm.pick_device(cfg.device, SINGLE_PROCESS)
+    if not args.clm:
+        raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
+    checkpoints = {"clm": read_checkpoint(args.clm)}
+    if args.mlm:
+        checkpoints["mlm"] = read_checkpoint(args.mlm)
+    methods = [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in methods if m not in SWEEP_METHODS]
+    if unknown:
+        raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(SWEEP_METHODS)}")
+    skipped = [m for m in methods if SWEEP_METHODS[m][0] not in checkpoints]
+    methods = [m for m in methods if m not in skipped]
+    if skipped:
+        print(f"skipping {', '.join(skipped)}: no --mlm checkpoint given")
+    labelled = data.load_labelled(args.task, args.data_dir, args.cache_dir)
+    sizes = parse_sizes(args.sizes, len(labelled.train))
+    seeds = list(range(cfg.seed, cfg.seed + args.seeds))
+    cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
+    os.makedirs(args.out_dir, exist_ok=True)
+    path, sid = os.path.join(args.out_dir, "sweep.jsonl"), sweep_id(args, cfg)
+    records = load_records(path, sid)
+    done = {(r["method"], r["n_train"], r["seed"]) for r in records}
+    plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if (m, k, s) not in done]
+
+    def body_for(method, seed):
+        which, init, _ = SWEEP_METHODS[method]
+        checkpoint, enc = checkpoints[which]
+        return (train_clm.model_from_checkpoint(checkpoint) if init == "pretrained" else scratch_like(checkpoint, seed)), enc
+
+    if cfg.precision == "auto":                  # measured once, not once per run
+        body, enc = body_for(methods[0], cfg.seed)
+        classifier = make_classifier(body, len(labelled.label_names), resolved(cfg)).to(device)
+        cfg = dataclasses.replace(cfg, precision=pick_precision(
+            classifier, *encode_examples(enc, labelled.train, cfg.max_len, body), data.special_ids(enc)["pad"],
+            cfg, device))
+    per_step, per_eval = probe(methods, body_for, labelled, cfg, device)
+    predicted = sum(n_steps(cfg, k) * per_step[m] + per_eval[m] for m, k, s in plan if m != "bow")
+    print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, seeds {seeds}; "
+          f"{len(plan)} runs to do ({len(records)} done in {path}); precision {cfg.precision}; predicted "
+          f"{predicted / 60:.1f} min (from a probe of each method on this machine, now)")
+    start = time.perf_counter()
+    for i, (method, k, seed) in enumerate(plan, 1):
+        train = data.subsample_balanced(labelled.train, k, seed)
+        if method == "bow":
+            result = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+        else:
+            body, enc = body_for(method, seed)
+            run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2])
+            result, _ = run_one(body, enc, labelled, train, run_cfg, device, log=lambda *a: None)
+        record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"], test=result["test"],
+                      trainable=result.get("trainable"), seconds=result.get("seconds"))
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        records.append(record)
+        print(f"[{i}/{len(plan)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
+              f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
+              f"({time.perf_counter() - start:.0f}s elapsed)")
+    table = "\n\n".join(summary_table(records, ["bow"] + methods, sizes, labelled, metric)
+                        for metric in ("accuracy", "macro_f1"))
+    print(table)
+    with open(os.path.join(args.out_dir, "sweep.md"), "w") as f:
+        f.write(table + "\n")
+    plot_sweep(records, ["bow"] + methods, sizes, labelled, os.path.join(args.out_dir, "sweep.png"), args.task)
+    print(f"saved {path}, {args.out_dir}/sweep.md and {args.out_dir}/sweep.png "
+          f"({time.perf_counter() - start:.0f}s for the runs)")
+
+
+def load_records(path, sid):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if r.get("sweep_id") == sid]
+
+
+def probe(methods, body_for, labelled, cfg, device, steps=4):
+    """Seconds per training step and per dev+test evaluation for each method, measured here and now
+    on the longest texts (so a slight over-estimate): the sweep's predicted time."""
+    longest = sorted(labelled.train, key=lambda e: -len(e[0]))[:cfg.batch_size * steps]
+    sample = dataclasses.replace(labelled, dev=labelled.dev[:32], test=labelled.test[:32])
+    per_step, per_eval = {}, {}
+    for method in methods:
+        body, enc = body_for(method, cfg.seed)
+        quick = dataclasses.replace(cfg, mode=SWEEP_METHODS[method][2], epochs=0, min_steps=steps)
+        start = time.perf_counter()
+        result, _ = run_one(body, enc, sample, longest, quick, device, log=lambda *a: None)
+        seconds = [r["seconds"] for r in result["history"]]
+        per_step[method] = (seconds[-1] - seconds[0]) / (steps - 1)    # the first step warms up
+        evaluating = time.perf_counter() - start - seconds[-1]          # 64 examples, and set-up
+        per_eval[method] = evaluating * (len(labelled.dev) + len(labelled.test)) / 64
+    return per_step, per_eval
+
+
+def summarise(records, method, k, split="test", metric="accuracy"):
+    values = torch.tensor([r[split][metric] for r in records if r["method"] == method and r["n_train"] == k],
+                          dtype=torch.float64)
+    if len(values) == 0:
+        return None
+    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0), len(values)
+
+
+def summary_table(records, methods, sizes, labelled, metric="accuracy"):
+    """Markdown: the test metric, mean ± sample standard deviation over seeds."""
+    lines = [f"Test {metric.replace('_', '-')} on {labelled.name} ({len(labelled.test)} examples, "
+             f"{len(labelled.label_names)} classes), mean ± std over seeds (n = seeds):", "",
+             "| method | " + " | ".join(f"{k} labels" for k in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for k in sizes:
+            s = summarise(records, method, k, metric=metric)
+            cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} (n={s[2]})")
+        lines.append(f"| {'bag-of-words' if method == 'bow' else method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(records, methods, sizes, labelled, path, task):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in methods:
+        points = [(k, summarise(records, method, k)) for k in sizes]
+        points = [(k, s) for k, s in points if s is not None]
+        if not points:
+            continue
+        ks, means, stds = [k for k, _ in points], [s[0] for _, s in points], [s[1] for _, s in points]
+        style = dict(linestyle="--", color="grey") if method == "bow" else {}
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label="bag-of-words" if method == "bow" else method, **style)
+    ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="labelled training examples", ylabel="test accuracy (mean ± std over seeds)",
+           title=f"{task}: what pretraining buys, label by label", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. The command line.
+
+def export_text(args):
+    """A labelled set's TRAINING texts without labels, one per line: in-domain text to pretrain on
+    (domain-adaptive pretraining, Gururangan et al. 2020). Dev and test are never exported."""
+    if not args.output:
+        raise UserError("--export-text needs -o FILE (where to write the text)")
+    labelled = data.load_labelled(args.export_text, args.data_dir, args.cache_dir)
+    text = "\n".join(" ".join(t.split()) for t, _ in labelled.train) + "\n"
+    data.write_atomic(args.output, text.encode("utf-8"))
+    print(f"wrote {len(labelled.train):,} {args.export_text} training texts ({len(text.encode()) / 1e6:.2f} MB) "
+          f"to {args.output}; pretrain on it with: python train_clm.py --corpus {args.output}")
+
+
+def main(argv=None):
+    parser = train_clm.build_parser(__doc__.split("\n")[0], defaults_from=FinetuneConfig)
+    parser.epilog = ("--preset only sets the shape of a scratch model when no --checkpoint gives one. "
+                     "Without --checkpoint, --init scratch builds the tokenizer from --corpus/--tokenizer.")
+    parser.add_argument("--task", default="pydocs-topic", help="pydocs-topic (offline), sst2, sms-spam, "
+                        "or a path to a text<TAB>label .tsv file")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint from train_clm.py or train_mlm.py")
+    parser.add_argument("--init", choices=("pretrained", "scratch"), default="pretrained",
+                        help="scratch: --checkpoint's architecture and tokenizer with random weights")
+    parser.add_argument("--corpus", default="pydocs", help="scratch without --checkpoint: tokenizer corpus")
+    parser.add_argument("--tokenizer", default="bpe:4096", help="scratch without --checkpoint: tokenizer")
+    parser.add_argument("--kind", choices=("causal", "bidirectional"), default="causal",
+                        help="scratch without --checkpoint: which model")
+    parser.add_argument("--forgetting", action="store_true",
+                        help="measure the body's pretraining validation loss before and after")
+    parser.add_argument("--data-dir", help="folder searched for data files (None: $PTFT_DATA_DIR)")
+    parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
+    parser.add_argument("--out-dir", help="where results.json and curve.png go (None: out/finetune; "
+                        "'': nothing is saved), or the sweep's files (None: out/finetune-sweep)")
+    group = parser.add_argument_group("sweep: test accuracy against the number of labels")
+    group.add_argument("--sweep", action="store_true", help="run the sweep instead of one fine-tuning")
+    group.add_argument("--clm", metavar="CKPT", help="CLM checkpoint (scratch and lora use its shape)")
+    group.add_argument("--mlm", metavar="CKPT", help="MLM checkpoint")
+    group.add_argument("--methods", default="scratch,clm,mlm,lora", help=f"from {', '.join(SWEEP_METHODS)}")
+    group.add_argument("--sizes", default="32,128,256,512,2048,all", help="labelled set sizes (capped at the train split)")
+    group.add_argument("--seeds", type=int, default=3, help="seeds per point (from --seed on)")
+    group = parser.add_argument_group("export: in-domain text for domain-adaptive pretraining")
+    group.add_argument("--export-text", metavar="TASK", help="write TASK's training texts (no labels) to -o FILE")
+    group.add_argument("-o", "--output", metavar="FILE", help="with --export-text: the text file to write")
+    args = parser.parse_args(argv)
+    if args.export_text:
+        return export_text(args)
+    # --preset names a scratch shape (train_clm.PRESETS), not fine-tuning settings: nothing to merge.
+    cfg = train_clm.config_from_args(args, FinetuneConfig, presets=dict.fromkeys(train_clm.PRESETS, {}))
+    if args.sweep:
+        args.out_dir = args.out_dir or "out/finetune-sweep"
+        return sweep(args, cfg)
+    args.out_dir = "out/finetune" if args.out_dir is None else args.out_dir
+    return single_run(args, cfg)
+
+
+if __name__ == "__main__":
+    train_clm.run_cli(main)

@@ -1,0 +1,119 @@
+"""Tests of bench.py (quick mode end to end) and of the claim behind its attention rows: the explicit
+and the fast attention compute the same training step in every precision used by default."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bench
+import train_clm
+from data import UserError
+from model import ModelConfig, Transformer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = ("shape", "precision", "attention", "compiled", "tokens_per_s", "mfu", "peak_memory_mb")
+
+
+def test_quick_mode_writes_a_valid_json_table(tmp_path, corpus_file):
+    out = tmp_path / "bench.json"
+    # One thread: the children's timings are not checked, and two threads on cores that other
+    # processes share can take many times longer (each operation waits for both threads).
+    done = subprocess.run([sys.executable, "bench.py", "--quick", "--json", str(out), "--corpus",
+                           corpus_file, "--tokenizer", "bpe:300", "--threads", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| tokens/s | MFU |" in done.stdout
+    rows = json.loads(out.read_text())
+    train_rows = [r for r in rows if r["kind"] == "train_step"]
+    assert {(r["precision"], r["attention"]) for r in train_rows} == {
+        (p, a) for p in ("fp32", "bf16") for a in ("fast", "explicit")}      # the CPU defaults
+    for row in rows:
+        assert set(REQUIRED) <= set(row) and not row.get("error")
+        assert row["peak_memory_mb"] > 50                 # at least the Python + PyTorch runtime
+    for row in train_rows:
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1 and row["threads"] == 1
+        assert row["compiled"] is False and row["steps"] == 3
+        assert 3.0 < row["final_loss"] < 6.0              # ~ln(64) = 4.16: random tokens, 4 steps
+    tokenizer = next(r for r in rows if r["kind"] == "tokenizer")
+    assert tokenizer["encode_mb_per_s"] > 0 and tokenizer["bpe_train_s"] >= 0
+    assert 1.0 < tokenizer["bytes_per_token"] < 8.0      # 44 merges of a repetitive text compress it
+
+
+def test_a_row_measured_in_a_fresh_process():
+    """The full benchmark's path: one row in its own process, reported back as JSON."""
+    spec = dict(shape_name="2x32", shape=bench.SHAPES["2x32"], precision="fp32", attention="explicit",
+                compiled=False, steps=2, warmup=1, threads=1, device="cpu")
+    row = bench.run_isolated(spec)
+    assert not row.get("error"), row.get("error")
+    assert row["attention"] == "explicit" and row["threads"] == 1 and row["tokens_per_s"] > 0
+    assert row["memory_kind"] == "max RSS of the process" and row["peak_memory_mb"] > 50
+    failed = bench.run_isolated(dict(spec, precision="fp64"))         # a crash becomes a row, not an abort
+    assert failed["tokens_per_s"] is None and "fp64" in failed["error"]
+
+
+def test_bad_shape_and_list_are_user_errors():
+    with pytest.raises(UserError, match="shape"):
+        bench.main(["--shapes", "huge", "--tokenizer", "none"])
+    with pytest.raises(UserError, match="precisions"):
+        bench.main(["--precisions", "fp8", "--tokenizer", "none"])
+    assert bench.parse_shape("2/2/16/8/4/50") == ("2/2/16/8/4/50", dict(
+        n_layer=2, n_head=2, n_embd=16, block_size=8, batch_size=4, vocab_size=50))
+
+
+# Tolerances, stated, as the largest difference relative to the largest value (logits, loss, and all
+# gradients at once). fp32: the paths differ only in summation order (fused kernel vs matmul then
+# softmax); measured <= 4e-7 here, tolerance 1e-5. bf16 autocast: matmul inputs keep 8 significant
+# bits (relative rounding 2^-8 = 0.4%) and the two paths round the scores and the weights at
+# different points; measured <= 7e-3 over 5 seeds, tolerance 3e-2. A real bug is far larger: a
+# causal model run without its mask differs by ~28% (the last assertion checks the gap).
+TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
+
+
+def training_step_outputs(model, idx, targets, mask, precision):
+    autocast, _ = train_clm.precision_context(torch.device("cpu"), precision)
+    model.zero_grad(set_to_none=True)
+    with autocast():
+        logits, loss = model(idx, targets, attention_mask=mask)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    return logits.float(), loss.float(), grads
+
+
+def relative_error(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_explicit_and_fast_attention_agree_in_training(precision, causal, padded):
+    torch.manual_seed(0)
+    config = dict(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=64, causal=causal)
+    fast = Transformer(ModelConfig(**config, attention="fast"))
+    explicit = Transformer(ModelConfig(**config, attention="explicit"))
+    explicit.load_state_dict(fast.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 64, (3, 32), generator=generator)
+    targets = torch.randint(0, 64, (3, 32), generator=generator)
+    mask = None
+    if padded:                                                  # right padding, as finetune.py pads
+        mask = torch.ones(3, 32, dtype=torch.long)
+        mask[0, 20:] = 0
+        mask[2, 5:] = 0
+        targets = targets.masked_fill(mask == 0, -100)          # padding is never scored
+    real = mask.bool() if padded else torch.ones(3, 32, dtype=torch.bool)
+    a = training_step_outputs(fast, idx, targets, mask, precision)
+    b = training_step_outputs(explicit, idx, targets, mask, precision)
+    tolerance = TOLERANCE[precision]
+    assert relative_error(a[0][real], b[0][real]) < tolerance          # logits at real tokens
+    assert abs(a[1].item() - b[1].item()) < tolerance * b[1].item()     # loss
+    assert relative_error(a[2], b[2]) < tolerance                       # every gradient
+    # The tolerance can tell a wrong model from a rounding difference: drop the mask in one path.
+    if causal:
+        wrong = Transformer(ModelConfig(**dict(config, causal=False), attention="fast"))
+        wrong.load_state_dict(fast.state_dict())
+        c = training_step_outputs(wrong, idx, targets, mask, precision)
+        assert relative_error(c[2], b[2]) > 3 * TOLERANCE["bf16"]

@@ -1,0 +1,277 @@
+"""Tests for finetune.py: pooling reads only real tokens, LoRA starts exactly at the pretrained model
+and merges exactly, frozen parameters stay frozen, a tiny model learns a separable task, and the
+command line (single run, forgetting, sweep, export) works end to end on tiny data.
+
+That the pydocs-topic dev/test docstrings are absent from the pydocs pretraining text is checked
+once, in tests/test_data.py::test_pydocs_topic_is_balanced_disjoint_and_held_out_of_pretraining.
+"""
+import copy
+import json
+import random
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+import finetune
+import train_clm
+import train_mlm
+from conftest import generated_text
+from finetune import FinetuneConfig, LoRALinear, make_classifier, merge_lora, pool
+from model import ModelConfig, Transformer
+
+ENC = data.get_tokenizer("bytes")
+PAD = data.special_ids(ENC)["pad"]
+DEVICE = torch.device("cpu")
+
+
+def tiny_body(causal=True, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=ENC.n_vocab, block_size=64, n_layer=2, n_head=2,
+                                   n_embd=32, causal=causal))
+
+
+def tiny_config(**overrides):
+    settings = dict(epochs=1, min_steps=20, batch_size=16, lr=3e-3, eval_points=0, max_len=64,
+                    device="cpu", precision="fp32")
+    return FinetuneConfig(**{**settings, **overrides})
+
+
+def separable_set(n=240, seed=0):
+    """Two classes with disjoint vocabularies: trivially separable."""
+    rng = random.Random(seed)
+    words = (["cat", "dog", "bird", "fish", "horse"], ["red", "blue", "green", "pink", "grey"])
+    examples = [(" ".join(rng.choice(words[i % 2]) for _ in range(rng.randint(2, 6))), i % 2) for i in range(n)]
+    cut1, cut2 = int(0.6 * n), int(0.8 * n)
+    return data.LabelledSet("separable", examples[:cut1], examples[cut1:cut2], examples[cut2:],
+                            label_names=["animal", "colour"])
+
+
+def padded_batch(texts, cls_first=False):
+    return finetune.collate(finetune.encode_texts(ENC, texts, 64, cls_first), PAD)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def test_pooling_reads_the_last_real_token_and_averages_only_real_tokens():
+    torch.manual_seed(0)
+    h = torch.randn(3, 5, 4)                                           # (B, T, C)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    lengths = mask.sum(1)
+    last, mean = pool(h, mask, "last"), pool(h, mask, "mean")
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.equal(last[b], h[b, n - 1])
+        assert torch.allclose(mean[b], h[b, :n].mean(0))
+    scrambled = h.masked_fill(~mask.bool().unsqueeze(-1), 1e3)         # garbage at the pads
+    assert torch.equal(pool(scrambled, mask, "last"), last)
+    assert torch.allclose(pool(scrambled, mask, "mean"), mean)
+    assert torch.equal(pool(h, mask, "cls"), h[:, 0])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_classifier_output_does_not_depend_on_padding(causal):
+    classifier = make_classifier(tiny_body(causal), 3, tiny_config()).eval()
+    texts = ["a short one", "a much longer text that forces padding on the first one"]
+    alone = classifier(*padded_batch(texts[:1], cls_first=not causal))
+    batched = classifier(*padded_batch(texts, cls_first=not causal))
+    assert padded_batch(texts)[1][0].sum() < padded_batch(texts)[1][1].sum()    # really padded
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    assert classifier.pooling == ("last" if causal else "mean")
+
+
+def test_inputs_put_cls_first_for_bidirectional_models_and_truncate():
+    cls = data.special_ids(ENC)["cls"]
+    (bidirectional,) = finetune.encode_texts(ENC, ["hello world"], 6, cls_first=True)
+    (causal,) = finetune.encode_texts(ENC, ["hello world"], 6, cls_first=False)
+    assert bidirectional == [cls] + list(b"hello")
+    assert causal == list(b"hello ")
+
+
+def test_masked_lm_gives_the_top_cls_vector_no_gradient():
+    """Why mean pooling for MLM bodies: the masked loss never reads the final vector at CLS."""
+    body = tiny_body(causal=False)
+    idx = torch.tensor([[data.special_ids(ENC)["cls"], *b"the cat sat"]])
+    targets = torch.full_like(idx, -100)
+    targets[0, [2, 5]] = idx[0, [2, 5]]                               # two masked positions
+    idx = idx.masked_fill(targets != -100, data.special_ids(ENC)["mask"])
+    h = body.hidden_states(idx)
+    h.retain_grad()
+    F.cross_entropy(body.lm_head(h)[0], targets[0], ignore_index=-100).backward()
+    assert torch.equal(h.grad[0, 0], torch.zeros_like(h.grad[0, 0]))
+    assert h.grad[0, 2].abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- modes and LoRA
+
+def snapshot(classifier):
+    return {name: p.detach().clone() for name, p in classifier.named_parameters()}
+
+
+def train_a_little(classifier, steps=15, **overrides):
+    labelled = separable_set()
+    sequences = finetune.encode_texts(ENC, [t for t, _ in labelled.train], 64, not classifier.body.config.causal)
+    finetune.finetune(classifier, sequences, [y for _, y in labelled.train],
+                      tiny_config(min_steps=steps, epochs=0, **overrides), PAD, DEVICE, log=lambda *a: None)
+
+
+def test_lora_starts_exactly_at_the_pretrained_model_and_merges_exactly():
+    body = tiny_body()
+    plain = make_classifier(copy.deepcopy(body), 2, tiny_config(mode="frozen"))
+    lora = make_classifier(copy.deepcopy(body), 2, tiny_config(mode="lora", lora_r=4))
+    batch = padded_batch(["the cat", "a much longer sentence about a dog"])
+    assert torch.equal(plain(*batch), lora(*batch))                   # B = 0: exactly the same
+    before = snapshot(lora)
+    train_a_little(lora, lr=1e-2)
+    after = snapshot(lora)
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") or n.endswith((".A", ".B")) for n in trainable)
+    for name in before:
+        assert torch.equal(before[name], after[name]) == (name not in trainable), name
+    lora.eval()
+    merged = merge_lora(copy.deepcopy(lora)).eval()
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    assert torch.allclose(merged(*batch), lora(*batch), atol=1e-5)
+    assert not torch.allclose(lora(*batch), plain(*batch), atol=1e-3)  # and training did something
+    fresh = Transformer(body.config)
+    fresh.load_state_dict(merged.body.state_dict())                    # a plain Transformer again
+
+
+@pytest.mark.parametrize("mode", ["frozen", "last-k"])
+def test_frozen_parameters_do_not_change(mode):
+    classifier = make_classifier(tiny_body(), 2, tiny_config(mode=mode, last_k=1))
+    before = snapshot(classifier)
+    train_a_little(classifier)
+    after = snapshot(classifier)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    expected = {n for n, p in classifier.named_parameters() if p.requires_grad}
+    assert changed == expected
+    if mode == "frozen":
+        assert expected == {"head.weight", "head.bias"}
+    else:
+        assert all(n.startswith(("head.", "body.blocks.1.", "body.final_norm.")) for n in expected)
+        assert any(n.startswith("body.blocks.1.") for n in expected)
+
+
+def test_lora_r8_trains_under_5_percent_of_the_cpu_preset_model():
+    shape = train_clm.TrainConfig(**train_clm.PRESETS["cpu"])
+    body = Transformer(train_clm.make_model_config(shape, types.SimpleNamespace(n_vocab=4100), True))
+    for targets in finetune.LORA_TARGETS:
+        trainable, total = finetune.parameter_counts(
+            make_classifier(body, 6, tiny_config(mode="lora", lora_r=8, lora_targets=targets)))
+        assert 0 < trainable / total < 0.05
+        body = Transformer(body.config)                               # add_lora changed it in place
+
+
+# ----------------------------------------------------------------------------- learning and metrics
+
+def test_tiny_model_fine_tunes_to_high_accuracy_on_a_separable_task():
+    labelled = separable_set()
+    result, _ = finetune.run_one(tiny_body(), ENC, labelled, labelled.train, tiny_config(min_steps=60),
+                                 DEVICE, log=lambda *a: None)
+    assert result["test"]["accuracy"] >= 0.95 and result["test"]["macro_f1"] >= 0.95
+    baseline = finetune.bag_of_words_baseline(labelled.train, labelled.dev, labelled.test, 2)
+    assert baseline["test"]["accuracy"] == 1.0
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    # gold 0 0 1 1, predicted 0 1 1 1: F1(0) = 2*1/(2+0+1) = 2/3, F1(1) = 2*2/(4+1+0) = 4/5
+    metrics = finetune.classification_metrics(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]))
+    assert metrics["accuracy"] == 0.75
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    always_majority = finetune.classification_metrics([0] * 10, [0] * 9 + [1])
+    assert always_majority["accuracy"] == pytest.approx(0.9)
+    assert always_majority["macro_f1"] == pytest.approx((18 / 19) / 2)     # F1(1) = 0
+
+
+# ----------------------------------------------------------------------------- command line
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """Tiny CLM and MLM checkpoints (trained once for the module, with their own cache dir) and a
+    labelled TSV of sentences from the same grammar: 120 rows, so 96 train / 12 dev / 12 test."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    (folder / "corpus.txt").write_text(generated_text())
+    paths = {}
+    for name, config_class, objective in (("clm", train_clm.TrainConfig, train_clm.CLM),
+                                          ("mlm", train_mlm.MLMConfig, train_mlm.MLM)):
+        cfg = config_class(**{**train_clm.PRESETS["tiny"], "corpus": str(folder / "corpus.txt"),
+                              "cache_dir": str(folder / "cache"), "out_dir": str(folder / name),
+                              "quiet": True, "precision": "fp32", "device": "cpu", "max_iters": 10})
+        paths[name] = (str(folder / name / "ckpt.pt"), train_clm.train(cfg, objective)["val_loss"])
+    rng = random.Random(1)
+    rows = [f"{rng.choice(['the cat', 'a dog', 'a bird'] if y else ['my friend', 'the teacher'])} "
+            f"{rng.choice(['sees', 'likes'])} the river.\t{'animal' if y else 'person'}"
+            for y in [i % 2 for i in range(120)]]
+    (folder / "labelled.tsv").write_text("\n".join(rows) + "\n")
+    return dict(paths, tsv=str(folder / "labelled.tsv"))
+
+
+def quick_flags(out_dir, precision="fp32"):
+    return ["--min-steps", "6", "--epochs", "1", "--device", "cpu", "--precision", precision,
+            "--eval-points", "2", "--out-dir", str(out_dir)]
+
+
+def test_cli_single_runs_measure_forgetting(pretrained, tmp_path, capsys):
+    runs = {}
+    for which, mode in (("clm", "frozen"), ("clm", "lora"), ("clm", "full"), ("mlm", "frozen")):
+        out = tmp_path / f"{which}-{mode}"
+        finetune.main(["--checkpoint", pretrained[which][0], "--task", pretrained["tsv"], "--mode", mode,
+                       "--forgetting", "--n-train", "40", "--lr", "1e-2", *quick_flags(out)])
+        runs[which, mode] = json.loads((out / "results.json").read_text())
+        assert (out / "curve.png").stat().st_size > 1000
+        loss = runs[which, mode]["pretraining_loss"]
+        assert loss["before"] == pytest.approx(pretrained[which][1], rel=1e-4)   # the script's own number
+        assert (loss["after"] == loss["before"]) == (mode == "frozen")
+        assert 0 <= runs[which, mode]["test"]["accuracy"] <= 1
+    assert runs["mlm", "frozen"]["pooling"] == "mean" and runs["clm", "full"]["pooling"] == "last"
+    assert runs["clm", "lora"]["lora_merge_max_abs_diff"] < 1e-4
+    assert runs["clm", "lora"]["trainable"] < runs["clm", "full"]["trainable"]
+    assert runs["clm", "full"]["bag_of_words"]["test"]["accuracy"] > 0.5
+    assert "forgetting: pretraining val loss" in capsys.readouterr().out
+
+
+def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_path, capsys):
+    flags = ["--sweep", "--clm", pretrained["clm"][0], "--task", pretrained["tsv"], "--sizes", "8,all",
+             "--seeds", "2", *quick_flags(tmp_path / "sweep", precision="auto")]
+    finetune.main([*flags, "--methods", "scratch,mlm"])
+    assert "skipping mlm" in capsys.readouterr().out
+    finetune.main([*flags, "--mlm", pretrained["mlm"][0]])
+    records = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
+    assert {(r["method"], r["n_train"], r["seed"]) for r in records} >= {
+        (m, k, s) for m in ("bow", "scratch", "clm", "mlm", "lora") for k in (8, 96) for s in (0, 1)}
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
+    table = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table
+    assert "predicted" in capsys.readouterr().out
+    finetune.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
+    assert "0 runs to do" in capsys.readouterr().out
+
+    finetune.main(["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")])
+    labelled = data.load_labelled(pretrained["tsv"])
+    assert (tmp_path / "train.txt").read_text().splitlines() == [t for t, _ in labelled.train]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint", "no/such/ckpt.pt"], "no checkpoint at"),
+    ([], "--init pretrained needs --checkpoint"),
+    (["--sweep"], "--sweep needs --clm"),
+    (["--export-text", "sst2"], "needs -o FILE"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_clm.run_cli(lambda: finetune.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_user_errors_for_impossible_settings():
+    with pytest.raises(data.UserError, match="--last-k"):
+        make_classifier(tiny_body(), 2, tiny_config(mode="last-k", last_k=5))
+    with pytest.raises(data.UserError, match="needs a bidirectional"):
+        make_classifier(tiny_body(), 2, tiny_config(pooling="cls"))
+    with pytest.raises(data.UserError, match="--sizes"):
+        finetune.parse_sizes("32,abc", 100)
+    assert finetune.parse_sizes("32,128,all,4096", 100) == [32, 100]

@@ -1,0 +1,195 @@
+"""Tests of masked-LM pretraining: BERT's masking statistics (data.mask_tokens), sparse prediction,
+learning, and the command line of train_mlm.py (fill-in-the-blank, causal comparison)."""
+import json
+import re
+
+import pytest
+import torch
+
+import data
+import train_clm
+import train_mlm
+from model import ModelConfig, Transformer
+from train_mlm import MLM, MLMConfig
+
+
+@pytest.fixture
+def enc():
+    return data.get_tokenizer("bytes")            # 256 ordinary tokens; specials 256..259
+
+
+def batch_with_specials(enc, generator, B=512, T=64):
+    """(B, T) ids as the MLM sees them: [CLS] first, right padding of random length (some rows
+    keep a single ordinary token), and stray special tokens (end-of-text, mask) in the text."""
+    ids = data.special_ids(enc)
+    idx = torch.randint(data.n_ordinary(enc), (B, T), generator=generator)
+    stray = torch.rand(B, T, generator=generator) < 0.05
+    strays = torch.tensor([ids["eot"], ids["mask"]])[torch.randint(2, (B, T), generator=generator)]
+    idx = torch.where(stray, strays, idx)
+    idx[:, 0] = ids["cls"]
+    lengths = torch.randint(2, T + 1, (B,), generator=generator)
+    lengths[:16] = 2                                                     # [CLS] + one token
+    idx[torch.arange(T)[None, :] >= lengths[:, None]] = ids["pad"]
+    idx[:16, 1] = 7                                                      # that one token is ordinary
+    return idx
+
+
+@pytest.mark.parametrize("draw", ["fixed", "bernoulli"])
+@pytest.mark.parametrize("mask_prob", [0.15, 0.4])
+def test_masking_statistics_follow_berts_recipe(enc, draw, mask_prob):
+    generator = torch.Generator().manual_seed(0)
+    ids, n_ord = data.special_ids(enc), data.n_ordinary(enc)
+    totals = dict(eligible=0, selected=0, mask=0, unchanged=0, random=0)
+    for _ in range(4):                                                   # many draws: ~2,000 sequences
+        idx = batch_with_specials(enc, generator)
+        inputs, labels = data.mask_tokens(idx, enc, mask_prob, generator, draw=draw)
+        eligible, selected = idx < n_ord, labels != -100
+        assert not selected[~eligible].any()                            # specials and pad: never
+        assert selected.sum(dim=1).min() >= 1                           # every sequence: at least one
+        assert torch.equal(labels[selected], idx[selected])             # the answer is the original
+        assert (labels[~selected] == -100).all()
+        assert torch.equal(inputs[~selected], idx[~selected])           # the rest is untouched
+        assert (inputs[selected & (inputs != ids["mask"])] < n_ord).all()   # random: never special
+        if draw == "fixed":
+            expected = (eligible.sum(dim=1) * mask_prob).round().clamp(min=1)
+            assert torch.equal(selected.sum(dim=1), expected.long())
+        totals["eligible"] += eligible.sum().item()
+        totals["selected"] += selected.sum().item()
+        totals["mask"] += (selected & (inputs == ids["mask"])).sum().item()
+        totals["unchanged"] += (selected & (inputs == idx)).sum().item()
+        totals["random"] += (selected & (inputs != idx) & (inputs != ids["mask"])).sum().item()
+    # The 16 one-token rows per batch always select their token; the rest hold ~118k ordinary tokens.
+    assert abs(totals["selected"] / totals["eligible"] - mask_prob) < 0.01
+    share = lambda name: totals[name] / totals["selected"]
+    assert abs(share("mask") - 0.8) < 0.015
+    assert abs(share("unchanged") - (0.1 + 0.1 / n_ord)) < 0.015     # a random token can be the same
+    assert abs(share("random") - 0.1 * (1 - 1 / n_ord)) < 0.015
+
+
+def test_mlm_batch_layout(enc):
+    generator = torch.Generator().manual_seed(1)
+    ids = data.special_ids(enc)
+    windows = torch.randint(data.n_ordinary(enc), (1000, 31), generator=generator)
+    batch = data.mlm_batch(windows, enc, 0.15, generator, short_seq_prob=0.3)
+    idx, targets, attention_mask = batch["idx"], batch["targets"], batch["attention_mask"]
+    assert idx.shape == targets.shape == attention_mask.shape == (1000, 32)
+    assert (idx[:, 0] == ids["cls"]).all() and (targets[:, 0] == -100).all()
+    assert torch.equal(idx == ids["pad"], attention_mask == 0)          # pad exactly where masked out
+    assert (targets[attention_mask == 0] == -100).all()
+    short = (attention_mask == 0).any(dim=1).float().mean().item()
+    assert 0.25 < short < 0.35                      # 30% asked; a random length of T is not short
+    kept = targets != -100
+    assert torch.equal(targets[kept], torch.cat([torch.zeros(1000, 1, dtype=torch.long), windows], 1)[kept])
+    with pytest.raises(data.UserError, match="mask-prob"):
+        data.mask_tokens(idx, enc, 0.0, generator)
+    with pytest.raises(data.UserError, match="short-seq-prob"):
+        data.mlm_batch(windows, enc, 0.15, generator, short_seq_prob=1.5)
+    with pytest.raises(data.UserError, match="mask-draw"):            # refused when the config is made
+        train_mlm.config_from_args(train_mlm.build_parser("x", MLMConfig).parse_args(["--mask-draw", "x"]),
+                                   MLMConfig)
+
+
+def test_sparse_prediction_loss_equals_dense_loss(enc):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                                    causal=False))
+    windows = torch.randint(data.n_ordinary(enc), (8, 31))
+    batch = data.mlm_batch(windows, enc, 0.15, torch.Generator().manual_seed(0), short_seq_prob=0.5)
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    sparse, sparse_grads = loss_and_grads(lambda: MLM.loss(model, batch))
+    dense, dense_grads = loss_and_grads(
+        lambda: model(batch["idx"], batch["targets"], batch["attention_mask"])[1])   # all T positions
+    assert torch.allclose(sparse, dense, atol=1e-6)
+    for g_sparse, g_dense in zip(sparse_grads, dense_grads):
+        assert torch.allclose(g_sparse, g_dense, atol=1e-6)
+    with torch.no_grad():
+        sparse_logits, _ = model(batch["idx"], batch["targets"], batch["attention_mask"], only_scored=True)
+        dense_logits, _ = model(batch["idx"], batch["targets"], batch["attention_mask"])
+    scored = batch["targets"] != -100
+    assert sparse_logits.shape == (scored.sum().item(), 320)
+    assert torch.allclose(sparse_logits, dense_logits[scored], atol=1e-6)
+
+
+def tiny_mlm_config(corpus, out_dir, **overrides):
+    settings = dict(train_clm.PRESETS["tiny"], corpus=corpus, out_dir=str(out_dir), quiet=True,
+                    precision="fp32", device="cpu")
+    return MLMConfig(**dict(settings, **overrides))
+
+
+def test_tiny_bidirectional_model_masked_loss_falls(corpus_file, tmp_path):
+    cfg = tiny_mlm_config(corpus_file, tmp_path / "run", max_iters=30, eval_interval=10, lr=1e-2)
+    result = train_clm.train(cfg, MLM)
+    uniform = torch.log(torch.tensor(256.0)).item()                  # 5.55 nats: the untrained guess
+    assert result["val_loss"] < 0.6 * uniform                          # whole validation split
+    train_losses = [r["train_loss"] for r in result["history"] if "train_loss" in r]
+    assert max(train_losses[-3:]) < train_losses[0] - 0.5             # from step 5 to the end
+    assert 0.0 <= result["unigram_acc"] <= result["val_acc"] + 0.05 and result["n_masked"] > 100
+    checkpoint = train_clm.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert (checkpoint["kind"], checkpoint["objective"]) == ("bidirectional", "mlm")
+    assert checkpoint["model_config"]["causal"] is False
+    assert checkpoint["train_config"]["mask_prob"] == 0.15
+    records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert records[-1]["final"] and "val_acc" in records[-1]
+
+
+def test_resume_masks_exactly_as_the_uninterrupted_run(corpus_file, tmp_path, monkeypatch):
+    # The masking draws from the loop's batch generator, whose state the checkpoint saves: a run
+    # resumed from step 10 must see the same masks, hence the same losses, as one never stopped.
+    real_save = train_clm.save_checkpoint
+
+    def save_and_keep_step_10(path, payload):
+        real_save(path, payload)
+        if payload["state"]["step"] == 10:
+            (tmp_path / "died").mkdir(exist_ok=True)
+            (tmp_path / "died" / "ckpt.pt").write_bytes(open(path, "rb").read())
+
+    monkeypatch.setattr(train_clm, "save_checkpoint", save_and_keep_step_10)
+    straight = train_clm.train(tiny_mlm_config(corpus_file, tmp_path / "a", max_iters=20), MLM)
+    resumed = train_clm.train(tiny_mlm_config(corpus_file, tmp_path / "died", max_iters=20, resume=True), MLM)
+    after_10 = lambda result: [r["train_loss"] for r in result["history"] if r["step"] > 10 and "lr" in r]
+    assert len(after_10(straight)) == 2 and after_10(resumed) == after_10(straight)
+    assert resumed["val_loss"] == straight["val_loss"] and resumed["val_acc"] == straight["val_acc"]
+
+
+def test_blanks_take_the_space_before_them(enc):
+    ids = data.special_ids(enc)
+    tokens = train_mlm.encode_with_blanks(enc, "ab [MASK]c<|mask|>", block_size=16)
+    assert tokens == [ids["cls"], ord("a"), ord("b"), ids["mask"], ord("c"), ids["mask"]]
+    with pytest.raises(data.UserError, match="no blank"):
+        train_mlm.encode_with_blanks(enc, "no blank here", block_size=16)
+    with pytest.raises(data.UserError, match="shorten"):
+        train_mlm.encode_with_blanks(enc, "x" * 20 + "[MASK]", block_size=16)
+
+
+def test_cli_trains_fills_and_compares_with_causal(corpus_file, tmp_path, capsys):
+    common = ["--preset", "tiny", "--corpus", corpus_file, "--max-iters", "6", "--precision", "fp32",
+              "--quiet"]
+    train_mlm.main(common + ["--out-dir", str(tmp_path / "mlm")])
+    out = capsys.readouterr().out
+    accuracy = re.search(r"^masked-token accuracy: (\d+\.\d)%$", out, re.M)
+    baseline = re.search(r"^unigram baseline: (\d+\.\d)%$", out, re.M)
+    assert accuracy and baseline and 0 < float(baseline.group(1)) < 100
+
+    train_mlm.main(["--fill", str(tmp_path / "mlm" / "ckpt.pt"), "--text", "the cat [MASK] the [MASK].",
+                    "--top-k", "3"])
+    out = capsys.readouterr().out
+    assert out.startswith("input: the cat[MASK 1] the[MASK 2].")
+    blanks = re.findall(r"^  blank \d: (.*)$", out, re.M)
+    assert len(blanks) == 2 and all(line.count(" | ") == 2 for line in blanks)
+
+    clm_settings = dict(train_clm.PRESETS["tiny"], corpus=corpus_file, max_iters=6, quiet=True,
+                        out_dir=str(tmp_path / "clm"), precision="fp32")
+    train_clm.train(train_clm.TrainConfig(**clm_settings))
+    result = train_mlm.compare_causal(str(tmp_path / "clm" / "ckpt.pt"), str(tmp_path / "mlm" / "ckpt.pt"))
+    assert result["n"] > 100 and result["left"] == result["right"] == 15
+    assert all(0.0 <= result[k] <= 1.0 for k in ("bidirectional", "causal", "unigram"))
+    with pytest.raises(data.UserError, match="causal model"):          # arguments swapped
+        train_mlm.compare_causal(str(tmp_path / "mlm" / "ckpt.pt"), str(tmp_path / "clm" / "ckpt.pt"))
+    with pytest.raises(data.UserError, match="causal model"):
+        train_mlm.main(["--fill", str(tmp_path / "clm" / "ckpt.pt")])

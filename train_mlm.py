@@ -1,0 +1,307 @@
+"""Masked-language-model pretraining (BERT-style): the same model, the same loop, another objective.
+
+A causal model predicts every token from the tokens on its left. A masked LM hides a random set M
+of the tokens (15% of them, BERT: Devlin et al. 2019) and predicts each hidden token from ALL the
+others, on both sides:
+
+    L = -(1/|M|) sum_{t in M} log p(x_t | x~)      x~ = x with the positions in M corrupted
+
+Seeing both sides is what makes its vectors good for understanding a whole sentence (the
+classification fine-tuning of finetune.py); the price is that it cannot generate text left to
+right, and that only |M| = 15% of the positions give a training signal per sequence, where the
+causal loss scores all of them.
+
+Only two things differ from train_clm.py, and they are all this file defines:
+  1. the mask: the model is built with causal=False, so attention may look both ways (model.py);
+  2. the objective: a batch is [CLS] + a window of text, some of it padding, with 15% of its
+     tokens corrupted (data.mask_tokens / data.mlm_batch); the loss is scored at those positions
+     only, and the LM head runs only there (sparse prediction).
+Config, presets, optimiser, schedule, loop, logs, plot, checkpoints and resume are train_clm's.
+
+Read in this order: MLMConfig (three knobs), the objective (batch, loss, evaluation, metrics),
+fill-in-the-blank, the causal-vs-bidirectional comparison, the command line.
+"""
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+import data
+from data import UserError
+from train_clm import (PRESETS, Objective, TrainConfig, build_parser, check_compatible, config_from_args,
+                       fixed_windows, knob, load_checkpoint, model_from_checkpoint, report, run_cli,
+                       train)
+
+
+@dataclass
+class MLMConfig(TrainConfig):
+    out_dir: Optional[str] = knob("out/mlm", "where checkpoint, log and plot go ('' to save nothing)")
+    mask_prob: float = knob(0.15, "fraction of the text tokens selected for prediction (BERT: 0.15; "
+                                  "Wettig et al. 2022 find 0.4 better for large models)")
+    mask_draw: str = knob("fixed", "fixed: exactly round(mask_prob * n) tokens per sequence (static "
+                                   "shapes); bernoulli: each token independently")
+    short_seq_prob: float = knob(0.1, "fraction of sequences cut to a random shorter length and padded "
+                                      "(BERT's 0.1)")
+
+    def __post_init__(self):
+        data.check_masking(self.mask_prob, self.mask_draw, self.short_seq_prob)   # before any work
+
+
+VAL_MASK_SEED = 0   # the validation mask is the same in every run, whatever --seed, so runs compare
+
+
+# ----------------------------------------------------------------------------------------------
+# The objective.
+
+def to_device(batch, device):
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def mlm_train_batch(tokens, cfg, dataset, generator, device):
+    # B random windows of T-1 tokens (train_clm's sampler; its shifted copy is not needed here),
+    # then [CLS] in front, BERT's short sequences and masking: everything on the CPU generator.
+    windows, _ = data.get_batch(tokens, cfg.batch_size, cfg.block_size - 1, "cpu", generator)  # (B, T-1)
+    return to_device(data.mlm_batch(windows, dataset.enc, cfg.mask_prob, generator, cfg.short_seq_prob,
+                                    cfg.mask_draw), device)                               # (B, T) each
+
+
+def mlm_loss(model, batch):
+    # Sparse prediction: the head (a C x vocab matrix product, then a softmax over the vocabulary)
+    # runs at the N selected positions only, not at all B*T. For the cpu preset (C=256, vocab 4160,
+    # 4 layers, T=128) the head is 6*256*4160 = 6.4 MFLOP of the 26.9 MFLOP a position costs to
+    # train (model.flops_per_token); computing it at 15% of the positions saves 5.4 MFLOP, 20% of
+    # all training FLOPs, and the (B, T, vocab) logits tensor (68 MB in fp32 per batch of 32).
+    # Measured here: a training step 22-25% faster in fp32 and bf16 (a loaded machine, see README).
+    # The loop's FLOP and MFU counts keep the dense figure, so that MLM and CLM curves share an axis.
+    return model(batch["idx"], batch["targets"], batch["attention_mask"], only_scored=True)[1]
+
+
+def mlm_eval_batches(tokens, cfg, dataset, n_batches, device):
+    """The fixed validation set: train_clm's evenly spaced windows of the validation split, full
+    length (no short sequences), masked with one seeded generator so every run and every
+    evaluation scores the same positions. Every selected position becomes the mask token (no 10%
+    random, no 10% unchanged): the score measures filling a blank, as the fill-in demo does, and
+    no answer is left visible in the input. So validation loss runs a little above training loss."""
+    n_windows = None if n_batches is None else n_batches * cfg.batch_size
+    # Windows of T tokens start every T-1 tokens: their first T-1 tokens tile the split exactly.
+    windows = fixed_windows(tokens, cfg.block_size - 1, n_windows)
+    windows = torch.from_numpy(np.stack([w[:-1] for w in windows]))                   # (n, T-1)
+    generator = torch.Generator().manual_seed(VAL_MASK_SEED)
+    return [to_device(data.mlm_batch(chunk, dataset.enc, cfg.mask_prob, generator, short_seq_prob=0.0,
+                                     draw="fixed", corruption=(1.0, 0.0)), device)
+            for chunk in windows.split(cfg.batch_size)]                               # (B, T) each
+
+
+def token_byte_lengths(enc):
+    """Bytes spelled by each ordinary token id: the denominator of bits per byte on masked tokens."""
+    return np.array([len(enc.decode_single_token_bytes(i)) for i in range(data.n_ordinary(enc))])
+
+
+def mlm_metrics(model, batches, dataset):
+    """Masked-LM loss (nats per masked token), bits per byte of the masked tokens' own text,
+    masked-token accuracy (top-1 among ordinary tokens, the only possible answers), and the
+    unigram baseline: the accuracy of always answering the training split's most frequent token."""
+    n_ord = data.n_ordinary(dataset.enc)
+    byte_lengths = token_byte_lengths(dataset.enc)
+    most_frequent = int(np.bincount(dataset.train).argmax())      # one pass over the split: cheap
+    nats = hits = unigram_hits = count = n_bytes = 0
+    for batch in batches:
+        logits, loss = model(batch["idx"], batch["targets"], batch["attention_mask"], only_scored=True)
+        answers = batch["targets"][batch["targets"] != -100]        # (N,) in the same order as logits
+        nats += loss.item() * len(answers)
+        hits += (logits[:, :n_ord].argmax(dim=-1) == answers).sum().item()
+        unigram_hits += (answers == most_frequent).sum().item()
+        n_bytes += int(byte_lengths[answers.cpu().numpy()].sum())
+        count += len(answers)
+    val_loss = nats / count
+    val_bpb = data.bits_per_unit(val_loss, count, n_bytes)
+    meta = dataset.meta                   # per character: the split's own bytes per character
+    return dict(val_loss=val_loss, val_bpb=val_bpb, val_bpc=val_bpb * meta["val_bytes"] / meta["val_chars"],
+                val_acc=hits / count, unigram_acc=unigram_hits / count, n_masked=count)
+
+
+def mlm_finish(model, dataset, cfg, device):
+    """The demo at the end of training: the start of the validation text with blanks, filled."""
+    window = torch.from_numpy(np.asarray(dataset.val[:min(40, cfg.block_size - 1)], dtype=np.int64))
+    generator = torch.Generator().manual_seed(VAL_MASK_SEED)
+    batch = data.mlm_batch(window[None], dataset.enc, cfg.mask_prob, generator, corruption=(1.0, 0.0))
+    tokens, targets = batch["idx"][0].tolist(), batch["targets"][0]
+    print("--- fill in the blanks (validation text, top 3 per blank) ---")
+    show_fills(dataset.enc, tokens, fill_blanks(model, dataset.enc, tokens, 3, device),
+               truth=targets[targets != -100].tolist())
+
+
+MLM = Objective("mlm", False, mlm_train_batch, mlm_loss, mlm_eval_batches, mlm_metrics, mlm_finish)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fill in the blank: what a masked LM is for, out of the box.
+
+MASK_SPELLINGS = ("[MASK]", data.SPECIAL_TOKENS[1])   # BERT's spelling and our token's own
+
+
+def encode_with_blanks(enc, text, block_size):
+    """'Return the [MASK] of a list.' -> [CLS] 'Return' ' the' <mask> ' of' ' a' ' list' '.' (ids).
+
+    A blank takes the space before it: byte-level BPE words carry their leading space (' length'
+    is one token), so 'the [MASK]' must become ' the' + blank, not ' the' + ' ' + blank."""
+    pieces = re.split("|".join(map(re.escape, MASK_SPELLINGS)), text)
+    if len(pieces) == 1:
+        raise UserError(f"--text has no blank; write {MASK_SPELLINGS[0]} (or {MASK_SPELLINGS[1]}) "
+                        f"where a token is missing")
+    ids = data.special_ids(enc)
+    tokens = [ids["cls"]]
+    for i, piece in enumerate(pieces):
+        before_a_blank = i < len(pieces) - 1
+        if before_a_blank and piece.endswith(" "):
+            piece = piece[:-1]
+        tokens += enc.encode_ordinary(piece)
+        if before_a_blank:
+            tokens.append(ids["mask"])
+    if len(tokens) > block_size:
+        raise UserError(f"--text is {len(tokens)} tokens with [CLS], the model reads at most "
+                        f"{block_size}; shorten it")
+    return tokens
+
+
+@torch.no_grad()
+def fill_blanks(model, enc, tokens, top_k, device):
+    """For each mask token in `tokens`: the top_k (token id, probability) the model predicts there,
+    the probabilities renormalised over the ordinary tokens (a blank never hides a special one)."""
+    model.eval()
+    idx = torch.tensor([tokens], device=device)                                    # (1, T)
+    blanks = (idx[0] == data.special_ids(enc)["mask"]).nonzero().flatten()         # (n_blanks,)
+    h = model.hidden_states(idx)[0, blanks]                                         # (n_blanks, C)
+    probs = model.lm_head(h)[:, :data.n_ordinary(enc)].float().softmax(dim=-1)     # (n_blanks, V')
+    top = probs.topk(min(top_k, probs.size(-1)), dim=-1)
+    return [list(zip(ids.tolist(), ps.tolist())) for ids, ps in zip(top.indices, top.values)]
+
+
+def show_fills(enc, tokens, predictions, truth=None):
+    """Print the text with numbered blanks, the top-k tokens for each blank (with the true token
+    when known), and the text with every blank filled by its top-1."""
+    mask_id, n_ord = data.special_ids(enc)["mask"], data.n_ordinary(enc)
+    spell = lambda ids: enc.decode([t for t in ids if t < n_ord])          # drops [CLS] and [PAD]
+    segments = [[]]                                                         # the text between blanks
+    for t in tokens:
+        if t == mask_id:
+            segments.append([])
+        else:
+            segments[-1].append(t)
+    print("input: " + "".join(spell(segment) + (f"[MASK {i + 1}]" if i < len(predictions) else "")
+                              for i, segment in enumerate(segments)))
+    for i, choices in enumerate(predictions):
+        answer = f"   (truth {spell([truth[i]])!r})" if truth else ""
+        print(f"  blank {i + 1}: " + " | ".join(f"{spell([t])!r} {p:.2f}" for t, p in choices) + answer)
+    best = iter(choices[0][0] for choices in predictions)
+    print("top-1: " + spell([next(best) if t == mask_id else t for t in tokens]))
+
+
+def fill_from_checkpoint(path, text, top_k):
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("kind") != "bidirectional":
+        raise UserError(f"{path} holds a causal model, which sees only the left of a blank; use a "
+                        f"checkpoint from train_mlm.py (or train_clm.py --sample for causal models)")
+    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
+    model = model_from_checkpoint(checkpoint)
+    tokens = encode_with_blanks(enc, text, model.config.block_size)
+    show_fills(enc, tokens, fill_blanks(model, enc, tokens, top_k, torch.device("cpu")))
+
+
+# ----------------------------------------------------------------------------------------------
+# The lesson: a blank in the middle, with and without the right-hand context.
+
+@torch.no_grad()
+def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size=64):
+    """On the validation split of the MLM's corpus, blank the middle token of windows of T-1
+    tokens (T = the MLM's block size), starting every (T-1)//8 tokens so that each blank is a
+    different token. The MLM reads [CLS] + the whole window with that token masked; the causal
+    model reads the same tokens up to the blank and predicts the next one. Same left context, so
+    any difference is what the right-hand context is worth. Returns a dict of top-1 accuracies."""
+    mlm_ckpt, clm_ckpt = load_checkpoint(mlm_path), load_checkpoint(clm_path)
+    saved = mlm_ckpt["train_config"]
+    dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved["data_dir"],
+                                   cache_dir or saved["cache_dir"], verbose=False)
+    check_compatible(mlm_ckpt, dataset.enc, want_kind="bidirectional")
+    check_compatible(clm_ckpt, dataset.enc, want_kind="causal")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mlm = model_from_checkpoint(mlm_ckpt).to(device).eval()
+    clm = model_from_checkpoint(clm_ckpt).to(device).eval()
+    length = mlm.config.block_size - 1
+    middle = length // 2                                  # index of the blank inside a window
+    left = min(middle, clm.config.block_size)             # tokens of left context both models see
+    if left < 1:
+        raise UserError(f"block size {mlm.config.block_size} leaves no token left of the blank; use >= 4")
+    starts = np.arange(0, len(dataset.val) - length + 1, max(1, length // 8))
+    if len(starts) == 0:
+        raise UserError(f"the validation split ({len(dataset.val)} tokens) is shorter than one window "
+                        f"of {length}; use a larger corpus")
+    windows = torch.from_numpy(np.stack([np.asarray(dataset.val[s:s + length], dtype=np.int64)
+                                         for s in starts]))                       # (n, T-1)
+    ids, n_ord = data.special_ids(dataset.enc), data.n_ordinary(dataset.enc)
+    most_frequent = int(np.bincount(dataset.train).argmax())
+    hits = dict(bidirectional=0, causal=0, unigram=0)
+    for chunk in windows.split(batch_size):
+        chunk = chunk.to(device)
+        answers = chunk[:, middle]                                                  # (b,)
+        blanked = chunk.clone()
+        blanked[:, middle] = ids["mask"]
+        cls = torch.full((len(chunk), 1), ids["cls"], device=device)
+        h = mlm.hidden_states(torch.cat([cls, blanked], dim=1))[:, 1 + middle]      # (b, C)
+        hits["bidirectional"] += (mlm.lm_head(h)[:, :n_ord].argmax(-1) == answers).sum().item()
+        h = clm.hidden_states(chunk[:, middle - left:middle])[:, -1]                # (b, C)
+        hits["causal"] += (clm.lm_head(h)[:, :n_ord].argmax(-1) == answers).sum().item()
+        hits["unigram"] += (answers == most_frequent).sum().item()
+    n = len(windows)
+    return dict({name: count / n for name, count in hits.items()}, n=n, left=left, right=length - middle - 1)
+
+
+def print_comparison(result):
+    se = lambda p: 100 * (p * (1 - p) / result["n"]) ** 0.5                  # binomial standard error
+    print(f"blanked middle token of {result['n']:,} validation windows: {result['left']} tokens on the "
+          f"left, {result['right']} on the right (seen only by the bidirectional model)")
+    print(f"bidirectional (MLM) accuracy: {100 * result['bidirectional']:.1f}% "
+          f"(+/- {se(result['bidirectional']):.1f})")
+    print(f"causal (CLM, left context only) accuracy: {100 * result['causal']:.1f}% "
+          f"(+/- {se(result['causal']):.1f})")
+    print(f"unigram baseline: {100 * result['unigram']:.1f}%")
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line.
+
+def main(argv=None):
+    parser = build_parser(__doc__.split("\n")[0], MLMConfig)
+    parser.add_argument("--fill", metavar="CKPT", help="don't train: fill the blanks of --text with "
+                        "this checkpoint and print the top-k tokens for each")
+    parser.add_argument("--text", default="Return the [MASK] of the [MASK].",
+                        help="with --fill: text with blanks written [MASK] or <|mask|>")
+    parser.add_argument("--top-k", type=int, default=5, help="with --fill: predictions per blank")
+    parser.add_argument("--compare-causal", nargs=2, metavar=("CLM_CKPT", "MLM_CKPT"),
+                        help="don't train: blank the middle token of validation windows and compare "
+                             "top-1 accuracy of a causal and a bidirectional checkpoint")
+    args = parser.parse_args(argv)
+    if args.fill:
+        return fill_from_checkpoint(args.fill, args.text, args.top_k)
+    if args.compare_causal:
+        return print_comparison(compare_causal(*args.compare_causal, getattr(args, "data_dir", None),
+                                               getattr(args, "cache_dir", None)))
+    cfg = config_from_args(args, MLMConfig, PRESETS)
+    start = time.perf_counter()
+    result = train(cfg, MLM)
+    if cfg.out_dir and int(os.environ.get("RANK", 0)) == 0:
+        print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
+    report(result)
+    print(f"masked-token accuracy: {100 * result['val_acc']:.1f}%")
+    print(f"unigram baseline: {100 * result['unigram_acc']:.1f}%")
+    print(f"wall time: {time.perf_counter() - start:.1f}s in all")
+
+
+if __name__ == "__main__":
+    run_cli(main)
