@@ -826,13 +826,21 @@ def run_cli(main_function):
         sys.exit(130)
 
 
-def report(result):
-    """The final lines every run prints, in a fixed format that README tables quote."""
+def report(cfg, result, start, extra_lines=()):
+    """The final lines every run prints (once, from rank 0 under torchrun), in a fixed format that
+    README tables quote."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if cfg.out_dir:
+        print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
     print(f"final: {result['steps']} steps, {result['tokens']:,} tokens, {result['seconds']:.1f}s of "
           f"training, precision {result['precision']}")
     print(f"val loss: {result['val_loss']:.4f} nats per token")
     print(f"val bits per byte: {result['val_bpb']:.3f}")
     print(f"val bits per character: {result['val_bpc']:.3f}")
+    for line in extra_lines:
+        print(line)
+    print(f"wall time: {time.perf_counter() - start:.1f}s in all")
 
 
 def main(argv=None):
@@ -848,11 +856,7 @@ def main(argv=None):
     cfg = config_from_args(args)
     start = time.perf_counter()
     result = train(cfg, CLM)
-    if cfg.out_dir and int(os.environ.get("RANK", 0)) == 0:
-        print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
-    if int(os.environ.get("RANK", 0)) == 0:          # under torchrun, one report, not one per process
-        report(result)
-        print(f"wall time: {time.perf_counter() - start:.1f}s in all")
+    report(cfg, result, start)
 
 
 if __name__ == "__main__":
