@@ -43,7 +43,8 @@ def separable_set(n=240, seed=0):
     """Two classes with disjoint vocabularies: trivially separable."""
     rng = random.Random(seed)
     words = (["cat", "dog", "bird", "fish", "horse"], ["red", "blue", "green", "pink", "grey"])
-    examples = [(" ".join(rng.choice(words[i % 2]) for _ in range(rng.randint(2, 6))), i % 2) for i in range(n)]
+    examples = [(" ".join(rng.choice(words[i % 2]) for _ in range(rng.randint(2, 6))), i % 2)
+                for i in range(n)]
     cut1, cut2 = int(0.6 * n), int(0.8 * n)
     return data.LabelledSet("separable", examples[:cut1], examples[cut1:cut2], examples[cut2:],
                             label_names=["animal", "colour"])
@@ -111,8 +112,8 @@ def snapshot(classifier):
 
 def train_a_little(classifier, steps=15, **overrides):
     labelled = separable_set()
-    sequences = finetune.encode_texts(ENC, [t for t, _ in labelled.train], 64, not classifier.body.config.causal)
-    finetune.finetune(classifier, sequences, [y for _, y in labelled.train],
+    sequences, labels = finetune.encode_examples(ENC, labelled.train, 64, classifier.body)
+    finetune.finetune(classifier, sequences, labels,
                       tiny_config(min_steps=steps, epochs=0, **overrides), PAD, DEVICE, log=lambda *a: None)
 
 
@@ -243,7 +244,7 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
         (m, k, s) for m in ("bow", "scratch", "clm", "mlm", "lora") for k in (8, 96) for s in (0, 1)}
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
     table = (tmp_path / "sweep" / "sweep.md").read_text()
-    assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table
+    assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table and "clm minus scratch" in table
     assert "predicted" in capsys.readouterr().out
     finetune.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
     assert "0 runs to do" in capsys.readouterr().out
