@@ -91,6 +91,8 @@ def measure_training(spec):
     device = train_clm.pick_device(spec["device"], dict(rank=0, local_rank=0, world_size=1))
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    if device.type == "cpu":
+        train_clm.keep_freed_memory()                 # as train() does on a CPU
     shape = spec["shape"]
     cfg = train_clm.TrainConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
                                 block_size=shape["block_size"], batch_size=shape["batch_size"],
@@ -131,13 +133,14 @@ def measure_training(spec):
         loss = step()
     train_clm.synchronize(device)
     seconds = time.perf_counter() - start
+    memory_mb = peak_memory_mb(device)                # before the peak measurement's big matrices
 
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
     tokens_per_s = tokens_per_step * spec["steps"] / seconds
     peak = train_clm.peak_flops(device, spec["precision"])       # measured, in this precision
     return dict(kind="train_step", shape=spec["shape_name"], **shape, precision=spec["precision"],
                 attention=spec["attention"], compiled=spec["compiled"], tokens_per_s=round(tokens_per_s, 1),
-                mfu=round(tokens_per_s * model.flops_per_token() / peak, 4), peak_memory_mb=peak_memory_mb(device),
+                mfu=round(tokens_per_s * model.flops_per_token() / peak, 4), peak_memory_mb=memory_mb,
                 memory_kind=("max allocated (CUDA)" if device.type == "cuda" else "max RSS of the process"
                              + ("" if spec.get("isolated", True) else ", cumulative over the rows it ran")),
                 step_ms=round(1000 * seconds / spec["steps"], 2), warmup_s=round(warmup_s, 2),
@@ -273,7 +276,8 @@ def build_parser():
                         help=f"comma-separated: {', '.join(SHAPES)}, or layers/heads/width/block/batch/vocab")
     parser.add_argument("--precisions", default="auto", help="comma-separated fp32,bf16,fp16; auto: "
                         "fp32,bf16 on a CPU, plus fp16 on CUDA")
-    parser.add_argument("--attention", default="fast,explicit", help="comma-separated fast,explicit")
+    parser.add_argument("--attention", default="fast,explicit", help="comma-separated fast,explicit,auto "
+                        "(auto: model.prefer_explicit picks one of the two)")
     parser.add_argument("--compile", choices=("no", "yes", "both"), default="both",
                         help="torch.compile the model: without, with, or a row for each")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per row")
@@ -310,7 +314,7 @@ def main(argv=None):
     shapes = [parse_shape(s.strip()) for s in args.shapes.split(",") if s.strip()]
     precisions = (default_precisions(device) if args.precisions == "auto"
                   else split_list(args.precisions, ("fp32", "bf16", "fp16"), "precisions"))
-    attentions = split_list(args.attention, ("fast", "explicit"), "attention")
+    attentions = split_list(args.attention, ("fast", "explicit", "auto"), "attention")
     compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
     threads = [t.strip() for t in args.threads.split(",")]
     if not all(t.isdigit() for t in threads):

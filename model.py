@@ -48,7 +48,8 @@ class ModelConfig:
     dropout: float = 0.0       # 0 for pretraining small models on plenty of data (as nanoGPT)
     bias: bool = False         # no biases in Linear/LayerNorm: slightly faster, no worse (nanoGPT)
     causal: bool = True        # True: GPT-style decoder; False: BERT-style encoder
-    attention: str = "fast"    # "fast": fused scaled_dot_product_attention; "explicit": readable
+    attention: str = "fast"    # "fast": fused scaled_dot_product_attention; "explicit": readable;
+                               # "auto": whichever of the two is faster here (see prefer_explicit)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -59,8 +60,8 @@ class ModelConfig:
                              f"pick n_embd as a multiple of n_head")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.attention not in ("fast", "explicit"):
-            raise ValueError(f"attention must be 'fast' or 'explicit', got {self.attention!r}")
+        if self.attention not in ("fast", "explicit", "auto"):
+            raise ValueError(f"attention must be 'fast', 'explicit' or 'auto', got {self.attention!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,6 +102,16 @@ def explicit_attention(q, k, v, bias, dropout_p=0.0):
     return weights @ v                                                  # (B, nh, T, d)
 
 
+def prefer_explicit(q):
+    """attention="auto": is explicit_attention the faster path for these inputs? Measured (bench.py,
+    torch 2.13): on a CPU in bf16 the fused kernel's backward pass is 2-3x slower than the two
+    batched matrix products of explicit_attention, which makes a whole training step 1.2-1.5x
+    slower; in fp32, and on GPUs (flash attention), the fused kernel is as fast or faster. Beyond
+    512 positions the explicit path's (T, T) matrices, kept for the backward pass, would cost more
+    memory than a CPU run should spend, so the fused kernel is kept there."""
+    return q.device.type == "cpu" and q.dtype != torch.float32 and q.size(-2) <= 512
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -119,7 +130,7 @@ class SelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in (q, k, v))                                  # (B, nh, T, d)
         dropout_p = self.dropout if self.training else 0.0
-        if self.attention == "explicit":
+        if self.attention == "explicit" or (self.attention == "auto" and prefer_explicit(q)):
             bias = attention_bias(attention_mask, T, self.causal, x.device, q.dtype)
             y = explicit_attention(q, k, v, bias, dropout_p)
         elif attention_mask is None:

@@ -21,7 +21,6 @@ Config, presets, optimiser, schedule, loop, logs, plot, checkpoints and resume a
 Read in this order: MLMConfig (three knobs), the objective (batch, loss, evaluation, metrics),
 fill-in-the-blank, the causal-vs-bidirectional comparison, the command line.
 """
-import os
 import re
 import time
 from dataclasses import dataclass
