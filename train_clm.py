@@ -100,8 +100,9 @@ PRESETS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, max_iters=500,
                 eval_interval=100),
     # nanoGPT's CPU race, on tinyshakespeare: see README ("Time to quality").
-    "shakespeare": dict(corpus="shakespeare", tokenizer="bpe:1024", n_layer=4, n_head=4, n_embd=256,
-                        block_size=128, batch_size=32, max_seconds=65, eval_interval=1000),
+    "shakespeare": dict(corpus="shakespeare", tokenizer="bpe:1024", n_layer=4, n_head=4, n_embd=128,
+                        block_size=128, batch_size=16, lr=3e-3, min_lr=3e-4, max_seconds=58,
+                        eval_interval=100_000),
     # For tests and smoke runs: seconds.
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=20,
                  eval_interval=10, eval_batches=2, log_interval=5, tokenizer="bytes"),
