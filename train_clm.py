@@ -62,7 +62,8 @@ class TrainConfig:
     block_size: int = knob(128, "context length in tokens")
     dropout: float = knob(0.0, "dropout probability (0 when data is plentiful)")
     bias: bool = knob(False, "biases in Linear and LayerNorm layers")
-    attention: str = knob("fast", "fast (fused SDPA) or explicit (the readable reference)")
+    attention: str = knob("auto", "fast (fused SDPA), explicit (the readable reference) or auto "
+                                  "(whichever is faster here: model.prefer_explicit)")
     # optimisation
     batch_size: int = knob(32, "sequences per micro-batch")
     grad_accum: int = knob(1, "micro-batches per optimiser step")
@@ -242,6 +243,8 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     master = dist["rank"] == 0
     log = print if (master and not cfg.quiet) else (lambda *a, **k: None)
     device = pick_device(cfg.device, dist)
+    if device.type == "cpu":
+        keep_freed_memory()                   # 10-15% of a CPU step was page faults (bench.py)
     check_out_dir(cfg)
     checkpoint = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
 
