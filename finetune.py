@@ -380,12 +380,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
                            pad_id, device)
         loss = train_clm.accumulate_gradients(classifier, classification_loss, lambda: batch, 1,
                                               autocast, scaler)      # forward + backward, as pretraining
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(classifier.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        train_clm.optimizer_step(classifier, optimizer, scaler, cfg.grad_clip)
         record = dict(step=step, train_loss=loss.item(), lr=lr, seconds=time.perf_counter() - start)
         if step in eval_at:
             record.update({f"dev_{k}": v for k, v in classification_metrics(

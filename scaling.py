@@ -60,7 +60,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -949,12 +948,5 @@ def report_and_plot(records, out_dir, n_boot, seed):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept in the results file; the same command resumes",
-              file=sys.stderr)
-        sys.exit(130)
+    train_clm.run_cli(main, interrupted="interrupted: finished runs are kept in the results file; "
+                                        "the same command resumes")

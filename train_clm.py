@@ -348,12 +348,7 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
         if not math.isfinite(loss_value):
             raise UserError(f"loss became {loss_value} at step {state['step']}; the last good checkpoint "
                             f"is kept. Lower --lr, or use --precision fp32/bf16 instead of fp16")
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
         state["step"] += 1
         state["tokens"] += tokens_per_step
@@ -421,6 +416,18 @@ def accumulate_gradients(model, loss_fn, draw_batch, grad_accum, autocast, scale
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
     return loss_sum
+
+
+def optimizer_step(model, optimizer, scaler, grad_clip):
+    """Clip the global gradient norm (Pascanu et al. 2013: one bad batch cannot throw the weights
+    far), step, and clear the gradients for the next accumulation. With fp16 the scaler first
+    divides the gradients back to their true size, and skips the step if any is inf or NaN."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def make_model_config(cfg, enc, causal):
@@ -840,7 +847,7 @@ def config_from_args(args, config_class=TrainConfig, presets=PRESETS):
     return config_class(**{**presets[args.preset], **given})
 
 
-def run_cli(main_function):
+def run_cli(main_function, interrupted="interrupted; the last checkpoint is intact (continue with --resume)"):
     """Bad input ends in one line on stderr and exit status 2, never in a traceback."""
     try:
         main_function()
@@ -848,7 +855,7 @@ def run_cli(main_function):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)
 
 
