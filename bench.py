@@ -53,6 +53,8 @@ from model import ModelConfig, Transformer
 # Model shapes, named layers x width. The first three are the shapes of the README's comparison
 # with nanoGPT: its README's CPU example (shakespeare_char, 4 layers, width 128, 64-token context,
 # batch 12, 65 characters), then two that a bpe:4096 vocabulary and more width make realistic.
+# "preset:NAME" measures the shape of a train_clm.py preset (preset:cpu is what a user trains by
+# default). The vocabulary is padded to a multiple of 64, as training pads it.
 SHAPES = {
     "4x128": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
     "6x384": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=16, vocab_size=4096),
@@ -63,13 +65,20 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_
 
 
 def parse_shape(text):
-    """A name from SHAPES, or 'n_layer/n_head/n_embd/block_size/batch_size/vocab_size'."""
+    """A name from SHAPES, preset:NAME, or 'n_layer/n_head/n_embd/block_size/batch_size/vocab_size'."""
     if text in SHAPES:
         return text, dict(SHAPES[text])
+    if text.startswith("preset:") and text[7:] in train_clm.PRESETS:
+        cfg = train_clm.TrainConfig(**train_clm.PRESETS[text[7:]])
+        ordinary = {"bytes": 256, "gpt2": 50257}.get(cfg.tokenizer) or int(cfg.tokenizer[4:])   # bpe:N
+        return text, dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                          batch_size=cfg.batch_size,           # one micro-batch
+                          vocab_size=ordinary + len(data.SPECIAL_TOKENS))
     parts = text.split("/")
     if len(parts) != len(SHAPE_KEYS) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UserError(f"unknown shape {text!r}; use one of {', '.join(SHAPES)} or "
-                        f"layers/heads/width/block/batch/vocab, e.g. 4/4/128/64/12/65")
+        raise UserError(f"unknown shape {text!r}; use one of {', '.join(SHAPES)}, preset:NAME "
+                        f"({', '.join(train_clm.PRESETS)}) or layers/heads/width/block/batch/vocab, "
+                        f"e.g. 4/4/128/64/12/65")
     return text, dict(zip(SHAPE_KEYS, map(int, parts)))
 
 
@@ -272,8 +281,9 @@ def build_parser():
                         "no compile, the tokenizer on the first 200k characters, and every row in this "
                         "process (seconds instead of minutes; peak memory is then cumulative)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file")
-    parser.add_argument("--shapes", default="4x128,6x384,8x512",
-                        help=f"comma-separated: {', '.join(SHAPES)}, or layers/heads/width/block/batch/vocab")
+    parser.add_argument("--shapes", default="4x128,6x384,8x512,preset:cpu",
+                        help=f"comma-separated: {', '.join(SHAPES)}, preset:NAME (a train_clm.py preset), "
+                        f"or layers/heads/width/block/batch/vocab")
     parser.add_argument("--precisions", default="auto", help="comma-separated fp32,bf16,fp16; auto: "
                         "fp32,bf16 on a CPU, plus fp16 on CUDA")
     parser.add_argument("--attention", default="fast,explicit", help="comma-separated fast,explicit,auto "
