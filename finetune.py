@@ -601,9 +601,20 @@ def single_run(args, cfg):
 # ----------------------------------------------------------------------------------------------
 # 8. The sweep: test accuracy against the number of labels.
 
-# method -> (which checkpoint, init, mode). LoRA adapts the CLM body.
+# method -> (which checkpoint, init, mode). LoRA adapts the CLM body. Each pretrained method is
+# compared with random weights in its own architecture (mask, shape, pooling), which is not the
+# same for the two checkpoints: "scratch" has the CLM's, "scratch-mlm" the MLM's.
 SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrained", "full"),
-                 "mlm": ("mlm", "pretrained", "full"), "lora": ("clm", "pretrained", "lora")}
+                 "scratch-mlm": ("mlm", "scratch", "full"), "mlm": ("mlm", "pretrained", "full"),
+                 "lora": ("clm", "pretrained", "lora")}
+
+
+def baseline_of(method, methods):
+    """The scratch run in the same architecture as `method` (None for a scratch method itself)."""
+    if method.startswith("scratch"):
+        return None
+    own = "scratch-mlm" if SWEEP_METHODS[method][0] == "mlm" else "scratch"
+    return own if own in methods else None
 
 
 def parse_sizes(text, n_available):
@@ -746,13 +757,16 @@ def summary_table(records, methods, sizes, labelled, metric="accuracy"):
 
 
 def gains_over_scratch(records, methods, sizes):
-    """What pretraining buys, in test-accuracy points: mean(method) - mean(scratch) at each size."""
+    """What pretraining buys, in test-accuracy points: mean(method) - mean(its scratch) at each size."""
     lines = []
-    for method in (m for m in methods if m != "scratch"):
-        gains = [(k, summarise(records, method, k), summarise(records, "scratch", k)) for k in sizes]
+    for method in methods:
+        baseline = baseline_of(method, methods)
+        if baseline is None:
+            continue
+        gains = [(k, summarise(records, method, k), summarise(records, baseline, k)) for k in sizes]
         cells = [f"{100 * (a[0] - b[0]):+.1f} at {k}" for k, a, b in gains if a and b]
         if cells:
-            lines.append(f"- {method} minus scratch, test accuracy points: {', '.join(cells)} labels")
+            lines.append(f"- {method} minus {baseline}, test accuracy points: {', '.join(cells)} labels")
     return "\n".join(lines)
 
 
@@ -822,7 +836,7 @@ def main(argv=None):
     group.add_argument("--sweep", action="store_true", help="run the sweep instead of one fine-tuning")
     group.add_argument("--clm", metavar="CKPT", help="CLM checkpoint (scratch and lora use its shape)")
     group.add_argument("--mlm", metavar="CKPT", help="MLM checkpoint")
-    group.add_argument("--methods", default="scratch,clm,mlm,lora", help=f"from {', '.join(SWEEP_METHODS)}")
+    group.add_argument("--methods", default="scratch,clm,scratch-mlm,mlm,lora", help=f"from {', '.join(SWEEP_METHODS)}")
     group.add_argument("--sizes", default="32,128,256,512,2048,all",
                        help="labelled set sizes (capped at the train split)")
     group.add_argument("--seeds", type=int, default=3, help="seeds per point (from --seed on)")

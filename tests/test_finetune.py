@@ -241,10 +241,12 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     finetune.main([*flags, "--mlm", pretrained["mlm"][0]])
     records = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
     assert {(r["method"], r["n_train"], r["seed"]) for r in records} >= {
-        (m, k, s) for m in ("bow", "scratch", "clm", "mlm", "lora") for k in (8, 96) for s in (0, 1)}
+        (m, k, s) for m in ("bow", "scratch", "clm", "scratch-mlm", "mlm", "lora") for k in (8, 96)
+        for s in (0, 1)}
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
     table = (tmp_path / "sweep" / "sweep.md").read_text()
-    assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table and "clm minus scratch" in table
+    assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table
+    assert "clm minus scratch," in table and "mlm minus scratch-mlm," in table and "lora minus scratch," in table
     assert "predicted" in capsys.readouterr().out
     finetune.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
     assert "0 runs to do" in capsys.readouterr().out
