@@ -109,7 +109,8 @@ def measure_training(spec):
     torch.manual_seed(0)
     model_config = ModelConfig(vocab_size=train_clm.padded_vocab_size(shape["vocab_size"]),
                                block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                               n_embd=cfg.n_embd, attention=cfg.attention)
+                               n_embd=cfg.n_embd, attention=cfg.attention,
+                               alibi=cfg.alibi)      # as train_clm.py trains: its default
     model = Transformer(model_config).to(device)
     optimizer = train_clm.make_optimizer(model, cfg, device)
     autocast, scaler = train_clm.precision_context(device, spec["precision"])
