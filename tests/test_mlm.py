@@ -193,3 +193,19 @@ def test_cli_trains_fills_and_compares_with_causal(corpus_file, tmp_path, capsys
         train_mlm.compare_causal(str(tmp_path / "mlm" / "ckpt.pt"), str(tmp_path / "clm" / "ckpt.pt"))
     with pytest.raises(data.UserError, match="causal model"):
         train_mlm.main(["--fill", str(tmp_path / "clm" / "ckpt.pt")])
+
+
+def test_validation_mask_ignores_training_knobs(corpus_file, tmp_path):
+    """The fixed validation set scores the same positions whatever --batch-size, --mask-prob and
+    --seed: otherwise runs that differ in those knobs would be marked on different tests."""
+    def scored(**overrides):
+        cfg = tiny_mlm_config(corpus_file, tmp_path / "unused", **overrides)
+        dataset = data.prepare_dataset(cfg.corpus, cfg.tokenizer, cache_dir=cfg.cache_dir, verbose=False)
+        batches = MLM.eval_batches(dataset.val, cfg, dataset, None, torch.device("cpu"))
+        return torch.cat([b["idx"] for b in batches]), torch.cat([b["targets"] for b in batches])
+    idx, targets = scored()
+    selected = (targets != -100).float().mean().item()
+    assert 0.1 < selected < 0.16                                      # 15% of the text tokens
+    for overrides in (dict(batch_size=3), dict(mask_prob=0.4, seed=7)):
+        other_idx, other_targets = scored(**overrides)
+        assert torch.equal(idx, other_idx) and torch.equal(targets, other_targets)
