@@ -503,7 +503,8 @@ def prepare_dataset(corpus_name, tokenizer_name, data_dir=None, cache_dir=None, 
     corpus = load_corpus(corpus_name, data_dir, cache_dir, verbose)
     cut = int(len(corpus.text) * (1 - VAL_FRACTION))
     parts = {"train": corpus.text[:cut], "val": corpus.text[cut:]}
-    enc = get_tokenizer(tokenizer_name, parts["train"], cache_dir, data_dir, verbose)
+    enc = (get_tokenizer(tokenizer_name, parts["train"], cache_dir, data_dir, verbose)
+           if isinstance(tokenizer_name, str) else tokenizer_name)    # or a ready tokenizer (--init-from)
     identity = tokenizer_identity(enc)
     safe_name = re.sub(r"[^\w.-]", "_", Path(corpus.name).name)
     folder = resolve_cache_dir(cache_dir) / "datasets" / f"{safe_name}-{corpus.fingerprint}-{identity['fingerprint']}"

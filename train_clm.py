@@ -90,6 +90,9 @@ class TrainConfig:
     seed: int = knob(1337, "random seed (same seed + same device = same losses on CPU)")
     out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing)")
     resume: bool = knob(False, "continue the run saved in --out-dir")
+    init_from: Optional[str] = knob(None, "start from this checkpoint's weights and tokenizer and pretrain "
+                                          "them further on --corpus (domain-adaptive pretraining); a new "
+                                          "run: fresh optimiser and schedule, same model flags")
     overwrite: bool = knob(False, "replace a run already saved in --out-dir")
     quiet: bool = knob(False, "print only errors and the final summary")
     sample_tokens: int = knob(200, "tokens to sample at the end (causal models)")
@@ -254,14 +257,21 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     check_out_dir(cfg)
     checkpoint = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
 
+    # --init-from: another run's weights, pretrained further on this corpus with that run's
+    # tokenizer (Gururangan et al. 2020's domain-adaptive pretraining). A resumed run has them already.
+    start_from = load_checkpoint(cfg.init_from) if cfg.init_from and checkpoint is None else None
     if dataset is None:
-        dataset = data.prepare_dataset(cfg.corpus, cfg.tokenizer, cfg.data_dir, cfg.cache_dir,
+        tokenizer = data.tokenizer_from_state(start_from["tokenizer_state"]) if start_from else cfg.tokenizer
+        dataset = data.prepare_dataset(cfg.corpus, tokenizer, cfg.data_dir, cfg.cache_dir,
                                        verbose=master and not cfg.quiet)
     data.check_fits(dataset, cfg.block_size)
     model_config = make_model_config(cfg, dataset.enc, objective.causal)
     if checkpoint is not None:
         check_compatible(checkpoint, dataset.enc, objective)
         check_resumable(checkpoint, model_config, dist)
+    if start_from is not None:
+        check_compatible(start_from, dataset.enc, objective)
+        check_same_model(start_from, model_config, "--init-from")
     # All input is valid: only now is --out-dir touched.
     out_dir = prepare_out_dir(cfg, checkpoint["history"] if checkpoint else []) if master else None
 
@@ -281,6 +291,9 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
         precision = checkpoint["precision"]
         batch_generator.set_state(checkpoint["rng"]["batches"][dist["rank"]])
         log(f"resumed from {cfg.out_dir}/ckpt.pt at step {state['step']}")
+    if start_from is not None:
+        model.load_state_dict(start_from["model"])
+        log(f"weights and tokenizer from {cfg.init_from} (step {start_from['state']['step']} of its run)")
 
     train_model = model
     if cfg.compile:
@@ -754,16 +767,23 @@ def check_compatible(checkpoint, enc, objective=None, want_kind=None):
                         f"{'train_clm.py' if want_kind == 'causal' else 'train_mlm.py'}")
 
 
-def check_resumable(checkpoint, model_config, dist):
-    """--resume continues the same run: the same shapes (or the weights do not fit) and the same
-    number of processes (each one resumes its own data position)."""
-    shape = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
-    saved = {k: checkpoint["model_config"][k] for k in shape}
-    wanted = {k: getattr(model_config, k) for k in shape}
+def check_same_model(checkpoint, model_config, flag):
+    """The checkpoint's weights must fit this run's model, and mean the same thing in it: the same
+    shapes, and the same attention (ALiBi's bias has no weights, but a model trained with it
+    computes something else without it). Checkpoints from before ALiBi existed had none."""
+    fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "alibi")
+    saved = {k: checkpoint["model_config"].get(k, False) for k in fields}
+    wanted = {k: getattr(model_config, k) for k in fields}
     if saved != wanted:
-        changed = ", ".join(f"{k} {saved[k]} -> {wanted[k]}" for k in shape if saved[k] != wanted[k])
-        raise UserError(f"--resume: this run's model shape differs from the checkpoint's ({changed}); "
-                        f"resume with the flags the run was started with")
+        changed = ", ".join(f"{k} {saved[k]} -> {wanted[k]}" for k in fields if saved[k] != wanted[k])
+        raise UserError(f"{flag}: this run's model differs from the checkpoint's ({changed}); "
+                        f"use the model flags the checkpoint was trained with")
+
+
+def check_resumable(checkpoint, model_config, dist):
+    """--resume continues the same run: the same model (or the weights do not fit) and the same
+    number of processes (each one resumes its own data position)."""
+    check_same_model(checkpoint, model_config, "--resume")
     saved_ranks = len(checkpoint["rng"]["batches"])
     if saved_ranks != dist["world_size"]:
         raise UserError(f"--resume: the run was saved by {saved_ranks} process(es), this one has "

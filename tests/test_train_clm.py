@@ -133,3 +133,27 @@ def test_every_config_field_is_a_flag():
     assert (cfg.n_layer, cfg.lr, cfg.compile, cfg.max_seconds, cfg.n_embd) == (3, 0.01, True, 5.0, 32)
     flags = {a.dest for a in parser._actions}
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= flags
+
+
+def test_init_from_continues_another_runs_weights_with_its_tokenizer(corpus_file, tmp_path):
+    """Domain-adaptive pretraining: start from a checkpoint, go on on another corpus. The new run
+    keeps the checkpoint's tokenizer (a BPE trained on the first corpus), starts from its weights,
+    and refuses a model that does not match."""
+    from conftest import generated_text
+    train(tiny_config(corpus_file, tmp_path / "first", tokenizer="bpe:300", max_iters=30, lr=3e-3))
+    other = tmp_path / "other.txt"
+    other.write_text(generated_text(seed=1).upper(), encoding="utf-8")       # another "domain"
+    start = train_clm.load_checkpoint(str(tmp_path / "first" / "ckpt.pt"))
+    cfg = tiny_config(str(other), tmp_path / "second", tokenizer="bpe:300", max_iters=1, lr=1e-9,
+                      warmup=0.0, init_from=str(tmp_path / "first" / "ckpt.pt"))
+    result = train(cfg)
+    second = train_clm.load_checkpoint(str(tmp_path / "second" / "ckpt.pt"))
+    assert second["tokenizer"] == start["tokenizer"]
+    for name, weight in start["model"].items():                 # one step at lr 1e-9: unchanged
+        assert torch.allclose(second["model"][name], weight, atol=1e-6), name
+    assert second["state"]["step"] == 1 and result["history"][-1]["step"] == 1   # a new run
+    # A tokenizer trained on the other corpus would differ: the checkpoint's was used, not rebuilt.
+    train(tiny_config(str(other), tmp_path / "fresh", tokenizer="bpe:300", max_iters=1))
+    assert train_clm.load_checkpoint(str(tmp_path / "fresh" / "ckpt.pt"))["tokenizer"] != start["tokenizer"]
+    with pytest.raises(train_clm.UserError, match=r"--init-from: .*n_layer 2 -> 3"):
+        train(dataclasses.replace(cfg, n_layer=3, out_dir=str(tmp_path / "third")))
