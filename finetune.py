@@ -12,13 +12,16 @@ reaches a given accuracy with far fewer labels. This file measures that instead 
 Pooling: which vectors of h the head reads.
     causal model          the LAST non-pad token: under a causal mask it is the only position that
                           has read the whole text (GPT-1 reads its final token the same way).
-    bidirectional model   the MEAN over non-pad tokens (default), or the CLS token at position 0.
-        Why not CLS after masked-LM pretraining: the masked loss scores only the masked positions,
-        and CLS is never masked, so nothing the loss sees reads the final vector at CLS: its
-        gradient is exactly zero for the whole of pretraining. Lower layers' CLS states are
-        trained (other tokens attend to them), but the top one was never asked to summarise
-        anything. BERT trains it with next-sentence prediction; we have no such task, so we
-        average vectors that were all trained.
+    bidirectional model   the CLS token at position 0 (default, as BERT), or the MEAN over non-pad
+        tokens. A surprise worth knowing: masked-LM pretraining never trains the top CLS vector.
+        The masked loss scores only the masked positions and CLS is never masked, so nothing the
+        loss sees reads the final vector at CLS: its gradient is exactly zero for the whole of
+        pretraining (a test checks this; BERT trains it with next-sentence prediction, which we
+        do not have). We first made the mean the default for that reason. Measured, CLS wins
+        after fine-tuning all the same (pydocs-topic, 256 labels, 3 seeds: 0.767 against 0.685
+        for the mean; README): the lower layers' CLS states are trained, since every token
+        attends to them, and fine-tuning needs only to teach the top layer to summarise into it.
+        From random weights it is the other way round (0.577 against 0.629).
 
 Modes: which parameters move.
     full      everything: the strongest, and the one that can forget pretraining
@@ -252,7 +255,7 @@ def scratch_from_flags(args, seed):
 def make_classifier(body, n_classes, cfg):
     """Body + pooling + head, with cfg.mode applied. Seeded here, so that for one seed the head
     (and LoRA's A) start the same whether the body is pretrained or random."""
-    pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if body.config.causal else "mean")
+    pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if body.config.causal else "cls")
     if pooling == "cls" and body.config.causal:
         raise UserError("--pooling cls needs a bidirectional model: under a causal mask the first "
                         "token sees only itself; use last (the default for causal models)")
@@ -270,7 +273,7 @@ class FinetuneConfig:
     lora_r: int = knob(8, "LoRA rank r")
     lora_alpha: float = knob(16.0, "LoRA alpha: the update is scaled by alpha / r")
     lora_targets: str = knob("all", "LoRA on attention (attn: qkv, proj) or on every block matrix (all)")
-    pooling: str = knob("auto", "auto (last for causal, mean for bidirectional), last, mean or cls")
+    pooling: str = knob("auto", "auto (last for causal, cls for bidirectional), last, mean or cls")
     n_train: Optional[int] = knob(None, "train on K labelled examples, balanced and seeded (None: all "
                                         "of the train split)")
     max_len: int = knob(64, "tokens per text, longer texts are cut (64 keeps a docstring's summary "

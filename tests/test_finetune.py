@@ -79,7 +79,7 @@ def test_classifier_output_does_not_depend_on_padding(causal):
     batched = classifier(*padded_batch(texts, cls_first=not causal))
     assert padded_batch(texts)[1][0].sum() < padded_batch(texts)[1][1].sum()    # really padded
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
-    assert classifier.pooling == ("last" if causal else "mean")
+    assert classifier.pooling == ("last" if causal else "cls")
 
 
 def test_inputs_put_cls_first_for_bidirectional_models_and_truncate():
@@ -91,7 +91,7 @@ def test_inputs_put_cls_first_for_bidirectional_models_and_truncate():
 
 
 def test_masked_lm_gives_the_top_cls_vector_no_gradient():
-    """Why mean pooling for MLM bodies: the masked loss never reads the final vector at CLS."""
+    """The masked loss never reads the final vector at CLS (finetune.py's docstring: pooling)."""
     body = tiny_body(causal=False)
     idx = torch.tensor([[data.special_ids(ENC)["cls"], *b"the cat sat"]])
     targets = torch.full_like(idx, -100)
@@ -226,7 +226,7 @@ def test_cli_single_runs_measure_forgetting(pretrained, tmp_path, capsys):
         assert loss["before"] == pytest.approx(pretrained[which][1], rel=1e-4)   # the script's own number
         assert (loss["after"] == loss["before"]) == (mode == "frozen")
         assert 0 <= runs[which, mode]["test"]["accuracy"] <= 1
-    assert runs["mlm", "frozen"]["pooling"] == "mean" and runs["clm", "full"]["pooling"] == "last"
+    assert runs["mlm", "frozen"]["pooling"] == "cls" and runs["clm", "full"]["pooling"] == "last"
     assert runs["clm", "lora"]["lora_merge_max_abs_diff"] < 1e-4
     assert runs["clm", "lora"]["trainable"] < runs["clm", "full"]["trainable"]
     assert runs["clm", "full"]["bag_of_words"]["test"]["accuracy"] > 0.5
