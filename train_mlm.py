@@ -13,13 +13,15 @@ causal loss scores all of them.
 
 Only two things differ from train_clm.py, and they are all this file defines:
   1. the mask: the model is built with causal=False, so attention may look both ways (model.py);
-  2. the objective: a batch is [CLS] + a window of text, some of it padding, with 15% of its
-     tokens corrupted (data.mask_tokens / data.mlm_batch); the loss is scored at those positions
-     only, and the LM head runs only there (sparse prediction).
-Config, presets, optimiser, schedule, loop, logs, plot, checkpoints and resume are train_clm's.
+  2. the objective: a batch is [CLS] + a window of text, some of it padding, with a share of its
+     tokens corrupted (BERT: 15%; data.mask_tokens / data.mlm_batch); the loss is scored at those
+     positions only, and the LM head runs only there (sparse prediction).
+Config, optimiser, schedule, loop, logs, plot, checkpoints and resume are train_clm's; so are the
+presets, except that the cpu preset's shape and masking rate are tuned for this objective.
 
-Read in this order: MLMConfig (three knobs), the objective (batch, loss, evaluation, metrics),
-fill-in-the-blank, the causal-vs-bidirectional comparison, the command line.
+Read in this order: MLMConfig (three knobs) and MLM_PRESETS (what was measured), the objective
+(batch, loss, evaluation, metrics), fill-in-the-blank, the causal-vs-bidirectional comparison,
+the command line.
 """
 import re
 import time
