@@ -494,8 +494,9 @@ def encode_text(enc, text, chunk_chars=1 << 18):
     return np.fromiter((t for piece in encoded for t in piece), dtype=np.int64)
 
 
-def prepare_dataset(corpus_name, tokenizer_name, data_dir=None, cache_dir=None, verbose=True):
+def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbose=True):
     """Load a corpus, split it 90/10 by characters, encode both parts once, memory-map them.
+    `tokenizer` is a name for get_tokenizer, or a ready encoding (a checkpoint's, for --init-from).
 
     The cache key is (corpus fingerprint, tokenizer fingerprint): change either and it re-encodes.
     bpe:N is trained on the train part only, so the tokenizer never saw the validation text.
@@ -503,8 +504,8 @@ def prepare_dataset(corpus_name, tokenizer_name, data_dir=None, cache_dir=None, 
     corpus = load_corpus(corpus_name, data_dir, cache_dir, verbose)
     cut = int(len(corpus.text) * (1 - VAL_FRACTION))
     parts = {"train": corpus.text[:cut], "val": corpus.text[cut:]}
-    enc = (get_tokenizer(tokenizer_name, parts["train"], cache_dir, data_dir, verbose)
-           if isinstance(tokenizer_name, str) else tokenizer_name)    # or a ready tokenizer (--init-from)
+    enc = (get_tokenizer(tokenizer, parts["train"], cache_dir, data_dir, verbose)
+           if isinstance(tokenizer, str) else tokenizer)
     identity = tokenizer_identity(enc)
     safe_name = re.sub(r"[^\w.-]", "_", Path(corpus.name).name)
     folder = resolve_cache_dir(cache_dir) / "datasets" / f"{safe_name}-{corpus.fingerprint}-{identity['fingerprint']}"
