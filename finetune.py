@@ -613,11 +613,12 @@ SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrain
 
 
 def baseline_of(method, methods):
-    """The scratch run in the same architecture as `method` (None for a scratch method itself)."""
-    if method.startswith("scratch"):
+    """The scratch run in the same architecture as `method`, if it is among `methods` (None for a
+    scratch method itself)."""
+    which, init, _ = SWEEP_METHODS[method]
+    if init == "scratch":
         return None
-    own = "scratch-mlm" if SWEEP_METHODS[method][0] == "mlm" else "scratch"
-    return own if own in methods else None
+    return next((m for m in methods if SWEEP_METHODS[m][:2] == (which, "scratch")), None)
 
 
 def parse_sizes(text, n_available):
