@@ -26,9 +26,11 @@ How we measure (section 4). An IsoFLOP grid (Hoffmann et al.'s approach 2): a fe
 budgets, and at each budget 5 model sizes ~2x apart around a guess of the optimum, each trained
 for D = C / flops_per_token tokens. Every run has its own warmup + cosine schedule that ends
 exactly at its own budget (a schedule longer than the run leaves its loss too high, the mistake
-Hoffmann et al. found in Kaplan et al.), the same validation set (the whole held-out split), at
-least ~1000 optimiser steps where it can (smaller batches for the runs with few tokens), and at
-most ~4 epochs over the data (beyond that, repeated tokens are worth less than fresh ones,
+Hoffmann et al. found in Kaplan et al.), a peak learning rate that falls as 1/width (one rate for
+every size tunes one and mistunes the rest, a bias that changes with N: with it, our 3x extrapolation
+missed by 8-9%; with 1/width, by 1.7%), the same validation set (the whole held-out split), at
+least min_steps optimiser steps where it can (500 in the cpu preset; smaller batches for the
+runs with few tokens), and at most ~4 epochs over the data (beyond that, repeated tokens are worth less than fresh ones,
 Muennighoff et al. 2023). A few configurations run with 3 seeds to measure the noise. Each
 finished run is appended to a JSONL file, so a killed sweep resumes where it stopped.
 
@@ -50,7 +52,7 @@ Read in this order: 1. counting; 2. the fits; 3. the closed-form optimum and wha
 Chinchilla's constants; 4. the sweep (presets, plan, probe, runs, resume); 5. the report and
 plots; 6. the command line.
 
-    python scaling.py                    # the cpu preset: the whole study, ~15 minutes on 2 cores
+    python scaling.py                    # the cpu preset: the whole study, ~13 minutes on 2 cores
     python scaling.py --dry-run          # the plan and the predicted wall time, nothing trained
     python scaling.py --plot-only        # refit and replot from runs/scaling-cpu/results.jsonl
 """
@@ -382,11 +384,13 @@ class SweepPreset:
     max_epochs: float = 4.0      # Muennighoff et al. 2023: up to ~4 epochs is as good as fresh data
     min_steps: int = 1000        # halve a run's batch (down to min_batch) until it has this many steps
     min_batch: int = 4
+    lr_width: int = 0            # the width at which train["lr"] is the peak; other widths get
+                                 # lr * lr_width / width (0: one learning rate for every width)
     threads: int = 0             # torch CPU threads for the sweep (0: leave torch's default)
 
 
 SWEEP_PRESETS = {
-    # The default: ~12-15 minutes on 2 CPU cores. Byte tokens (vocab 260, padded to 320) keep the
+    # The default: ~13 minutes on 2 CPU cores. Byte tokens (vocab 260, padded to 320) keep the
     # head small. ONE layer, width 16 to 144 (8k to 295k parameters): in a pilot with two layers
     # the loss dropped suddenly somewhere between 2.5e11 and 1e12 FLOPs, at a seed-dependent
     # moment (the induction-head phase change, Olsson et al. 2022, which needs two layers), and a
@@ -394,25 +398,32 @@ SWEEP_PRESETS = {
     # were better per FLOP here). Training is still limited by steps at ~1e11 FLOPs, so: short
     # context (64), small batches (8 x 64 tokens, halved for runs with fewer than 500 steps) and
     # a cosine that ends near zero (lr/100): in a 3-seed pilot the final loss then spread 0.1%
-    # instead of 1.5%, though a whole sweep still measured ~0.8% (sd). lr 2e-3: the best of 1e-3,
-    # 3e-3 and 6e-3 at batch 16, scaled by sqrt(8/16). pydocs has 1.8M training bytes: the
-    # largest rows slide up the ladder so that their smallest model stays under 4 epochs. The
-    # optimum guess is the pilot's row at 5e11 FLOPs. Measured with this preset (1 thread, shared
-    # machine): held-out run at 3e12 predicted 1.538, measured 1.692: 9.1% off (see README).
+    # instead of 1.5%. The peak learning rate falls as 1/width (lr_width, see make_run): 8e-3 at
+    # width 36, 4e-3 at 72, 2e-3 at 144. Measured at 5e11 FLOPs, each width at 2-4 rates: the
+    # best rates lay on that line (width 36: 2e-3 2.041, 4e-3 1.929, 8e-3 1.905; width 72: 2e-3
+    # 2.154, 4e-3 2.028, 5.6e-3 2.41, diverging; width 104: 2e-3 2.346, 2.8e-3 2.261, 4e-3 2.605).
+    # One rate for every width (2e-3, this preset's earlier setting) left the narrow models 5-8%
+    # short of their best loss; the fitted floor E then went to zero and the
+    # held-out run came out 9.1% worse than predicted, against 1.7% with the 1/width rule (README).
+    # pydocs has 1.8M training bytes: the largest rows slide up the ladder so that their smallest
+    # model stays under 4 epochs. The optimum guess is a pilot's row at 5e11 FLOPs. What is left:
+    # runs with fewer than ~1,500 steps can stay on the bigram plateau (loss ~2.68 nats, the
+    # corpus's bigram entropy: the embedding-to-head path alone), which bends the two smallest rows.
     "cpu": SweepPreset(
         ladder=[(1, 1, 16), (1, 1, 24), (1, 2, 36), (1, 2, 52), (1, 3, 72), (1, 4, 104), (1, 6, 144)],
         budgets=[1.25e11, 2.5e11, 5e11, 1e12], optimum_guess=(5e11, 28e3, 0.55), min_steps=500,
-        threads=1,
-        train=dict(corpus="pydocs", tokenizer="bytes", block_size=64, batch_size=8, lr=2e-3,
-                   min_lr=2e-5, warmup=0.05, precision="fp32")),
+        threads=1, lr_width=36,
+        train=dict(corpus="pydocs", tokenizer="bytes", block_size=64, batch_size=8, lr=8e-3,
+                   min_lr=8e-5, warmup=0.05, precision="fp32")),
     # About an hour on one recent GPU, if it sustains ~1.2M tokens/s on these small models (4.4B
     # tokens in all; the probe measures the real rate before launching). Not run by us, so not
-    # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla. pydocs is far too small
+    # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla, the peak rate follows
+    # the cpu preset's 1/width rule from 2e-3 at width 256. pydocs is far too small
     # for it (the largest run needs ~1.1B tokens, 4 epochs of ~700 MB of text): pass --corpus with
     # a folder of .txt files.
     "gpu": SweepPreset(
         ladder=[(4, 2, 128), (4, 3, 192), (6, 4, 256), (6, 6, 384), (8, 8, 512), (10, 10, 640)],
-        budgets=[1e15, 2e15, 4e15, 8e15], optimum_guess=(1e16, 7.6e6, 0.51),
+        budgets=[1e15, 2e15, 4e15, 8e15], optimum_guess=(1e16, 7.6e6, 0.51), lr_width=256,
         train=dict(corpus="pydocs", tokenizer="bpe:1020", block_size=256, batch_size=64, lr=2e-3,
                    min_lr=2e-5, warmup=0.02, precision="auto", compile=True)),
     # For tests and smoke runs: a 2 x 2 grid of micro models, seconds. Too small to fit anything.
@@ -468,7 +479,12 @@ def make_run(setup, role, budget, shape, seed):
     power law describes. So a run's batch is halved, down to min_batch sequences, until it has
     min_steps steps. That is cheap (few tokens) and sound: early in training the useful batch is
     small (the critical batch grows as the loss falls, McCandlish et al. 2018). The peak learning
-    rate follows the square-root rule for Adam, lr ~ sqrt(batch) (Malladi et al. 2022).
+    rate follows the square-root rule for Adam, lr ~ sqrt(batch) (Malladi et al. 2022), and, where
+    the preset sets lr_width, falls as 1/width: under Adam a weight matrix's update is ~lr per entry
+    whatever its gradient's scale, so its effect on the output grows with fan-in, and the stable
+    rate of the hidden matrices falls as 1/width (muP, Yang et al. 2022, Table 3). One rate for all
+    sizes would tune one size and mistune the others, a bias that grows with N and that a power law
+    then extrapolates.
     """
     preset, settings = setup.preset, setup.settings
     N, fpt = setup.counts[tuple(shape)]
@@ -479,6 +495,8 @@ def make_run(setup, role, budget, shape, seed):
     steps = max(1, round(budget / (fpt * tokens_per_step)))
     tokens = steps * tokens_per_step
     lr = settings["lr"] * math.sqrt(batch / settings["batch_size"])
+    if preset.lr_width:
+        lr *= preset.lr_width / shape[2]
     return Run(role, float(budget), tuple(shape), seed, N, fpt, batch, lr, steps, tokens,
                float(fpt * tokens), tokens / setup.n_train_tokens)
 
@@ -844,7 +862,7 @@ def plot_optimal_size(plt, records, report):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cpu", choices=list(SWEEP_PRESETS),
-                        help="cpu (default): ~10-15 min on 2 CPU cores; gpu: ~1 h on one GPU (needs a "
+                        help="cpu (default): ~13 min on 2 CPU cores; gpu: ~1 h on one GPU (needs a "
                              "bigger --corpus); tiny: a 2 x 2 smoke test")
     parser.add_argument("--out-dir", help="where results.jsonl, fits.json and the plots go "
                                           "(default: runs/scaling-<preset>)")
@@ -900,7 +918,8 @@ def sweep(setup, dataset, out_dir, dry_run, n_boot):
     plan = plan_sweep(setup)
     os.makedirs(out_dir, exist_ok=True)
     shared = {k: v for k, v in setup.settings.items() if k not in ("device", "data_dir", "cache_dir")}
-    sid = settings_id(dict(shared, min_steps=preset.min_steps, min_batch=preset.min_batch), dataset)
+    sid = settings_id(dict(shared, min_steps=preset.min_steps, min_batch=preset.min_batch,
+                            **({"lr_width": preset.lr_width} if preset.lr_width else {})), dataset)
     done = {r["key"] for r in load_results(path, sid)}
     todo = [r for r in plan if r.key not in done]
     # The held-out run needs a fitted law to size it: 3 budgets x 3 sizes at least.

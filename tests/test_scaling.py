@@ -116,6 +116,24 @@ def test_cpu_plan_is_an_isoflop_grid_under_four_epochs():
         scaling.plan_sweep(scaling.make_setup(preset, settings, 320, n_train // 10, seed=1))
 
 
+def test_peak_learning_rate_falls_as_one_over_width_and_grows_as_sqrt_batch():
+    preset = scaling.SWEEP_PRESETS["cpu"]
+    setup = scaling.make_setup(preset, preset.train, 320, 1_772_699, seed=1)
+    assert preset.lr_width == 36
+    at = lambda shape, budget: scaling.make_run(setup, "grid", budget, shape, 1)
+    base = at((1, 2, 36), 1e12)                           # full batch at the anchor width: the preset's lr
+    assert base.batch_size == preset.train["batch_size"] and base.lr == pytest.approx(preset.train["lr"])
+    assert at((1, 3, 72), 1e12).lr == pytest.approx(base.lr / 2)
+    assert at((1, 6, 144), 1e12).lr == pytest.approx(base.lr / 4)
+    small = at((1, 3, 72), 1.25e11)                       # few steps: the batch was halved
+    assert small.batch_size == base.batch_size // 2
+    assert small.lr == pytest.approx(base.lr / 2 / math.sqrt(2))
+    # Without lr_width, one rate for every width (the tiny preset).
+    tiny = scaling.SWEEP_PRESETS["tiny"]
+    tiny_setup = scaling.make_setup(tiny, tiny.train, 320, 10_000, seed=1)
+    assert {scaling.make_run(tiny_setup, "grid", 2e7, s, 1).lr for s in tiny.ladder} == {tiny.train["lr"]}
+
+
 def test_micro_sweep_writes_jsonl_resumes_and_replots(corpus_file, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
     argv = ["--preset", "tiny", "--corpus", corpus_file, "--out-dir", str(out), "--n-boot", "10"]
