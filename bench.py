@@ -30,10 +30,16 @@ Other programs running on the same cores distort wall-clock timings (two threads
 every operation wait for the slower one): each row records the load average, and the table should
 only be quoted from a quiet machine.
 
-Read in this order: SHAPES, measure_training (one row), measure_tokenizer, run_isolated (one fresh
-process per row), the table, the command line.
+Side by side: `--reference path/to/nanoGPT/model.py` adds rows for nanoGPT's model trained by
+nanoGPT's own step on the same machine, in the same process setup, so "faster than nanoGPT" is a
+measurement anyone with a clone of nanoGPT can repeat, not a figure quoted from elsewhere.
+
+Read in this order: SHAPES, measure_training (one row) and time_steps, measure_reference (the same
+row for nanoGPT), measure_tokenizer, run_isolated (one fresh process per row), the table, the
+command line.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -92,6 +98,7 @@ def default_precisions(device):
 
 def measure_training(spec):
     """Time spec["steps"] training steps after spec["warmup"] untimed ones; returns a row (dict).
+    With spec["reference"] (a path to nanoGPT's model.py) the row is nanoGPT's, see measure_reference.
 
     The step is train_clm.train()'s: the same optimiser (make_optimizer), autocast and gradient
     scaler (precision_context), micro-batch loop (accumulate_gradients), clipping and loss read-out,
@@ -100,6 +107,8 @@ def measure_training(spec):
     device = train_clm.pick_device(spec["device"], dict(rank=0, local_rank=0, world_size=1))
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    if spec.get("reference"):
+        return measure_reference(spec, device)
     if device.type == "cpu":
         train_clm.keep_freed_memory()                 # as train() does on a CPU
     shape = spec["shape"]
@@ -131,6 +140,12 @@ def measure_training(spec):
         optimizer.zero_grad(set_to_none=True)
         return loss_value
 
+    return time_steps(step, spec, device, cfg.batch_size * cfg.block_size * cfg.grad_accum,
+                      model.flops_per_token())
+
+
+def time_steps(step, spec, device, tokens_per_step, flops_per_token):
+    """Run spec["warmup"] untimed steps, then time spec["steps"]; the row for measure_training."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -145,19 +160,74 @@ def measure_training(spec):
     seconds = time.perf_counter() - start
     memory_mb = peak_memory_mb(device)                # before the peak measurement's big matrices
 
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
     tokens_per_s = tokens_per_step * spec["steps"] / seconds
     peak = train_clm.peak_flops(device, spec["precision"])       # measured, in this precision
-    return dict(kind="train_step", shape=spec["shape_name"], **shape, precision=spec["precision"],
+    return dict(kind="train_step", shape=spec["shape_name"], **spec["shape"], precision=spec["precision"],
                 attention=spec["attention"], compiled=spec["compiled"], tokens_per_s=round(tokens_per_s, 1),
-                mfu=round(tokens_per_s * model.flops_per_token() / peak, 4), peak_memory_mb=memory_mb,
+                mfu=round(tokens_per_s * flops_per_token / peak, 4), peak_memory_mb=memory_mb,
                 memory_kind=("max allocated (CUDA)" if device.type == "cuda" else "max RSS of the process"
                              + ("" if spec.get("isolated", True) else ", cumulative over the rows it ran")),
                 step_ms=round(1000 * seconds / spec["steps"], 2), warmup_s=round(warmup_s, 2),
                 steps=spec["steps"], warmup=spec["warmup"], final_loss=round(loss, 4),
-                flops_per_token=model.flops_per_token(), measured_peak_flops=peak,
+                flops_per_token=flops_per_token, measured_peak_flops=peak,
                 datasheet_peak_flops=train_clm.datasheet_peak_flops(device, spec["precision"]),
                 **machine(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# The same row for a reference implementation: nanoGPT, measured on this machine, not quoted.
+
+def load_reference(path):
+    """Import nanoGPT's model.py from a path (the user's own clone; none of its code is in this
+    repository). It must define GPTConfig and GPT, as github.com/karpathy/nanoGPT does."""
+    import importlib.util
+    if not os.path.isfile(path):
+        raise UserError(f"--reference {path}: no such file; clone https://github.com/karpathy/nanoGPT "
+                        f"and pass the path of its model.py")
+    module_spec = importlib.util.spec_from_file_location("reference_model", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not (hasattr(module, "GPT") and hasattr(module, "GPTConfig")):
+        raise UserError(f"--reference {path}: defines no GPT and GPTConfig; pass nanoGPT's model.py")
+    return module
+
+
+def measure_reference(spec, device):
+    """nanoGPT's model trained by nanoGPT's own step, as its train.py runs it with the README's CPU
+    command (dropout 0, bias False, AdamW from its configure_optimizers, which is fused only on
+    CUDA; gradient clipping at 1.0; the loss read every step, as log_interval=1 does). The batches
+    come from data.get_batch, the same windows our rows draw, so only model and step differ.
+    Its own precision on a CPU is fp32; the bf16 row forces autocast, as the issue's table did."""
+    reference = load_reference(spec["reference"])
+    shape = spec["shape"]
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(sys.stderr):      # it prints its parameter count
+        model = reference.GPT(reference.GPTConfig(
+            block_size=shape["block_size"], vocab_size=shape["vocab_size"], n_layer=shape["n_layer"],
+            n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0, bias=False)).to(device)
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type)
+    autocast, scaler = train_clm.precision_context(device, spec["precision"])
+    train_model = torch.compile(model) if spec["compiled"] else model
+    tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        x, y = data.get_batch(tokens, shape["batch_size"], shape["block_size"], device, generator)
+        with autocast():
+            _, loss = train_model(x, y)
+        scaler.scale(loss).backward()
+        loss_value = loss.item()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    # FLOPs per token of the same shape, by our formula (nanoGPT's estimate_mfu uses the same one)
+    ours = Transformer(ModelConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
+                                   n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"]))
+    return time_steps(step, spec, device, shape["batch_size"] * shape["block_size"], ours.flops_per_token())
 
 
 def peak_memory_mb(device):
@@ -295,6 +365,9 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--threads", default="0", help="comma-separated torch thread counts, a row for "
                         "each (0: PyTorch's default, one per core)")
+    parser.add_argument("--reference", metavar="MODEL_PY", help="also measure nanoGPT, side by side: the "
+                        "path of model.py in your clone of https://github.com/karpathy/nanoGPT (its rows "
+                        "say attention 'nanoGPT'; trained by its own step, see measure_reference)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--corpus", default="pydocs", help="corpus for the tokenizer measurement")
     parser.add_argument("--tokenizer", default="bpe:4096", help="tokenizer to train and time ('none': skip)")
@@ -338,14 +411,19 @@ def main(argv=None):
     if args.tokenizer != "none":
         rows.append(measure_tokenizer(args.corpus, args.tokenizer, 200_000 if args.quick else None,
                                       args.data_dir, args.cache_dir))
+    if args.reference:
+        load_reference(args.reference)                 # a bad path fails now, not in every row
+    # nanoGPT's rows carry attention "nanoGPT": it has one attention path of its own (PyTorch's SDPA).
+    variants = [(a, None) for a in attentions] + ([("nanoGPT", args.reference)] if args.reference else [])
     for shape_name, shape in shapes:
         for precision in precisions:
-            for attention in attentions:
+            for attention, reference in variants:
                 for compiled in compiles:
                     for n_threads in threads:
                         spec = dict(shape_name=shape_name, shape=shape, precision=precision,
                                     attention=attention, compiled=compiled, steps=args.steps,
-                                    warmup=args.warmup, threads=int(n_threads), device=str(device))
+                                    warmup=args.warmup, threads=int(n_threads), device=str(device),
+                                    reference=reference)
                         row = run_isolated(spec) if not args.quick else measure_training(dict(spec, isolated=False))
                         rows.append(row)
                         print(f"  {shape_name} {precision} {attention} compiled={compiled} threads={n_threads}: "

@@ -130,3 +130,51 @@ def test_auto_attention_runs_the_faster_path_on_a_cpu(precision, same_as):
     a = training_step_outputs(auto, idx, idx, None, precision)
     b = training_step_outputs(reference, idx, idx, None, precision)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# A stand-in for nanoGPT's model.py with its interface (GPTConfig, GPT(config), forward(idx, targets)
+# -> (logits, loss), configure_optimizers): the harness must measure whatever file it is given.
+REFERENCE_STAND_IN = '''
+from dataclasses import dataclass
+import torch
+from model import ModelConfig, Transformer
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+class GPT(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        print("number of parameters: ...")          # nanoGPT prints; the row must stay parseable
+        self.body = Transformer(ModelConfig(vocab_size=config.vocab_size, block_size=config.block_size,
+                                            n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd))
+    def forward(self, idx, targets=None):
+        return self.body(idx, targets)
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas)
+'''
+
+
+def test_reference_rows_measure_the_given_model_py(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(REFERENCE_STAND_IN)
+    spec = dict(shape_name="2x32", shape=bench.SHAPES["2x32"], precision="bf16", attention="nanoGPT",
+                compiled=False, steps=2, warmup=1, threads=1, device="cpu", reference=str(path))
+    row = bench.run_isolated(spec)                     # in a fresh process, as the full benchmark runs it
+    assert not row.get("error"), row.get("error")
+    assert row["attention"] == "nanoGPT" and row["precision"] == "bf16" and row["tokens_per_s"] > 0
+    assert 3.0 < row["final_loss"] < 6.0               # it trained the stand-in: ~ln(64) on random tokens
+    assert row["flops_per_token"] == Transformer(ModelConfig(
+        **{k: bench.SHAPES["2x32"][k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})).flops_per_token()
+    with pytest.raises(UserError, match="no such file"):
+        bench.main(["--reference", str(tmp_path / "missing.py"), "--tokenizer", "none", "--quick"])
+    (tmp_path / "other.py").write_text("x = 1\n")
+    with pytest.raises(UserError, match="no GPT and GPTConfig"):
+        bench.main(["--reference", str(tmp_path / "other.py"), "--tokenizer", "none", "--quick"])
