@@ -415,14 +415,16 @@ SWEEP_PRESETS = {
         threads=1, lr_width=36,
         train=dict(corpus="pydocs", tokenizer="bytes", block_size=64, batch_size=8, lr=8e-3,
                    min_lr=8e-5, warmup=0.05, precision="fp32")),
-    # About an hour on one recent GPU, if it sustains ~1.2M tokens/s on these small models (4.4B
+    # About an hour on one recent GPU, if it sustains ~1.2M tokens/s on these small models (3.7B
     # tokens in all; the probe measures the real rate before launching). Not run by us, so not
     # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla, the peak rate follows
-    # the cpu preset's 1/width rule from 2e-3 at width 256. pydocs is far too small
-    # for it (the largest run needs ~1.1B tokens, 4 epochs of ~700 MB of text): pass --corpus with
-    # a folder of .txt files.
+    # the cpu preset's 1/width rule from 2e-3 at width 256. pydocs is far too small for it: the
+    # plan keeps every run under 4 epochs only from ~75M training tokens (~200 MB of text at
+    # bpe:1020's ~2.6 bytes per token), so pass --corpus with a folder of .txt files. The
+    # ladder's sizes are 1.8-2.1x apart (tests/test_scaling.py checks the plan).
     "gpu": SweepPreset(
-        ladder=[(4, 2, 128), (4, 3, 192), (6, 4, 256), (6, 6, 384), (8, 8, 512), (10, 10, 640)],
+        ladder=[(4, 2, 128), (4, 3, 192), (6, 4, 224), (6, 5, 320), (8, 6, 384), (8, 8, 512),
+                (10, 10, 640)],
         budgets=[1e15, 2e15, 4e15, 8e15], optimum_guess=(1e16, 7.6e6, 0.51), lr_width=256,
         train=dict(corpus="pydocs", tokenizer="bpe:1020", block_size=256, batch_size=64, lr=2e-3,
                    min_lr=2e-5, warmup=0.02, precision="auto", compile=True)),

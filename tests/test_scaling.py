@@ -94,11 +94,14 @@ def test_parameter_count_includes_the_tied_head_but_not_positions():
     assert flops_per_token == 6 * N + 12 * 2 * block * 32          # 6N + attention (PaLM)
 
 
-def test_cpu_plan_is_an_isoflop_grid_under_four_epochs():
-    preset = scaling.SWEEP_PRESETS["cpu"]
-    settings, n_train = preset.train, 1_772_699        # pydocs in bytes: its training tokens
-    plan = scaling.plan_sweep(scaling.make_setup(preset, settings, 320, n_train, seed=1))
-    ladder_N = [scaling.shape_counts(s, 320, settings["block_size"])[0] for s in preset.ladder]
+# cpu: pydocs in bytes (its training tokens, vocabulary padded to 320); gpu: 300M bpe:1020
+# tokens (~750 MB of text), more than the ~75M it needs. Plans only: nothing is trained.
+@pytest.mark.parametrize("name, n_train, vocab", [("cpu", 1_772_699, 320), ("gpu", 300_000_000, 1024)])
+def test_preset_plan_is_an_isoflop_grid_under_four_epochs(name, n_train, vocab):
+    preset = scaling.SWEEP_PRESETS[name]
+    settings = preset.train
+    plan = scaling.plan_sweep(scaling.make_setup(preset, settings, vocab, n_train, seed=1))
+    ladder_N = [scaling.shape_counts(s, vocab, settings["block_size"])[0] for s in preset.ladder]
     assert all(1.6 < b / a < 2.5 for a, b in zip(ladder_N, ladder_N[1:]))   # sizes ~2x apart
     assert len(preset.budgets) >= 4 and all(1.3 < b / a < 2.1 for a, b in zip(preset.budgets, preset.budgets[1:]))
     for budget in preset.budgets:
@@ -112,8 +115,10 @@ def test_cpu_plan_is_an_isoflop_grid_under_four_epochs():
     for r in plan:
         repeated.setdefault((r.budget, r.shape), []).append(r.seed)
     assert sum(len(s) == 3 for s in repeated.values()) == preset.seed_configs >= 2
+    holdout = scaling.plan_holdout(scaling.make_setup(preset, settings, vocab, n_train, seed=1))
+    assert holdout.budget >= 3 * max(preset.budgets) and holdout.epochs <= preset.max_epochs
     with pytest.raises(UserError, match="bigger --corpus"):
-        scaling.plan_sweep(scaling.make_setup(preset, settings, 320, n_train // 10, seed=1))
+        scaling.plan_sweep(scaling.make_setup(preset, settings, vocab, n_train // 10, seed=1))
 
 
 def test_peak_learning_rate_falls_as_one_over_width_and_grows_as_sqrt_batch():
