@@ -30,8 +30,8 @@ Hoffmann et al. found in Kaplan et al.), a peak learning rate that falls as 1/wi
 every size tunes one and mistunes the rest, a bias that changes with N: with it, our 3x extrapolation
 missed by 8-9%; with 1/width, by 1.7%), the same validation set (the whole held-out split), at
 least min_steps optimiser steps where it can (500 in the cpu preset; smaller batches for the
-runs with few tokens), and at most ~4 epochs over the data (beyond that, repeated tokens are worth less than fresh ones,
-Muennighoff et al. 2023). A few configurations run with 3 seeds to measure the noise. Each
+runs with few tokens), and at most ~4 epochs over the data (beyond that, repeated tokens are
+worth less than fresh ones, Muennighoff et al. 2023). A few configurations run with 3 seeds to measure the noise. Each
 finished run is appended to a JSONL file, so a killed sweep resumes where it stopped.
 
 How we fit (section 2), with numpy and torch only:
