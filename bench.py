@@ -145,7 +145,9 @@ def measure_training(spec):
 
 
 def time_steps(step, spec, device, tokens_per_step, flops_per_token):
-    """Run spec["warmup"] untimed steps, then time spec["steps"]; the row for measure_training."""
+    """Run spec["warmup"] untimed steps, then time spec["steps"] of them, or as many more as fill
+    spec["min_seconds"]: a shared machine's speed drifts over seconds, and ten 30 ms steps of a
+    small model would sample a moment of it, not the machine. Returns the row."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -153,22 +155,23 @@ def time_steps(step, spec, device, tokens_per_step, flops_per_token):
         step()
     train_clm.synchronize(device)
     warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(spec["steps"]):
-        loss = step()
+    start, steps = time.perf_counter(), 0
+    while steps < spec["steps"] or time.perf_counter() - start < spec.get("min_seconds", 0):
+        loss = step()                                 # reads the loss: each step ends synchronised
+        steps += 1
     train_clm.synchronize(device)
     seconds = time.perf_counter() - start
     memory_mb = peak_memory_mb(device)                # before the peak measurement's big matrices
 
-    tokens_per_s = tokens_per_step * spec["steps"] / seconds
+    tokens_per_s = tokens_per_step * steps / seconds
     peak = train_clm.peak_flops(device, spec["precision"])       # measured, in this precision
     return dict(kind="train_step", shape=spec["shape_name"], **spec["shape"], precision=spec["precision"],
                 attention=spec["attention"], compiled=spec["compiled"], tokens_per_s=round(tokens_per_s, 1),
                 mfu=round(tokens_per_s * flops_per_token / peak, 4), peak_memory_mb=memory_mb,
                 memory_kind=("max allocated (CUDA)" if device.type == "cuda" else "max RSS of the process"
                              + ("" if spec.get("isolated", True) else ", cumulative over the rows it ran")),
-                step_ms=round(1000 * seconds / spec["steps"], 2), warmup_s=round(warmup_s, 2),
-                steps=spec["steps"], warmup=spec["warmup"], final_loss=round(loss, 4),
+                step_ms=round(1000 * seconds / steps, 2), warmup_s=round(warmup_s, 2),
+                steps=steps, warmup=spec["warmup"], final_loss=round(loss, 4),
                 flops_per_token=flops_per_token, measured_peak_flops=peak,
                 datasheet_peak_flops=train_clm.datasheet_peak_flops(device, spec["precision"]),
                 **machine(device))
@@ -310,20 +313,41 @@ def run_isolated(spec):
 # ----------------------------------------------------------------------------------------------
 # The table.
 
+def median_rows(rows):
+    """One row per configuration: with --repeats, the repeat with the median tokens/s, and the
+    range of all repeats in tokens_per_s_range. Failed repeats are dropped unless all failed."""
+    groups = {}
+    for r in (r for r in rows if r["kind"] == "train_step"):
+        key = (r["shape"], r["precision"], r["attention"], r["compiled"], r.get("threads"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for group in groups.values():
+        good = sorted((r for r in group if not r.get("error")), key=lambda r: r["tokens_per_s"])
+        if not good:
+            out.append(group[0])
+            continue
+        speeds = [r["tokens_per_s"] for r in good]
+        out.append(dict(good[(len(good) - 1) // 2], repeats=len(good),   # the lower median if even
+                        tokens_per_s_range=(min(speeds), max(speeds))))
+    return out
+
+
 def format_table(rows):
-    """Markdown, so the README can quote it as printed."""
+    """Markdown, so the README can quote it as printed; repeats are summarised by median_rows."""
     lines = ["| shape (layers/heads/width, block, batch, vocab) | precision | attention | compiled | threads "
              "| tokens/s | MFU | peak memory MB | warm-up s |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in (r for r in rows if r["kind"] == "train_step"):
+    for r in median_rows(rows):
         shape = f"{r['n_layer']}/{r['n_head']}/{r['n_embd']}, {r['block_size']}, {r['batch_size']}, {r['vocab_size']}"
         if r.get("error"):
             lines.append(f"| {shape} | {r['precision']} | {r['attention']} | {r['compiled']} | "
                          f"{r.get('threads', '')} | failed: {r['error']} | | | |")
             continue
+        low, high = r["tokens_per_s_range"]
+        spread = f" ({low:,.0f}-{high:,.0f})" if r["repeats"] > 1 else ""
         lines.append(f"| {shape} | {r['precision']} | {r['attention']} | {'yes' if r['compiled'] else 'no'} "
-                     f"| {r['threads']} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['peak_memory_mb']} "
-                     f"| {r['warmup_s']:.1f} |")
+                     f"| {r['threads']} | {r['tokens_per_s']:,.0f}{spread} | {100 * r['mfu']:.1f}% "
+                     f"| {r['peak_memory_mb']} | {r['warmup_s']:.1f} |")
     for r in (r for r in rows if r["kind"] == "tokenizer"):
         bpe = f", BPE trained in {r['bpe_train_s']:.1f} s" if r["bpe_train_s"] is not None else ""
         lines.append(f"\ntokenizer ({r['shape']}, {r['corpus_mb']:.2f} MB): {r['encode_mb_per_s']:.2f} MB/s "
@@ -361,7 +385,11 @@ def build_parser():
                         "(auto: model.prefer_explicit picks one of the two)")
     parser.add_argument("--compile", choices=("no", "yes", "both"), default="both",
                         help="torch.compile the model: without, with, or a row for each")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row, at least")
+    parser.add_argument("--repeats", type=int, default=1, help="measure every row this many times, "
+                        "round-robin; the table shows the median and the range")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="time each row for at least "
+                        "this long, running more than --steps steps if needed")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--threads", default="0", help="comma-separated torch thread counts, a row for "
                         "each (0: PyTorch's default, one per core)")
@@ -391,9 +419,9 @@ def main(argv=None):
         print(json.dumps(measure_training(json.loads(args.child))))
         return
     if args.quick:
-        args.shapes, args.steps, args.warmup, args.compile = "2x32", 3, 1, "no"
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError("--steps must be >= 1 and --warmup >= 0")
+        args.shapes, args.steps, args.warmup, args.compile, args.min_seconds = "2x32", 3, 1, "no", 0.0
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.min_seconds < 0:
+        raise UserError("--steps and --repeats must be >= 1, --warmup and --min-seconds >= 0")
     device = train_clm.pick_device(args.device, dict(rank=0, local_rank=0, world_size=1))
     shapes = [parse_shape(s.strip()) for s in args.shapes.split(",") if s.strip()]
     precisions = (default_precisions(device) if args.precisions == "auto"
@@ -415,20 +443,20 @@ def main(argv=None):
         load_reference(args.reference)                 # a bad path fails now, not in every row
     # nanoGPT's rows carry attention "nanoGPT": it has one attention path of its own (PyTorch's SDPA).
     variants = [(a, None) for a in attentions] + ([("nanoGPT", args.reference)] if args.reference else [])
-    for shape_name, shape in shapes:
-        for precision in precisions:
-            for attention, reference in variants:
-                for compiled in compiles:
-                    for n_threads in threads:
-                        spec = dict(shape_name=shape_name, shape=shape, precision=precision,
-                                    attention=attention, compiled=compiled, steps=args.steps,
-                                    warmup=args.warmup, threads=int(n_threads), device=str(device),
-                                    reference=reference)
-                        row = run_isolated(spec) if not args.quick else measure_training(dict(spec, isolated=False))
-                        rows.append(row)
-                        print(f"  {shape_name} {precision} {attention} compiled={compiled} threads={n_threads}: "
-                              + (f"{row['tokens_per_s']:,.0f} tokens/s" if row["tokens_per_s"] else row["error"]),
-                              flush=True)
+    specs = [dict(shape_name=shape_name, shape=shape, precision=precision, attention=attention,
+                  compiled=compiled, steps=args.steps, min_seconds=args.min_seconds, warmup=args.warmup,
+                  threads=int(n_threads), device=str(device), reference=reference)
+             for shape_name, shape in shapes for precision in precisions
+             for attention, reference in variants for compiled in compiles for n_threads in threads]
+    # Repeats go round the whole list (not row after row), so a slow minute of a shared machine
+    # lands on every configuration alike instead of on one of them.
+    for repeat in range(args.repeats):
+        for spec in specs:
+            row = run_isolated(spec) if not args.quick else measure_training(dict(spec, isolated=False))
+            rows.append(dict(row, repeat=repeat))
+            print(f"  {spec['shape_name']} {spec['precision']} {spec['attention']} compiled={spec['compiled']} "
+                  f"threads={spec['threads']}: "
+                  + (f"{row['tokens_per_s']:,.0f} tokens/s" if row["tokens_per_s"] else row["error"]), flush=True)
     print("\n" + format_table(rows))
     print(f"\nMFU against the peak of each row's precision: {peak_lines(rows)}")
     if args.json:

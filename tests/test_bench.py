@@ -178,3 +178,16 @@ def test_reference_rows_measure_the_given_model_py(tmp_path):
     (tmp_path / "other.py").write_text("x = 1\n")
     with pytest.raises(UserError, match="no GPT and GPTConfig"):
         bench.main(["--reference", str(tmp_path / "other.py"), "--tokenizer", "none", "--quick"])
+
+
+def test_repeats_are_summarised_by_their_median_and_range():
+    base = dict(kind="train_step", shape="4x128", n_layer=4, n_head=4, n_embd=128, block_size=64,
+                batch_size=12, vocab_size=65, precision="bf16", attention="explicit", compiled=False,
+                threads=2, mfu=0.4, peak_memory_mb=300.0, warmup_s=0.1)
+    rows = [dict(base, tokens_per_s=v, repeat=i) for i, v in enumerate((30_000.0, 20_000.0, 25_000.0))]
+    rows.append(dict(base, tokens_per_s=None, error="killed", repeat=3))      # a failed repeat is dropped
+    (summary,) = bench.median_rows(rows)
+    assert summary["tokens_per_s"] == 25_000.0 and summary["repeats"] == 3
+    assert summary["tokens_per_s_range"] == (20_000.0, 30_000.0)
+    assert "| 25,000 (20,000-30,000) |" in bench.format_table(rows)
+    assert "| 25,000 |" in bench.format_table(rows[2:3])                    # one repeat: no range
