@@ -56,6 +56,7 @@ class ModelConfig:
     attention: str = "fast"    # "fast": fused scaled_dot_product_attention; "explicit": readable;
                                # "auto": whichever of the two is faster here (see prefer_explicit)
     alibi: bool = False        # add ALiBi's fixed distance penalty to attention (see alibi_slopes)
+    init_std: float = 0.02     # std of the initial weights (GPT-2's; see Transformer._init_weights)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -66,6 +67,8 @@ class ModelConfig:
                              f"pick n_embd as a multiple of n_head")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std}")
         if self.attention not in ("fast", "explicit", "auto"):
             raise ValueError(f"attention must be 'fast', 'explicit' or 'auto', got {self.attention!r}")
 
@@ -223,21 +226,24 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.final_norm = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.apply(self._init_weights)
+        self.apply(lambda module: self._init_weights(module, config.init_std))
         # GPT-2's scaled init (Radford et al. 2019, sec 2.3): each block adds two projections to the
         # residual stream, so after n_layer blocks the variance grows with 2 * n_layer additions;
         # scaling those layers' std by 1/sqrt(2 * n_layer) keeps the stream's scale independent
         # of depth at initialisation.
         for block in self.blocks:
             for proj in (block.attn.proj, block.mlp.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(proj.weight, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
 
     @staticmethod
-    def _init_weights(module):
-        # std 0.02 for every weight matrix and embedding: GPT-2's and BERT's value, fine for widths
-        # up to ~1k. Biases start at zero, LayerNorm at the identity (PyTorch's default).
+    def _init_weights(module, std):
+        # std 0.02 for every weight matrix and embedding: GPT-2's and BERT's value, about
+        # 0.55 / sqrt(width) at GPT-2's width of 768. Much narrower models start too small with it:
+        # attention and MLP outputs are products of two such matrices, ~std^2, and the first
+        # ~1,500 steps go to growing them (scaling.py measured that plateau at widths 16-144 and
+        # passes 0.02 * sqrt(768 / width)). Biases start at zero, LayerNorm at the identity.
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 

@@ -26,13 +26,15 @@ How we measure (section 4). An IsoFLOP grid (Hoffmann et al.'s approach 2): a fe
 budgets, and at each budget 5 model sizes ~2x apart around a guess of the optimum, each trained
 for D = C / flops_per_token tokens. Every run has its own warmup + cosine schedule that ends
 exactly at its own budget (a schedule longer than the run leaves its loss too high, the mistake
-Hoffmann et al. found in Kaplan et al.), a peak learning rate that falls as 1/width (one rate for
-every size tunes one and mistunes the rest, a bias that changes with N: with it, our 3x extrapolation
-missed by 8-9%; with 1/width, by 1.7%), the same validation set (the whole held-out split), at
-least min_steps optimiser steps where it can (500 in the cpu preset; smaller batches for the
-runs with few tokens), and at most ~4 epochs over the data (beyond that, repeated tokens are
-worth less than fresh ones, Muennighoff et al. 2023). A few configurations run with 3 seeds to measure the noise. Each
-finished run is appended to a JSONL file, so a killed sweep resumes where it stopped.
+Hoffmann et al. found in Kaplan et al.), a peak learning rate that falls as 1/width and initial
+weights whose std falls as 1/sqrt(width) (one setting for every size tunes one and mistunes the
+rest, a bias that changes with N and that the law then extrapolates: with GPT-2's settings at
+every width our 3x extrapolation missed by 8-9%; with both rules, by 1.1%), the same validation
+set (the whole held-out split), at least min_steps optimiser steps where it can (500 in the cpu preset; smaller
+batches for the runs with few tokens), and at most ~4 epochs over the data (beyond that, repeated
+tokens are worth less than fresh ones, Muennighoff et al. 2023). A few configurations run with 3
+seeds to measure the noise. Each finished run is appended to a JSONL file, so a killed sweep
+resumes where it stopped.
 
 How we fit (section 2), with numpy and torch only:
   approach 3  the law above, on all runs at once: Huber loss on log-loss residuals, starts from a
@@ -386,6 +388,8 @@ class SweepPreset:
     min_batch: int = 4
     lr_width: int = 0            # the width at which train["lr"] is the peak; other widths get
                                  # lr * lr_width / width (0: one learning rate for every width)
+    init_width: int = 0          # the width at which the initial weights' std is 0.02; other widths
+                                 # get 0.02 * sqrt(init_width / width) (0: 0.02 at every width)
     threads: int = 0             # torch CPU threads for the sweep (0: leave torch's default)
 
 
@@ -398,23 +402,29 @@ SWEEP_PRESETS = {
     # were better per FLOP here). Training is still limited by steps at ~1e11 FLOPs, so: short
     # context (64), small batches (8 x 64 tokens, halved for runs with fewer than 500 steps) and
     # a cosine that ends near zero (lr/100): in a 3-seed pilot the final loss then spread 0.1%
-    # instead of 1.5%. The peak learning rate falls as 1/width (lr_width, see make_run): 8e-3 at
-    # width 36, 4e-3 at 72, 2e-3 at 144. Measured at 5e11 FLOPs, each width at 2-4 rates: the
-    # best rates lay on that line (width 36: 2e-3 2.041, 4e-3 1.929, 8e-3 1.905; width 72: 2e-3
-    # 2.154, 4e-3 2.028, 5.6e-3 2.41, diverging; width 104: 2e-3 2.346, 2.8e-3 2.261, 4e-3 2.605).
-    # One rate for every width (2e-3, this preset's earlier setting) left the narrow models 5-8%
-    # short of their best loss; the fitted floor E then went to zero and the
-    # held-out run came out 9.1% worse than predicted, against 1.7% with the 1/width rule (README).
-    # pydocs has 1.8M training bytes: the largest rows slide up the ladder so that their smallest
-    # model stays under 4 epochs. The optimum guess is a pilot's row at 5e11 FLOPs. What is left:
-    # runs with fewer than ~1,500 steps can stay on the bigram plateau (loss ~2.68 nats, the
-    # corpus's bigram entropy: the embedding-to-head path alone), which bends the two smallest rows.
+    # instead of 1.5%. Two settings follow the width, each measured at 5e11 FLOPs against the
+    # same value at every width (GPT-2's):
+    #  - the peak learning rate falls as 1/width (lr_width, see make_run): 8e-3 at width 36, 4e-3
+    #    at 72, 2e-3 at 144. Each width at 2-4 rates, the best lay on that line (width 36: 2e-3
+    #    2.041, 4e-3 1.929, 8e-3 1.905; width 72: 2e-3 2.154, 4e-3 2.028, 5.6e-3 2.41, diverging;
+    #    width 104: 2e-3 2.346, 2.8e-3 2.261, 4e-3 2.605);
+    #  - the initial weights' std falls as 1/sqrt(width) (init_width), 0.02 at GPT-2's 768, so
+    #    0.092 at width 36. With 0.02 at every width, runs of fewer than ~1,500 steps stayed on a
+    #    plateau at the corpus's bigram entropy (2.68 nats: the embedding-to-head path alone,
+    #    before attention and MLP, products of two tiny matrices, have grown), and whether a run
+    #    left it in time depended on its seed (width 104 at 5e11: 2.14 with seed 1337 and 2.47
+    #    with seed 2000 at std 0.02; 2.01 with seed 2000 at this init).
+    # With one rate and 0.02 everywhere the fitted floor E went to zero and the held-out run came
+    # out 7.8-9.1% worse than predicted (two sweeps); with the learning-rate rule alone, 1.7% and
+    # 7.9% (two seeds); with both, 1.1% (README). pydocs has 1.8M training bytes: the largest
+    # rows slide up the ladder so that their smallest model stays under 4 epochs. The optimum
+    # guess is a pilot's row at 5e11 FLOPs. ALiBi on, as in train_clm.py.
     "cpu": SweepPreset(
         ladder=[(1, 1, 16), (1, 1, 24), (1, 2, 36), (1, 2, 52), (1, 3, 72), (1, 4, 104), (1, 6, 144)],
         budgets=[1.25e11, 2.5e11, 5e11, 1e12], optimum_guess=(5e11, 28e3, 0.55), min_steps=500,
-        threads=1, lr_width=36,
+        threads=1, lr_width=36, init_width=768,
         train=dict(corpus="pydocs", tokenizer="bytes", block_size=64, batch_size=8, lr=8e-3,
-                   min_lr=8e-5, warmup=0.05, precision="fp32")),
+                   min_lr=8e-5, warmup=0.05, precision="fp32", alibi=True)),
     # About an hour on one recent GPU, if it sustains ~1.2M tokens/s on these small models (3.7B
     # tokens in all; the probe measures the real rate before launching). Not run by us, so not
     # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla, the peak rate follows
@@ -426,6 +436,7 @@ SWEEP_PRESETS = {
         ladder=[(4, 2, 128), (4, 3, 192), (6, 4, 224), (6, 5, 320), (8, 6, 384), (8, 8, 512),
                 (10, 10, 640)],
         budgets=[1e15, 2e15, 4e15, 8e15], optimum_guess=(1e16, 7.6e6, 0.51), lr_width=256,
+        init_width=768,
         train=dict(corpus="pydocs", tokenizer="bpe:1020", block_size=256, batch_size=64, lr=2e-3,
                    min_lr=2e-5, warmup=0.02, precision="auto", compile=True)),
     # For tests and smoke runs: a 2 x 2 grid of micro models, seconds. Too small to fit anything.
@@ -463,6 +474,7 @@ class Run:
     flops_per_token: int
     batch_size: int              # sequences per step, and the peak learning rate that goes with it
     lr: float
+    init_std: float              # std of the initial weights
     steps: int
     tokens: int                  # D
     flops: float                 # C actually spent: flops_per_token * D (whole steps)
@@ -485,8 +497,8 @@ def make_run(setup, role, budget, shape, seed):
     the preset sets lr_width, falls as 1/width: under Adam a weight matrix's update is ~lr per entry
     whatever its gradient's scale, so its effect on the output grows with fan-in, and the stable
     rate of the hidden matrices falls as 1/width (muP, Yang et al. 2022, Table 3). One rate for all
-    sizes would tune one size and mistune the others, a bias that grows with N and that a power law
-    then extrapolates.
+    sizes would tune one size and mistune the others, a bias that changes with N and that a power
+    law then extrapolates.
     """
     preset, settings = setup.preset, setup.settings
     N, fpt = setup.counts[tuple(shape)]
@@ -499,7 +511,8 @@ def make_run(setup, role, budget, shape, seed):
     lr = settings["lr"] * math.sqrt(batch / settings["batch_size"])
     if preset.lr_width:
         lr *= preset.lr_width / shape[2]
-    return Run(role, float(budget), tuple(shape), seed, N, fpt, batch, lr, steps, tokens,
+    init_std = 0.02 * math.sqrt(preset.init_width / shape[2]) if preset.init_width else 0.02
+    return Run(role, float(budget), tuple(shape), seed, N, fpt, batch, lr, init_std, steps, tokens,
                float(fpt * tokens), tokens / setup.n_train_tokens)
 
 
@@ -572,6 +585,7 @@ def train_config(run, settings, **overrides):
     return train_clm.TrainConfig(**{
         **settings, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd,
         "batch_size": run.batch_size, "lr": run.lr, "min_lr": settings["min_lr"] * lr_scale,
+        "init_std": run.init_std,
         "max_iters": run.steps, "max_tokens": None, "max_seconds": None, "seed": run.seed,
         "eval_interval": run.steps + 1, "log_interval": max(1, run.steps // CURVE_POINTS),
         "out_dir": "", "quiet": True, "sample_tokens": 0, **overrides})
@@ -920,8 +934,9 @@ def sweep(setup, dataset, out_dir, dry_run, n_boot):
     plan = plan_sweep(setup)
     os.makedirs(out_dir, exist_ok=True)
     shared = {k: v for k, v in setup.settings.items() if k not in ("device", "data_dir", "cache_dir")}
-    sid = settings_id(dict(shared, min_steps=preset.min_steps, min_batch=preset.min_batch,
-                            **({"lr_width": preset.lr_width} if preset.lr_width else {})), dataset)
+    per_width = {k: getattr(preset, k) for k in ("lr_width", "init_width") if getattr(preset, k)}
+    sid = settings_id(dict(shared, min_steps=preset.min_steps, min_batch=preset.min_batch, **per_width),
+                      dataset)
     done = {r["key"] for r in load_results(path, sid)}
     todo = [r for r in plan if r.key not in done]
     # The held-out run needs a fitted law to size it: 3 budgets x 3 sizes at least.
@@ -933,7 +948,8 @@ def sweep(setup, dataset, out_dir, dry_run, n_boot):
              if need_holdout else ""))
     for r in plan:
         print(f"  {r.key:32s} N={r.N:>8,} D={r.tokens:>10,} batch {r.batch_size:>2} x {r.steps:>5,} steps, "
-              f"lr {r.lr:.1e}, {r.epochs:.2f} epochs{'  (done)' if r.key in done else ''}")
+              f"lr {r.lr:.1e}, init std {r.init_std:.3f}, {r.epochs:.2f} epochs"
+              f"{'  (done)' if r.key in done else ''}")
     if not (todo or need_holdout):
         print("nothing to train: every run is in the results file")
         return not dry_run

@@ -64,6 +64,8 @@ class TrainConfig:
     bias: bool = knob(False, "biases in Linear and LayerNorm layers")
     alibi: bool = knob(True, "add ALiBi's distance penalty to attention scores (model.alibi_slopes): "
                              "measured, it lifts the masked LM off its plateau and helps the causal LM")
+    init_std: float = knob(0.02, "std of the initial weights: GPT-2's 0.02 suits widths near 768; "
+                                 "scaling.py uses 0.02 * sqrt(768 / width) for narrow models")
     attention: str = knob("auto", "fast (fused SDPA), explicit (the readable reference) or auto "
                                   "(whichever is faster here: model.prefer_explicit)")
     # optimisation
@@ -454,7 +456,7 @@ def make_model_config(cfg, enc, causal):
         return ModelConfig(vocab_size=padded_vocab_size(enc.n_vocab), block_size=cfg.block_size,
                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                            bias=cfg.bias, causal=causal, attention=cfg.attention,
-                           alibi=cfg.alibi)
+                           alibi=cfg.alibi, init_std=cfg.init_std)
     except ValueError as error:
         raise UserError(f"invalid model shape: {error}") from None
 

@@ -109,6 +109,11 @@ def test_residual_projections_use_scaled_init():
     std = model.blocks[0].attn.proj.weight.std().item()
     assert abs(std - 0.02 / math.sqrt(16)) < 0.001
     assert abs(model.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.002
+    wider_init = Transformer(ModelConfig(vocab_size=50, block_size=16, n_layer=8, n_head=4, n_embd=256,
+                                         init_std=0.1))             # every weight scales with init_std
+    assert abs(wider_init.blocks[0].attn.proj.weight.std().item() - 0.1 / math.sqrt(16)) < 0.003
+    assert abs(wider_init.blocks[0].mlp.fc.weight.std().item() - 0.1) < 0.005
+    assert abs(wider_init.token_embedding.weight.std().item() - 0.1) < 0.01
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -137,7 +142,7 @@ def test_loss_ignores_minus_100():
 
 
 @pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0), dict(attention="magic"),
-                                 dict(dropout=1.5)])
+                                 dict(dropout=1.5), dict(init_std=0.0)])
 def test_invalid_shapes_are_clear_errors(bad):
     config = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
     config.update(bad)

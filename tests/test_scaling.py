@@ -121,7 +121,7 @@ def test_preset_plan_is_an_isoflop_grid_under_four_epochs(name, n_train, vocab):
         scaling.plan_sweep(scaling.make_setup(preset, settings, vocab, n_train // 10, seed=1))
 
 
-def test_peak_learning_rate_falls_as_one_over_width_and_grows_as_sqrt_batch():
+def test_learning_rate_and_init_follow_the_width():
     preset = scaling.SWEEP_PRESETS["cpu"]
     setup = scaling.make_setup(preset, preset.train, 320, 1_772_699, seed=1)
     assert preset.lr_width == 36
@@ -133,6 +133,10 @@ def test_peak_learning_rate_falls_as_one_over_width_and_grows_as_sqrt_batch():
     small = at((1, 3, 72), 1.25e11)                       # few steps: the batch was halved
     assert small.batch_size == base.batch_size // 2
     assert small.lr == pytest.approx(base.lr / 2 / math.sqrt(2))
+    # The initial weights' std falls as 1/sqrt(width), from GPT-2's 0.02 at width 768.
+    assert preset.init_width == 768
+    assert at((1, 2, 36), 1e12).init_std == pytest.approx(0.02 * math.sqrt(768 / 36))
+    assert scaling.train_config(base, preset.train).init_std == base.init_std      # reaches the model
     # Without lr_width, one rate for every width (the tiny preset).
     tiny = scaling.SWEEP_PRESETS["tiny"]
     tiny_setup = scaling.make_setup(tiny, tiny.train, 320, 10_000, seed=1)
