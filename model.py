@@ -233,7 +233,8 @@ class Transformer(nn.Module):
         # of depth at initialisation.
         for block in self.blocks:
             for proj in (block.attn.proj, block.mlp.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(proj.weight, mean=0.0,
+                                std=config.init_std / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module, std):

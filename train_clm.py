@@ -586,9 +586,9 @@ def measure_peak_flops(device, precision, n=None, repeats=20, warmup_s=0.3):
         dtype = torch.float32       # CPUs without fp16 units emulate it (~1 GFLOP/s): not a peak
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    # Warm up first, for a time rather than a count: on the 2-core reference CPU the first ~0.2 s
-    # of products run up to 30% slower (clocks and idle threads waking), and a peak measured then
-    # was low enough to report an MFU above 100%.
+    # Warm up first, for a time rather than a count: on the 2-core reference CPU the first
+    # products of a process ran slow (once 0.10 TFLOP/s in fp32 against 0.19 warm), and a peak
+    # measured then was low enough to report an MFU above 100%.
     start = time.perf_counter()
     while time.perf_counter() - start < warmup_s:
         a @ b
