@@ -458,7 +458,7 @@ def make_model_config(cfg, enc, causal):
                            bias=cfg.bias, causal=causal, attention=cfg.attention,
                            alibi=cfg.alibi, init_std=cfg.init_std)
     except ValueError as error:
-        raise UserError(f"invalid model shape: {error}") from None
+        raise UserError(f"invalid model settings: {error}") from None
 
 
 def padded_vocab_size(n_vocab, multiple=64):
