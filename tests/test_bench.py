@@ -171,8 +171,8 @@ def test_reference_rows_measure_the_given_model_py(tmp_path):
     assert not row.get("error"), row.get("error")
     assert row["attention"] == "nanoGPT" and row["precision"] == "bf16" and row["tokens_per_s"] > 0
     assert 3.0 < row["final_loss"] < 6.0               # it trained the stand-in: ~ln(64) on random tokens
-    assert row["flops_per_token"] == Transformer(ModelConfig(
-        **{k: bench.SHAPES["2x32"][k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})).flops_per_token()
+    same_shape = {k: bench.SHAPES["2x32"][k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+    assert row["flops_per_token"] == Transformer(ModelConfig(**same_shape)).flops_per_token()
     with pytest.raises(UserError, match="no such file"):
         bench.main(["--reference", str(tmp_path / "missing.py"), "--tokenizer", "none", "--quick"])
     (tmp_path / "other.py").write_text("x = 1\n")

@@ -137,10 +137,11 @@ def test_learning_rate_and_init_follow_the_width():
     assert preset.init_width == 768
     assert at((1, 2, 36), 1e12).init_std == pytest.approx(0.02 * math.sqrt(768 / 36))
     assert scaling.train_config(base, preset.train).init_std == base.init_std      # reaches the model
-    # Without lr_width, one rate for every width (the tiny preset).
+    # Without lr_width and init_width, the same settings at every width (the tiny preset).
     tiny = scaling.SWEEP_PRESETS["tiny"]
     tiny_setup = scaling.make_setup(tiny, tiny.train, 320, 10_000, seed=1)
-    assert {scaling.make_run(tiny_setup, "grid", 2e7, s, 1).lr for s in tiny.ladder} == {tiny.train["lr"]}
+    tiny_runs = [scaling.make_run(tiny_setup, "grid", 2e7, s, 1) for s in tiny.ladder]
+    assert {r.lr for r in tiny_runs} == {tiny.train["lr"]} and {r.init_std for r in tiny_runs} == {0.02}
 
 
 def test_micro_sweep_writes_jsonl_resumes_and_replots(corpus_file, tmp_path, monkeypatch, capsys):
