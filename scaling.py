@@ -402,12 +402,13 @@ SWEEP_PRESETS = {
     # were better per FLOP here). Training is still limited by steps at ~1e11 FLOPs, so: short
     # context (64), small batches (8 x 64 tokens, halved for runs with fewer than 500 steps) and
     # a cosine that ends near zero (lr/100): in a 3-seed pilot the final loss then spread 0.1%
-    # instead of 1.5%. Two settings follow the width, each measured at 5e11 FLOPs against the
-    # same value at every width (GPT-2's):
+    # instead of 1.5%. Two settings follow the width, each measured against one value for
+    # every width:
     #  - the peak learning rate falls as 1/width (lr_width, see make_run): 8e-3 at width 36, 4e-3
-    #    at 72, 2e-3 at 144. Each width at 2-4 rates, the best lay on that line (width 36: 2e-3
-    #    2.041, 4e-3 1.929, 8e-3 1.905; width 72: 2e-3 2.154, 4e-3 2.028, 5.6e-3 2.41, diverging;
-    #    width 104: 2e-3 2.346, 2.8e-3 2.261, 4e-3 2.605);
+    #    at 72, 2e-3 at 144. Each width at 2-4 rates at 5e11 FLOPs (probed without ALiBi, at std
+    #    0.02), the best lay on that line (width 36: 2e-3 2.041, 4e-3 1.929, 8e-3 1.905; width 72:
+    #    2e-3 2.154, 4e-3 2.028, 5.6e-3 2.41, diverging; width 104: 2e-3 2.346, 2.8e-3 2.261,
+    #    4e-3 2.605);
     #  - the initial weights' std falls as 1/sqrt(width) (init_width), 0.02 at GPT-2's 768, so
     #    0.092 at width 36. With 0.02 at every width, runs of fewer than ~1,500 steps stayed on a
     #    plateau at the corpus's bigram entropy (2.68 nats: the embedding-to-head path alone,
