@@ -203,6 +203,11 @@ def measure_reference(spec, device):
     Its own precision on a CPU is fp32; the bf16 row forces autocast, as the issue's table did."""
     reference = load_reference(spec["reference"])
     shape = spec["shape"]
+    # FLOPs per token of the same shape, by our formula (nanoGPT's estimate_mfu uses the same one),
+    # computed before nanoGPT's model exists: the throwaway model is freed before the peak memory
+    # of the training steps is reached, so it cannot inflate the row's peak memory.
+    flops_per_token = Transformer(ModelConfig(**{k: shape[k] for k in (
+        "vocab_size", "block_size", "n_layer", "n_head", "n_embd")})).flops_per_token()
     torch.manual_seed(0)
     with contextlib.redirect_stdout(sys.stderr):      # it prints its parameter count
         model = reference.GPT(reference.GPTConfig(
@@ -227,10 +232,7 @@ def measure_reference(spec, device):
         optimizer.zero_grad(set_to_none=True)
         return loss_value
 
-    # FLOPs per token of the same shape, by our formula (nanoGPT's estimate_mfu uses the same one)
-    ours = Transformer(ModelConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"],
-                                   n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"]))
-    return time_steps(step, spec, device, shape["batch_size"] * shape["block_size"], ours.flops_per_token())
+    return time_steps(step, spec, device, shape["batch_size"] * shape["block_size"], flops_per_token)
 
 
 def peak_memory_mb(device):
