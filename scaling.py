@@ -28,13 +28,13 @@ for D = C / flops_per_token tokens. Every run has its own warmup + cosine schedu
 exactly at its own budget (a schedule longer than the run leaves its loss too high, the mistake
 Hoffmann et al. found in Kaplan et al.), a peak learning rate that falls as 1/width and initial
 weights whose std falls as 1/sqrt(width) (one setting for every size tunes one and mistunes the
-rest, a bias that changes with N and that the law then extrapolates: with GPT-2's settings at
-every width our 3x extrapolation missed by 8-9%; with both rules, by 1.1%), the same validation
-set (the whole held-out split), at least min_steps optimiser steps where it can (500 in the cpu preset; smaller
-batches for the runs with few tokens), and at most ~4 epochs over the data (beyond that, repeated
-tokens are worth less than fresh ones, Muennighoff et al. 2023). A few configurations run with 3
-seeds to measure the noise. Each finished run is appended to a JSONL file, so a killed sweep
-resumes where it stopped.
+rest, a bias that changes with N and that the law then extrapolates: with one setting at every
+width our 3x extrapolation missed by 8-9%; with both rules, by 1.1%), the same validation set
+(the whole held-out split), at least min_steps optimiser steps where it can (500 in the cpu
+preset; smaller batches for the runs with few tokens), and at most ~4 epochs over the data
+(beyond that, repeated tokens are worth less than fresh ones, Muennighoff et al. 2023). A few
+configurations run with 3 seeds to measure the noise. Each finished run is appended to a JSONL
+file, so a killed sweep resumes where it stopped.
 
 How we fit (section 2), with numpy and torch only:
   approach 3  the law above, on all runs at once: Huber loss on log-loss residuals, starts from a
@@ -428,8 +428,8 @@ SWEEP_PRESETS = {
                    min_lr=8e-5, warmup=0.05, precision="fp32", alibi=True)),
     # About an hour on one recent GPU, if it sustains ~1.2M tokens/s on these small models (3.7B
     # tokens in all; the probe measures the real rate before launching). Not run by us, so not
-    # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla, the peak rate follows
-    # the cpu preset's 1/width rule from 2e-3 at width 256. pydocs is far too small for it: the
+    # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla, the peak rate and the
+    # init follow the cpu preset's width rules (2e-3 at width 256; 0.02 at 768). pydocs is far too small for it: the
     # plan keeps every run under 4 epochs only from ~75M training tokens (~200 MB of text at
     # bpe:1020's ~2.6 bytes per token), so pass --corpus with a folder of .txt files. The
     # ladder's sizes are 1.8-2.1x apart (tests/test_scaling.py checks the plan).
@@ -512,7 +512,9 @@ def make_run(setup, role, budget, shape, seed):
     lr = settings["lr"] * math.sqrt(batch / settings["batch_size"])
     if preset.lr_width:
         lr *= preset.lr_width / shape[2]
-    init_std = 0.02 * math.sqrt(preset.init_width / shape[2]) if preset.init_width else 0.02
+    init_std = ModelConfig.init_std                    # GPT-2's 0.02, the model's default
+    if preset.init_width:
+        init_std *= math.sqrt(preset.init_width / shape[2])
     return Run(role, float(budget), tuple(shape), seed, N, fpt, batch, lr, init_std, steps, tokens,
                float(fpt * tokens), tokens / setup.n_train_tokens)
 
