@@ -52,9 +52,10 @@ import numpy as np
 import torch
 
 import data
+import plumbing
 import train_clm
-from data import UserError
 from model import ModelConfig, Transformer
+from plumbing import UserError
 
 # Model shapes, named layers x width. The first three are the shapes of the README's comparison
 # with nanoGPT: its README's CPU example (shakespeare_char, 4 layers, width 128, 64-token context,
@@ -104,13 +105,13 @@ def measure_training(spec):
     scaler (precision_context), micro-batch loop (accumulate_gradients), clipping and loss read-out,
     on random windows of a random token stream drawn by data.get_batch, the training data path.
     """
-    device = train_clm.pick_device(spec["device"], dict(rank=0, local_rank=0, world_size=1))
+    device = plumbing.pick_device(spec["device"])
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     if spec.get("reference"):
         return measure_reference(spec, device)
     if device.type == "cpu":
-        train_clm.keep_freed_memory()                 # as train() does on a CPU
+        plumbing.keep_freed_memory()                 # as train() does on a CPU
     shape = spec["shape"]
     cfg = train_clm.TrainConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
                                 block_size=shape["block_size"], batch_size=shape["batch_size"],
@@ -122,7 +123,7 @@ def measure_training(spec):
                                alibi=cfg.alibi)      # as train_clm.py trains: its default
     model = Transformer(model_config).to(device)
     optimizer = train_clm.make_optimizer(model, cfg, device)
-    autocast, scaler = train_clm.precision_context(device, spec["precision"])
+    autocast, scaler = plumbing.precision_context(device, spec["precision"])
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
     generator = torch.Generator().manual_seed(0)
@@ -153,18 +154,18 @@ def time_steps(step, spec, device, tokens_per_step, flops_per_token):
     start = time.perf_counter()
     for _ in range(spec["warmup"]):
         step()
-    train_clm.synchronize(device)
+    plumbing.synchronize(device)
     warmup_s = time.perf_counter() - start
     start, steps = time.perf_counter(), 0
     while steps < spec["steps"] or time.perf_counter() - start < spec.get("min_seconds", 0):
         loss = step()                                 # reads the loss: each step ends synchronised
         steps += 1
-    train_clm.synchronize(device)
+    plumbing.synchronize(device)
     seconds = time.perf_counter() - start
     memory_mb = peak_memory_mb(device)                # before the peak measurement's big matrices
 
     tokens_per_s = tokens_per_step * steps / seconds
-    peak = train_clm.peak_flops(device, spec["precision"])       # measured, in this precision
+    peak = plumbing.peak_flops(device, spec["precision"])   # datasheet on known GPUs, else measured
     return dict(kind="train_step", shape=spec["shape_name"], **spec["shape"], precision=spec["precision"],
                 attention=spec["attention"], compiled=spec["compiled"], tokens_per_s=round(tokens_per_s, 1),
                 mfu=round(tokens_per_s * flops_per_token / peak, 4), peak_memory_mb=memory_mb,
@@ -172,8 +173,9 @@ def time_steps(step, spec, device, tokens_per_step, flops_per_token):
                              + ("" if spec.get("isolated", True) else ", cumulative over the rows it ran")),
                 step_ms=round(1000 * seconds / steps, 2), warmup_s=round(warmup_s, 2),
                 steps=steps, warmup=spec["warmup"], final_loss=round(loss, 4),
-                flops_per_token=flops_per_token, measured_peak_flops=peak,
-                datasheet_peak_flops=train_clm.datasheet_peak_flops(device, spec["precision"]),
+                flops_per_token=flops_per_token,
+                measured_peak_flops=plumbing.measured_peak_flops(device, spec["precision"]),
+                datasheet_peak_flops=plumbing.datasheet_peak_flops(device, spec["precision"]),
                 **machine(device))
 
 
@@ -214,7 +216,7 @@ def measure_reference(spec, device):
             block_size=shape["block_size"], vocab_size=shape["vocab_size"], n_layer=shape["n_layer"],
             n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0, bias=False)).to(device)
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type)
-    autocast, scaler = train_clm.precision_context(device, spec["precision"])
+    autocast, scaler = plumbing.precision_context(device, spec["precision"])
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
     generator = torch.Generator().manual_seed(0)
@@ -424,7 +426,7 @@ def main(argv=None):
         args.shapes, args.steps, args.warmup, args.compile, args.min_seconds = "2x32", 3, 1, "no", 0.0
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.min_seconds < 0:
         raise UserError("--steps and --repeats must be >= 1, --warmup and --min-seconds >= 0")
-    device = train_clm.pick_device(args.device, dict(rank=0, local_rank=0, world_size=1))
+    device = plumbing.pick_device(args.device)
     shapes = [parse_shape(s.strip()) for s in args.shapes.split(",") if s.strip()]
     precisions = (default_precisions(device) if args.precisions == "auto"
                   else split_list(args.precisions, ("fp32", "bf16", "fp16"), "precisions"))
@@ -468,4 +470,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    train_clm.run_cli(main)
+    plumbing.run_cli(main)

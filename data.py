@@ -28,13 +28,14 @@ Total nats over the validation text are the same quantity whatever the tokenizat
 probability the model gives the text), so dividing by the byte count gives a tokenizer-free
 number; per character works the same way (Shannon 1951 measured English in bits per character).
 
-Read in this order: locations (where files come from), corpora, tokenizers (the BPE trainer is the
-lesson), encoded datasets, batches and bits_per_unit, labelled sets for fine-tuning.
+Read in this order: corpora, tokenizers (the BPE trainer is the lesson), encoded datasets, then
+batches and bits_per_unit. Where files come from (data dir, cache, download) is plumbing.py's
+business; BERT's masking lives in train_mlm.py and the labelled sets in finetune.py, beside the
+code that uses them.
 """
 import ast
 import base64
 import hashlib
-import io
 import json
 import math
 import os
@@ -43,8 +44,6 @@ import re
 import sys
 import sysconfig
 import time
-import urllib.request
-import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
@@ -53,6 +52,8 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 import torch
+
+from plumbing import UserError, fingerprint, obtain_data_file, read_text, resolve_cache_dir, write_atomic
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|mask|>", "<|cls|>", "<|pad|>")  # ids n_ordinary + 0..3
 # GPT-2's pre-tokenization pattern, as tiktoken writes it (r50k_base): the possessive `++` and the
@@ -72,105 +73,6 @@ MIN_DOCSTRING = 40         # shorter docstrings ("Return self.") are boilerplate
 # about 200+ docstrings each on Python 3.11 (smallest: xml), so balanced splits stay usable.
 TOPIC_AREAS = {"asyncio": ("asyncio",), "email": ("email",), "http": ("http", "urllib"),
                "logging": ("logging",), "tkinter": ("tkinter",), "xml": ("xml",)}
-# Files we can download: name in a data dir -> (canonical url, sha256 of the file, zip member).
-SST2 = "https://raw.githubusercontent.com/clairett/pytorch-sentiment-classification/master/data/SST2/"
-SOURCES = {
-    "tinyshakespeare.txt": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
-                            "tinyshakespeare/input.txt",
-                            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", None),
-    "gpt2/gpt2.tiktoken": ("https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
-                           "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930", None),
-    "sst2/train.tsv": (SST2 + "train.tsv", "ec192f833a64da08f475488a77b0d0b47db47acd0f458bd18433fc793b569920", None),
-    "sst2/dev.tsv": (SST2 + "dev.tsv", "eddea6b39e601dd4e7a672b53cc40fdf6019fa80522f351206c24340ca5d9359", None),
-    "sst2/test.tsv": (SST2 + "test.tsv", "831169c7e2e429d6026e1bdbb542f33b636e3e596caad9602ebc953c205928b7", None),
-    "sms_spam/SMSSpamCollection": ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
-                                   "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
-                                   "SMSSpamCollection"),
-}
-
-
-class UserError(Exception):
-    """Bad input a user can fix. One line: what is wrong; how to fix it. CLIs print it and exit 2."""
-
-
-# ----------------------------------------------------------------------------- locations
-# Files are looked for in the data dir (--data-dir, else $PTFT_DATA_DIR), then in the cache
-# (--cache-dir, else $PTFT_CACHE_DIR, else ~/.cache/ptft), and only then downloaded into the cache.
-
-def resolve_cache_dir(cache_dir=None):
-    return Path(cache_dir or os.environ.get("PTFT_CACHE_DIR") or "~/.cache/ptft").expanduser()
-
-
-def fingerprint(data):
-    """First 12 hex digits of sha256: short enough to read, long enough never to collide here."""
-    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()[:12]
-
-
-def write_atomic(path, data):
-    """Write bytes so that a reader sees the old file or the whole new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def find_data_file(relative_names, data_dir=None, cache_dir=None):
-    """The first existing `root/name` over roots (data dir, cache) and names, else None."""
-    data_dir = data_dir or os.environ.get("PTFT_DATA_DIR")
-    if data_dir and not Path(data_dir).is_dir():
-        raise UserError(f"data dir {data_dir} is not a directory; check --data-dir / PTFT_DATA_DIR")
-    roots = [Path(data_dir)] if data_dir else []
-    roots.append(resolve_cache_dir(cache_dir) / "data")
-    for root in roots:
-        for name in relative_names:
-            if (root / name).is_file():
-                return root / name
-    return None
-
-
-def download(url, sha256, dest, member=None):
-    """Fetch url (extracting `member` if it is a zip), check its sha256, write it atomically."""
-    with urllib.request.urlopen(url, timeout=60) as response:
-        payload = response.read()
-    if member is not None:
-        payload = zipfile.ZipFile(io.BytesIO(payload)).read(member)
-    got = hashlib.sha256(payload).hexdigest()
-    if got != sha256:
-        raise UserError(f"{url}: sha256 {got} is not the expected {sha256}; the download is corrupt "
-                        f"or the file changed upstream; get the original and pass --data-dir DIR")
-    write_atomic(dest, payload)
-
-
-def obtain_data_file(name, data_dir=None, cache_dir=None, also=()):
-    """A file of SOURCES: found (as `name` or one of `also`), else downloaded into the cache,
-    else one UserError that says what to do."""
-    found = find_data_file((name, *also), data_dir, cache_dir)
-    if found is not None:
-        return found
-    dest = resolve_cache_dir(cache_dir) / "data" / name
-    try:
-        download(*SOURCES[name][:2], dest, member=SOURCES[name][2])
-    except UserError:
-        raise
-    except Exception as e:  # offline, timeout, HTTP error, bad zip: all mean "get it another way"
-        searched = data_dir or os.environ.get("PTFT_DATA_DIR") or "(none given)"
-        raise UserError(f"{name} not found in data dir {searched} and download failed "
-                        f"({type(e).__name__}: {e}); put the file in a data directory and pass "
-                        f"--data-dir DIR or set PTFT_DATA_DIR") from None
-    return dest
-
-
-def read_text(path):
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:  # unreadable (permissions), vanished, or a folder where a file was expected
-        raise UserError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 (bad byte at offset {e.start}); convert it, "
-                        f"e.g. iconv -f latin1 -t utf-8") from None
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -567,204 +469,3 @@ def bits_per_unit(nats_per_token, n_tokens, n_units):
     e.g. 1.0 nat/token over 1,000 tokens that spell 4,000 bytes = 1.4427 * 0.25 = 0.361 bits/byte.
     """
     return nats_per_token / math.log(2) * n_tokens / n_units
-
-
-# ----------------------------------------------------------------------------- masked-LM batches
-# BERT's corruption (Devlin et al. 2019, sec 3.1 and appendix A.1), used by train_mlm.py. The
-# model must see a sequence with holes and say what was there; only the holes are scored.
-
-def check_masking(mask_prob, draw="fixed", short_seq_prob=0.0):
-    """The masking knobs, checked (also by train_mlm.MLMConfig, before a run touches its out dir)."""
-    if not 0.0 < mask_prob <= 1.0:
-        raise UserError(f"--mask-prob must be in (0, 1], got {mask_prob}; BERT uses 0.15")
-    if draw not in ("fixed", "bernoulli"):
-        raise UserError(f"unknown --mask-draw {draw!r}; use fixed or bernoulli")
-    if not 0.0 <= short_seq_prob <= 1.0:
-        raise UserError(f"--short-seq-prob must be in [0, 1], got {short_seq_prob}; BERT uses 0.1")
-
-
-def mask_tokens(idx, enc, mask_prob, generator, draw="fixed", corruption=(0.8, 0.1)):
-    """BERT's masking of a batch of token ids: idx (B, T) -> (inputs, labels), both (B, T) int64.
-
-    1. Select mask_prob of the positions that hold an ordinary token (never [CLS], [PAD] or any
-       other special token: they are the ids >= n_ordinary), at least one per sequence, so no
-       sequence and no batch ever has a loss over zero positions.
-    2. Corrupt the selected positions: corruption[0] (80%) become the mask token, corruption[1]
-       (10%) a random ordinary token, the rest (10%) stay unchanged. Why not always the mask token:
-       it never occurs in fine-tuning inputs, so a model that only had to predict at mask tokens
-       would owe nothing to the tokens it can see; the random and unchanged 10%s make it keep a
-       good guess of the true token at every position (Devlin et al. 2019, sec 3.1 and
-       appendix A.1; appendix C.2 compares other splits).
-    3. labels: the original token at the selected positions, -100 (ignored by the loss) elsewhere.
-
-    Two ways to select, `draw`:
-      "fixed"      exactly max(1, round(mask_prob * n)) of a sequence's n ordinary tokens, as BERT's
-                   own create_pretraining_data.py does. Every full-length sequence then yields the
-                   same number of predictions, so with no short sequences the sparse LM head sees one
-                   (N, C) shape every step, and torch.compile compiles once instead of recompiling or
-                   falling back to dynamic shapes.
-      "bernoulli"  each ordinary token independently with probability mask_prob (Hugging Face's
-                   DataCollatorForLanguageModeling): N varies from batch to batch. A sequence that drew
-                   none gets one random position: on sequences of n tokens this adds about
-                   (1 - mask_prob)^n / n to the rate: nothing at n = 127, 0.85 at n = 1.
-    Both select mask_prob of the tokens on average. The masking rate itself is a choice, not a law:
-    Wettig et al. 2022 ("Should You Mask 15% in Masked Language Modeling?") find 40% beats 15% for
-    BERT-large, that 80% still keeps about 95% of fine-tuning quality, and that the best rate grows
-    with model size: a higher rate corrupts more context (a harder task) but also scores more
-    predictions per sequence (more learning signal per step), and they revisit the 80/10/10 split
-    in that light. 15% stays our default; try --mask-prob 0.3 or 0.4 (train_mlm.py).
-    All randomness comes from the CPU `generator`, so a resumed run masks exactly as the first did.
-    """
-    check_masking(mask_prob, draw)
-    B, T = idx.shape
-    n_ord, mask_id = n_ordinary(enc), special_ids(enc)["mask"]
-    eligible = idx < n_ord                                                # (B, T) ordinary tokens
-    n_eligible = eligible.sum(dim=1)                                      # (B,)
-    if (n_eligible == 0).any():
-        raise ValueError("every sequence needs at least one ordinary token to mask")
-    # One uniform score per position; ineligible positions get 2.0, above every real score in [0, 1).
-    scores = torch.rand(B, T, generator=generator).masked_fill(~eligible, 2.0)          # (B, T)
-    if draw == "fixed":
-        n_select = (n_eligible * mask_prob).round().long().clamp(min=1)   # (B,), <= n_eligible
-        # The n_select positions with the lowest scores: at or below the n_select-th smallest score.
-        threshold = scores.sort(dim=1).values.gather(1, (n_select - 1)[:, None])          # (B, 1)
-        selected = scores <= threshold                                                    # (B, T)
-    else:
-        selected = scores < mask_prob                                                     # (B, T)
-        none = ~selected.any(dim=1)                                                       # (B,)
-        # A row that selected nothing has all its scores >= mask_prob; its lowest-scored eligible
-        # position is a uniformly random one.
-        selected[none, scores[none].argmin(dim=1)] = True
-    mask_share, random_share = corruption
-    choice = torch.rand(B, T, generator=generator)                        # (B, T): which corruption
-    random_tokens = torch.randint(n_ord, (B, T), generator=generator)     # ordinary ids only
-    inputs = idx.masked_fill(selected & (choice < mask_share), mask_id)
-    use_random = selected & (choice >= mask_share) & (choice < mask_share + random_share)
-    inputs = torch.where(use_random, random_tokens, inputs)               # (B, T)
-    labels = idx.masked_fill(~selected, -100)                             # (B, T)
-    return inputs, labels
-
-
-def mlm_batch(windows, enc, mask_prob, generator, short_seq_prob=0.0, draw="fixed",
-              corruption=(0.8, 0.1)):
-    """Windows of text (B, T-1) ordinary token ids -> a masked-LM batch of T positions:
-
-        idx             [CLS] w_1 .. w_L [PAD] .. [PAD], then corrupted by mask_tokens   (B, T)
-        targets         the original token where selected, -100 elsewhere               (B, T)
-        attention_mask  1 on [CLS] and the L text tokens, 0 on the padding              (B, T)
-
-    [CLS] at position 0 gives a fine-tuned classifier a slot to pool from (BERT's [CLS] pooling);
-    mean pooling over attention_mask works too. Where do sequences shorter than the block come
-    from? The corpus is one token stream (pydocs has no end-of-text tokens to cut at), so we follow
-    BERT's create_pretraining_data.py (short_seq_prob = 0.1): with probability short_seq_prob a
-    sequence keeps only a random length in [2, T] (counting [CLS]) and is padded on the right. A
-    model that never saw padding during pretraining would meet it for the first time at
-    fine-tuning, where sentences are short; 10% of short sequences costs little and avoids that.
-    """
-    check_masking(mask_prob, draw, short_seq_prob)
-    ids = special_ids(enc)
-    B, T = windows.shape[0], windows.shape[1] + 1
-    idx = torch.cat([torch.full((B, 1), ids["cls"], dtype=torch.long), windows.long()], dim=1)  # (B, T)
-    # Both draws happen for every row, so the generator advances the same way whatever the rate.
-    short = torch.rand(B, generator=generator) < short_seq_prob                         # (B,)
-    random_lengths = torch.randint(2, T + 1, (B,), generator=generator)                 # (B,)
-    lengths = torch.where(short, random_lengths, torch.full((B,), T))                   # (B,)
-    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()               # (B, T)
-    idx = idx.masked_fill(attention_mask == 0, ids["pad"])
-    inputs, targets = mask_tokens(idx, enc, mask_prob, generator, draw, corruption)
-    return dict(idx=inputs, targets=targets, attention_mask=attention_mask)
-
-
-# ----------------------------------------------------------------------------- labelled sets
-
-@dataclass
-class LabelledSet:
-    name: str
-    train: list        # [(text, label id)]
-    dev: list
-    test: list
-    label_names: list  # label id -> name
-
-
-def read_tsv(path, label_first=False):
-    """[(text, label string)] from `text<TAB>label` lines (`label<TAB>text` if label_first).
-    Blank lines are skipped; any other line without both parts is an error naming its number."""
-    rows, bad = [], []
-    for number, line in enumerate(read_text(path).split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        if label_first:
-            label, tab, text = line.partition("\t")
-        else:
-            text, tab, label = line.rpartition("\t")  # last column is the label; text may hold tabs
-        if not (tab and text.strip() and label.strip()):
-            bad.append(number)
-        rows.append((text.strip(), label.strip()))
-    if bad:
-        raise UserError(f"{path}: malformed line(s) {', '.join(map(str, bad[:5]))}"
-                        f"{' ...' if len(bad) > 5 else ''}; each line must be "
-                        f"{'label<TAB>text' if label_first else 'text<TAB>label'}, both non-empty")
-    if not rows:
-        raise UserError(f"{path} has no rows; add text<TAB>label lines")
-    return rows
-
-
-def stratified_split(rows, name, seed=0):
-    """No official split: 80/10/10 within each class (seeded), so every split keeps the class mix."""
-    label_names = sorted({label for _, label in rows})
-    if len(label_names) < 2:
-        raise UserError(f"{name}: only one label ({label_names[0]}); a classifier needs at least two")
-    rng, splits = random.Random(seed), {"train": [], "dev": [], "test": []}
-    for k, label in enumerate(label_names):
-        examples = [(text, k) for text, lab in rows if lab == label]
-        rng.shuffle(examples)
-        n_train, n_dev = round(0.8 * len(examples)), round(0.1 * len(examples))
-        splits["train"] += examples[:n_train]
-        splits["dev"] += examples[n_train:n_train + n_dev]
-        splits["test"] += examples[n_train + n_dev:]
-    if not (splits["dev"] and splits["test"]):
-        raise UserError(f"{name}: {len(rows)} rows are too few for an 80/10/10 split; add more rows")
-    for examples in splits.values():
-        rng.shuffle(examples)
-    return LabelledSet(name, label_names=label_names, **splits)
-
-
-def load_labelled(name, data_dir=None, cache_dir=None):
-    """"pydocs-topic" (offline), "sst2", "sms-spam", or a path to a text<TAB>label .tsv file."""
-    if name == "pydocs-topic":
-        stored = json.loads(pydocs_paths(cache_dir)[1].read_text("utf-8"))
-        return LabelledSet(name, *([tuple(e) for e in stored[s]] for s in ("train", "dev", "test")),
-                           label_names=stored["label_names"])
-    if name == "sst2":  # the official split (Socher et al. 2013, sentence level): labels 0/1
-        splits = {}
-        for split in ("train", "dev", "test"):
-            path = obtain_data_file(f"sst2/{split}.tsv", data_dir, cache_dir)
-            rows = read_tsv(path)
-            if any(label not in ("0", "1") for _, label in rows):
-                raise UserError(f"{path}: labels must be 0 or 1; use the original SST-2 files")
-            splits[split] = [(text, int(label)) for text, label in rows]
-        return LabelledSet(name, label_names=["negative", "positive"], **splits)
-    if name == "sms-spam":  # UCI SMS Spam Collection (Almeida & Hidalgo 2011): ham|spam<TAB>text
-        path = obtain_data_file("sms_spam/SMSSpamCollection", data_dir, cache_dir)
-        return stratified_split(read_tsv(path, label_first=True), name)
-    if Path(name).is_file():
-        return stratified_split(read_tsv(name), name)
-    raise UserError(f"unknown labelled set {name!r} (or no such file); use pydocs-topic, sst2, "
-                    f"sms-spam, or a path to a text<TAB>label .tsv file")
-
-
-def subsample_balanced(examples, k, seed=0):
-    """k examples, as equal as possible across classes (round robin over shuffled classes)."""
-    if not 1 <= k <= len(examples):
-        raise UserError(f"cannot take {k} examples from {len(examples)}; use 1 <= --n-train <= {len(examples)}")
-    rng = random.Random(seed)
-    by_label = [[e for e in examples if e[1] == label] for label in sorted({e[1] for e in examples})]
-    for group in by_label:
-        rng.shuffle(group)
-    picked, i = [], 0
-    while len(picked) < k:
-        picked += [group[i] for group in by_label if i < len(group)][:k - len(picked)]
-        i += 1
-    rng.shuffle(picked)
-    return picked

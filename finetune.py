@@ -57,11 +57,13 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import time
 import types
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -69,12 +71,115 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import plumbing
 import train_clm
-from data import UserError
+import train_mlm
 from model import ModelConfig, Transformer
-from train_clm import knob
+from plumbing import UserError, knob
 
-SINGLE_PROCESS = dict(rank=0, local_rank=0, world_size=1)   # fine-tuning runs in one process
+
+# ----------------------------------------------------------------------------------------------
+# 0. Labelled sets: (text, label) pairs in train, dev and test splits.
+
+@dataclass
+class LabelledSet:
+    name: str
+    train: list        # [(text, label id)]
+    dev: list
+    test: list
+    label_names: list  # label id -> name
+
+
+def read_tsv(path, label_first=False):
+    """[(text, label string)] from `text<TAB>label` lines (`label<TAB>text` if label_first).
+    Blank lines are skipped; any other line without both parts is an error naming its number."""
+    rows, bad = [], []
+    for number, line in enumerate(plumbing.read_text(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        if label_first:
+            label, tab, text = line.partition("\t")
+        else:
+            text, tab, label = line.rpartition("\t")  # last column is the label; text may hold tabs
+        if not (tab and text.strip() and label.strip()):
+            bad.append(number)
+        elif not rows and is_header(text, label):
+            continue              # a header line names the columns: it is not an example
+        rows.append((text.strip(), label.strip()))
+    if bad:
+        raise UserError(f"{path}: malformed line(s) {', '.join(map(str, bad[:5]))}"
+                        f"{' ...' if len(bad) > 5 else ''}; each line must be "
+                        f"{'label<TAB>text' if label_first else 'text<TAB>label'}, both non-empty")
+    if not rows:
+        raise UserError(f"{path} has no rows; add text<TAB>label lines")
+    return rows
+
+
+def is_header(text, label):
+    """`text<TAB>label` (or `sentence<TAB>label`, as GLUE's files begin): column names, not data."""
+    return (text.strip().lower() in ("text", "sentence", "message", "sms")
+            and label.strip().lower() in ("label", "labels", "class", "category"))
+
+
+def stratified_split(rows, name, seed=0):
+    """No official split: 80/10/10 within each class (seeded), so every split keeps the class mix."""
+    label_names = sorted({label for _, label in rows})
+    if len(label_names) < 2:
+        raise UserError(f"{name}: only one label ({label_names[0]}); a classifier needs at least two")
+    rng, splits = random.Random(seed), {"train": [], "dev": [], "test": []}
+    for k, label in enumerate(label_names):
+        examples = [(text, k) for text, lab in rows if lab == label]
+        rng.shuffle(examples)
+        n_train, n_dev = round(0.8 * len(examples)), round(0.1 * len(examples))
+        splits["train"] += examples[:n_train]
+        splits["dev"] += examples[n_train:n_train + n_dev]
+        splits["test"] += examples[n_train + n_dev:]
+    if not (splits["dev"] and splits["test"]):
+        raise UserError(f"{name}: {len(rows)} rows are too few for an 80/10/10 split; add more rows")
+    for examples in splits.values():
+        rng.shuffle(examples)
+    return LabelledSet(name, label_names=label_names, **splits)
+
+
+def load_labelled(name, data_dir=None, cache_dir=None):
+    """"pydocs-topic" (offline), "sst2", "sms-spam", or a path to a text<TAB>label .tsv file."""
+    if name == "pydocs-topic":
+        stored = json.loads(data.pydocs_paths(cache_dir)[1].read_text("utf-8"))
+        return LabelledSet(name, *([tuple(e) for e in stored[s]] for s in ("train", "dev", "test")),
+                           label_names=stored["label_names"])
+    if name == "sst2":  # the official split (Socher et al. 2013, sentence level): labels 0/1
+        splits = {}
+        for split in ("train", "dev", "test"):
+            path = plumbing.obtain_data_file(f"sst2/{split}.tsv", data_dir, cache_dir)
+            rows = read_tsv(path)
+            if any(label not in ("0", "1") for _, label in rows):
+                raise UserError(f"{path}: labels must be 0 or 1; use the original SST-2 files")
+            splits[split] = [(text, int(label)) for text, label in rows]
+        return LabelledSet(name, label_names=["negative", "positive"], **splits)
+    if name == "sms-spam":  # UCI SMS Spam Collection (Almeida & Hidalgo 2011): ham|spam<TAB>text
+        path = plumbing.obtain_data_file("sms_spam/SMSSpamCollection", data_dir, cache_dir)
+        return stratified_split(read_tsv(path, label_first=True), name)
+    if Path(name).is_file():
+        return stratified_split(read_tsv(name), name)
+    raise UserError(f"unknown labelled set {name!r} (or no such file); use pydocs-topic, sst2, "
+                    f"sms-spam, or a path to a text<TAB>label .tsv file")
+
+
+def subsample_balanced(examples, k, seed=0):
+    """k examples, as equal as possible across classes (round robin over shuffled classes)."""
+    if not 1 <= k <= len(examples):
+        raise UserError(f"cannot take {k} examples from {len(examples)}; use 1 <= --n-train <= {len(examples)}")
+    rng = random.Random(seed)
+    by_label = [[e for e in examples if e[1] == label] for label in sorted({e[1] for e in examples})]
+    for group in by_label:
+        rng.shuffle(group)
+    picked, i = [], 0
+    while len(picked) < k:
+        picked += [group[i] for group in by_label if i < len(group)][:k - len(picked)]
+        i += 1
+    rng.shuffle(picked)
+    return picked
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,15 +326,11 @@ def parameter_counts(classifier):
 # 3. Bodies: a pretrained checkpoint, or the same architecture from random weights.
 
 def read_checkpoint(path):
-    """A pretraining checkpoint (weights_only, via train_clm) and its tokenizer, checked."""
-    checkpoint = train_clm.load_checkpoint(path)
-    missing = {"model", "model_config", "kind", "tokenizer", "tokenizer_state"} - set(checkpoint)
-    if missing:
-        raise UserError(f"{path} is not a pretraining checkpoint (no {', '.join(sorted(missing))}); "
-                        f"use one written by train_clm.py or train_mlm.py")
+    """A pretraining checkpoint (plumbing's one reader: data only, checked) and its tokenizer."""
+    checkpoint = plumbing.load_checkpoint(path)
     checkpoint.pop("optimizer", None)                          # not needed here: free the memory
     enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-    train_clm.check_compatible(checkpoint, enc)               # the rebuilt vocabulary is the saved one
+    plumbing.check_compatible(checkpoint, enc)                # the rebuilt vocabulary is the saved one
     return checkpoint, enc
 
 
@@ -237,7 +338,7 @@ def body_from(checkpoint, init, seed):
     """The checkpoint's weights, or (init="scratch") random weights in exactly its architecture:
     the fair comparison."""
     if init == "pretrained":
-        return train_clm.model_from_checkpoint(checkpoint)
+        return plumbing.model_from_checkpoint(checkpoint)
     torch.manual_seed(seed)
     return Transformer(ModelConfig(**checkpoint["model_config"]))
 
@@ -269,27 +370,29 @@ def make_classifier(body, n_classes, cfg):
 @dataclass
 class FinetuneConfig:
     mode: str = knob("full", "full, last-k, frozen (head only) or lora: which parameters train")
-    last_k: int = knob(2, "with --mode last-k: how many top blocks train")
-    lora_r: int = knob(8, "LoRA rank r")
-    lora_alpha: float = knob(16.0, "LoRA alpha: the update is scaled by alpha / r")
+    last_k: int = knob(2, "with --mode last-k: how many top blocks train", "[1, inf)")
+    lora_r: int = knob(8, "LoRA rank r", "[1, inf)")
+    lora_alpha: float = knob(16.0, "LoRA alpha: the update is scaled by alpha / r", "(0, inf)")
     lora_targets: str = knob("all", "LoRA on attention (attn: qkv, proj) or on every block matrix (all)")
     pooling: str = knob("auto", "auto (last for causal, cls for bidirectional), last, mean or cls")
     n_train: Optional[int] = knob(None, "train on K labelled examples, balanced and seeded (None: all "
-                                        "of the train split)")
+                                        "of the train split)", "[1, inf)")
     max_len: int = knob(64, "tokens per text, longer texts are cut (64 keeps a docstring's summary "
-                            "and more; 128 costs twice as much)")
-    epochs: float = knob(3.0, "passes over the labelled training examples")
-    min_steps: int = knob(50, "at least this many steps, so that tiny label sets still train")
-    batch_size: int = knob(16, "examples per step")
-    lr: Optional[float] = knob(None, "peak learning rate (None: 1e-3 full/last-k, 5e-3 lora, 1e-2 frozen)")
-    min_lr: float = knob(0.0, "final learning rate (BERT decays to zero)")
-    warmup: float = knob(0.1, "warmup as a fraction of the steps (BERT: a tenth)")
-    weight_decay: float = knob(0.01, "AdamW weight decay on matrices (BERT fine-tuning's 0.01)")
-    beta1: float = knob(0.9, "AdamW beta1")
-    beta2: float = knob(0.999, "AdamW beta2 (BERT's; short runs need no 0.95)")
-    grad_clip: float = knob(1.0, "clip the global gradient norm to this (0: off)")
-    eval_points: int = knob(5, "dev evaluations during training, for the curve (0: only at the end)")
-    seed: int = knob(0, "seed for the subsample, the head, LoRA, scratch weights and batch order")
+                            "and more; 128 costs twice as much)", "[2, inf)")
+    epochs: float = knob(3.0, "passes over the labelled training examples", "(0, inf)")
+    min_steps: int = knob(50, "at least this many steps, so that tiny label sets still train", "[1, inf)")
+    batch_size: int = knob(16, "examples per step", "[1, inf)")
+    lr: Optional[float] = knob(None, "peak learning rate (None: 1e-3 full/last-k, 5e-3 lora, 1e-2 frozen)",
+                               "(0, inf)")
+    min_lr: float = knob(0.0, "final learning rate (BERT decays to zero); at most the peak", "[0, inf)")
+    warmup: float = knob(0.1, "warmup as a fraction of the steps (BERT: a tenth)", "[0, 1)")
+    weight_decay: float = knob(0.01, "AdamW weight decay on matrices (BERT fine-tuning's 0.01)", "[0, inf)")
+    beta1: float = knob(0.9, "AdamW beta1", "[0, 1)")
+    beta2: float = knob(0.999, "AdamW beta2 (BERT's; short runs need no 0.95)", "[0, 1)")
+    grad_clip: float = knob(1.0, "clip the global gradient norm to this (0: off)", "[0, inf)")
+    eval_points: int = knob(5, "dev evaluations during training, for the curve (0: only at the end)",
+                            "[0, inf)")
+    seed: int = knob(0, "seed for the subsample, the head, LoRA, scratch weights and batch order", "[0, inf)")
     device: str = knob("auto", "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
     precision: str = knob("auto", "auto (time fp32 and bf16 on this model, keep the faster), fp32 or bf16")
 
@@ -303,7 +406,12 @@ DEFAULT_LR = {"full": 1e-3, "last-k": 1e-3, "frozen": 1e-2, "lora": 5e-3}
 
 def resolved(cfg):
     """cfg with its learning rate filled in: --lr if given, else the mode's default."""
-    return cfg if cfg.lr is not None else dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.mode])
+    if cfg.mode not in MODES:
+        raise UserError(f"unknown mode {cfg.mode!r}; use {', '.join(MODES)}")
+    cfg = cfg if cfg.lr is not None else dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.mode])
+    if cfg.min_lr > cfg.lr:
+        raise UserError(f"--min-lr {cfg.min_lr} is above the peak learning rate {cfg.lr}; lower it")
+    return cfg
 
 
 def n_steps(cfg, n_examples):
@@ -325,8 +433,7 @@ def pick_precision(classifier, sequences, labels, pad_id, cfg, device):
     if cfg.precision != "auto":
         return cfg.precision
     batch = make_batch(sequences[:cfg.batch_size], labels[:cfg.batch_size], pad_id, device)
-    objective = types.SimpleNamespace(loss=classification_loss)   # all choose_precision needs
-    return train_clm.choose_precision(classifier, objective, batch, device)
+    return plumbing.choose_precision(classifier, classification_loss, batch, device)
 
 
 @torch.no_grad()
@@ -365,7 +472,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     cfg = resolved(cfg)
     steps = n_steps(cfg, len(train_sequences))
     precision = pick_precision(classifier, train_sequences, train_labels, pad_id, cfg, device)
-    autocast, scaler = train_clm.precision_context(device, precision)
+    autocast, scaler = plumbing.precision_context(device, precision)
     optimizer = train_clm.make_optimizer(classifier, cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     batch_size = min(cfg.batch_size, len(train_sequences))
@@ -396,23 +503,18 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
 
 
 def plot_curve(history, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot([r["step"] for r in history], [r["train_loss"] for r in history], alpha=0.7)
-    left.set(xlabel="step", ylabel="training loss (cross-entropy, nats)", title="training loss")
+    """Training loss by step, and the dev scores at the evaluation points."""
     evals = [r for r in history if "dev_accuracy" in r]
-    for key in ("dev_accuracy", "dev_macro_f1"):
-        right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key.replace("_", " "))
-    right.set(xlabel="step", ylabel="score", title="dev set", ylim=(0, 1.02))
-    right.legend()
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with plumbing.figure(path, ncols=2, size=(11, 4)) as (fig, (left, right)):
+        left.plot([r["step"] for r in history], [r["train_loss"] for r in history], alpha=0.7)
+        left.set(xlabel="step", ylabel="training loss (cross-entropy, nats)", title="training loss")
+        for key in ("dev_accuracy", "dev_macro_f1"):
+            right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key.replace("_", " "))
+        right.set(xlabel="step", ylabel="score", title="dev set", ylim=(0, 1.02))
+        right.legend()
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,29 +571,28 @@ def bag_of_words_baseline(train, dev, test, n_classes, l2_grid=(1e-2, 1e-3, 1e-4
     return best
 
 
+def majority_baseline(train, dev, test):
+    """Always the most frequent training label: the floor that any learning must clear (on a test
+    set that is 58% one class, 0.58 accuracy means nothing has been learned)."""
+    majority = Counter(y for _, y in train).most_common(1)[0][0]
+    return {name: classification_metrics([majority] * len(examples), [y for _, y in examples])
+            for name, examples in (("dev", dev), ("test", test))}
+
+
 # ----------------------------------------------------------------------------------------------
 # 6. Forgetting: the body's own pretraining loss, before and after fine-tuning.
 
-def pretraining_objective(name):
-    """The Objective a checkpoint was trained with, from the script that defines it."""
-    if name == "clm":
-        return train_clm.CLM
-    try:
-        import train_mlm
-        return train_mlm.MLM
-    except (ImportError, AttributeError):
-        raise UserError(f"measuring forgetting of an {name} checkpoint needs train_mlm.py (its MLM "
-                        f"objective); run without --forgetting") from None
+PRETRAINING_OBJECTIVES = {"clm": train_clm.CLM, "mlm": train_mlm.MLM}
 
 
 def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
     """A function model -> validation loss, on the checkpoint's own validation split and objective
     (the whole split: for a CLM checkpoint the 'before' number is the one train_clm.py printed)."""
-    settings = types.SimpleNamespace(**checkpoint["train_config"])
-    objective = pretraining_objective(checkpoint.get("objective", "clm"))
+    settings = types.SimpleNamespace(**checkpoint["train_config"])     # the run's saved flags
+    objective = PRETRAINING_OBJECTIVES[checkpoint.get("objective", "clm")]
     dataset = data.prepare_dataset(settings.corpus, settings.tokenizer, data_dir or settings.data_dir,
                                    cache_dir or settings.cache_dir, verbose=False)
-    train_clm.check_compatible(checkpoint, dataset.enc, objective)   # same text, same vocabulary
+    plumbing.check_compatible(checkpoint, dataset.enc, checkpoint["kind"])   # same text, same vocabulary
     batches = objective.eval_batches(dataset.val, settings, dataset, None, device)  # fixed once
 
     def loss_of(model):
@@ -507,8 +608,8 @@ def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
 # 7. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
 
 def load_task(name, n_train, seed, data_dir=None, cache_dir=None):
-    labelled = data.load_labelled(name, data_dir, cache_dir)
-    train = data.subsample_balanced(labelled.train, n_train, seed) if n_train else labelled.train
+    labelled = load_labelled(name, data_dir, cache_dir)
+    train = subsample_balanced(labelled.train, n_train, seed) if n_train else labelled.train
     return labelled, train
 
 
@@ -524,7 +625,7 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
     pad_id = data.special_ids(enc)["pad"]
     history, precision = finetune(classifier, *encoded["train"], cfg, pad_id, device, dev=encoded["dev"],
                                   log=log)
-    autocast, _ = train_clm.precision_context(device, precision)
+    autocast, _ = plumbing.precision_context(device, precision)
     result = dict(trainable=trainable, total=total, steps=len(history), precision=precision, lr=cfg.lr,
                   seconds=history[-1]["seconds"], history=history, pooling=classifier.pooling)
     for split in ("dev", "test"):
@@ -544,9 +645,10 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
     return result, classifier
 
 
-def print_results(result, baseline, label):
+def print_results(result, baseline, majority, label):
     print(f"{'':34s} {'dev acc':>8s} {'dev F1':>8s} {'test acc':>9s} {'test F1':>8s}")
-    for name, row in ((label, result), ("bag-of-words logistic regression", baseline)):
+    for name, row in ((label, result), ("bag-of-words logistic regression", baseline),
+                      ("majority class (always one label)", majority)):
         print(f"{name:34s} {row['dev']['accuracy']:8.3f} {row['dev']['macro_f1']:8.3f} "
               f"{row['test']['accuracy']:9.3f} {row['test']['macro_f1']:8.3f}")
     if "pretraining_loss" in result:
@@ -557,8 +659,23 @@ def print_results(result, baseline, label):
         print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
 
 
+def check_results_dir(out_dir, overwrite, names):
+    """Refuse, before any work, an --out-dir that is a file or that already holds results (unless
+    --overwrite): a second run must not silently replace the first run's files."""
+    if not out_dir:
+        return
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out-dir {out_dir} is a file; give a folder")
+    taken = [name for name in names if os.path.exists(os.path.join(out_dir, name))]
+    if taken and not overwrite:
+        raise UserError(f"{os.path.join(out_dir, taken[0])} already holds results; pass --overwrite to "
+                        f"replace them, or another --out-dir")
+    plumbing.check_writable_folder(out_dir)
+
+
 def single_run(args, cfg):
-    device = train_clm.pick_device(cfg.device, SINGLE_PROCESS)
+    check_results_dir(args.out_dir, args.overwrite, ("results.json", "curve.png"))
+    device = plumbing.pick_device(cfg.device)
     checkpoint = None
     if args.checkpoint:
         checkpoint, enc = read_checkpoint(args.checkpoint)
@@ -588,15 +705,17 @@ def single_run(args, cfg):
           f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
           f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
     baseline = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-    print_results(result, baseline, f"fine-tuned ({args.init}, {cfg.mode})")
+    majority = majority_baseline(train, labelled.dev, labelled.test)
+    print_results(result, baseline, majority, f"fine-tuned ({args.init}, {cfg.mode})")
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
         record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init,
-                      config=dataclasses.asdict(cfg), **result, bag_of_words=baseline)
+                      config=dataclasses.asdict(cfg), **result, bag_of_words=baseline,
+                      majority_class=majority)
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:
             json.dump(record, f, indent=1)
         plot_curve(result["history"], os.path.join(args.out_dir, "curve.png"),
-                   f"{args.task}: {args.init} {cfg.mode}, {len(train)} labels")
+                   f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels")
         print(f"saved {args.out_dir}/results.json and {args.out_dir}/curve.png")
     return result, baseline
 
@@ -639,7 +758,7 @@ def sweep_id(args, cfg):
 
 
 def sweep(args, cfg):
-    device = train_clm.pick_device(cfg.device, SINGLE_PROCESS)
+    device = plumbing.pick_device(cfg.device)
     if not args.clm:
         raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
     checkpoints = {"clm": read_checkpoint(args.clm)}
@@ -655,7 +774,7 @@ def sweep(args, cfg):
         print(f"skipping {', '.join(skipped)}: no --mlm checkpoint given")
     if not methods:
         raise UserError("--methods: nothing left to run; give --mlm CKPT or other methods")
-    labelled = data.load_labelled(args.task, args.data_dir, args.cache_dir)
+    labelled = load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = parse_sizes(args.sizes, len(labelled.train))
     seeds = list(range(cfg.seed, cfg.seed + args.seeds))
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
@@ -684,7 +803,7 @@ def sweep(args, cfg):
           f"{cfg.precision}; predicted {predicted / 60:.1f} min (a probe of each method, here and now)")
     start = time.perf_counter()
     for i, (method, k, seed) in enumerate(plan, 1):
-        train = data.subsample_balanced(labelled.train, k, seed)
+        train = subsample_balanced(labelled.train, k, seed)
         if method == "bow":
             result = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
         else:
@@ -809,18 +928,18 @@ def export_text(args):
     (domain-adaptive pretraining, Gururangan et al. 2020). Dev and test are never exported."""
     if not args.output:
         raise UserError("--export-text needs -o FILE (where to write the text)")
-    labelled = data.load_labelled(args.export_text, args.data_dir, args.cache_dir)
+    labelled = load_labelled(args.export_text, args.data_dir, args.cache_dir)
     text = "\n".join(" ".join(t.split()) for t, _ in labelled.train) + "\n"
-    data.write_atomic(args.output, text.encode("utf-8"))
+    plumbing.write_atomic(args.output, text.encode("utf-8"))
     print(f"wrote {len(labelled.train):,} {args.export_text} training texts "
           f"({len(text.encode()) / 1e6:.2f} MB) to {args.output}; pretrain on it with: "
           f"python train_clm.py --corpus {args.output}")
 
 
 def main(argv=None):
-    parser = train_clm.build_parser(__doc__.split("\n")[0], defaults_from=FinetuneConfig)
-    parser.epilog = ("--preset only sets the shape of a scratch model when no --checkpoint gives one. "
-                     "Without --checkpoint, --init scratch builds the tokenizer from --corpus/--tokenizer.")
+    parser = plumbing.build_parser(__doc__.split("\n")[0], FinetuneConfig, train_clm.PRESETS, epilog=(
+        "--preset only sets the shape of a scratch model when no --checkpoint gives one. Without "
+        "--checkpoint, --init scratch builds the tokenizer from --corpus/--tokenizer."))
     parser.add_argument("--task", default="pydocs-topic", help="pydocs-topic (offline), sst2, sms-spam, "
                         "or a path to a text<TAB>label .tsv file")
     parser.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint from train_clm.py or train_mlm.py")
@@ -834,6 +953,8 @@ def main(argv=None):
                         help="measure the body's pretraining validation loss before and after")
     parser.add_argument("--data-dir", help="folder searched for data files (None: $PTFT_DATA_DIR)")
     parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results.json and curve.png already in --out-dir")
     parser.add_argument("--out-dir", help="where results.json and curve.png go (None: out/finetune; "
                         "'': nothing is saved), or the sweep's files (None: out/finetune-sweep)")
     group = parser.add_argument_group("sweep: test accuracy against the number of labels")
@@ -843,7 +964,7 @@ def main(argv=None):
     group.add_argument("--methods", default="scratch,clm,scratch-mlm,mlm,lora", help=f"from {', '.join(SWEEP_METHODS)}")
     group.add_argument("--sizes", default="32,128,256,512,2048,all",
                        help="labelled set sizes (capped at the train split)")
-    group.add_argument("--seeds", type=int, default=3, help="seeds per point (from --seed on)")
+    plumbing.add_flag(group, "--seeds", 3, "seeds per point (from --seed on)", "[1, inf)")
     group = parser.add_argument_group("export: in-domain text for domain-adaptive pretraining")
     group.add_argument("--export-text", metavar="TASK",
                        help="write TASK's training texts (no labels) to -o FILE")
@@ -852,7 +973,7 @@ def main(argv=None):
     if args.export_text:
         return export_text(args)
     # --preset names a scratch shape (train_clm.PRESETS), not fine-tuning settings: nothing to merge.
-    cfg = train_clm.config_from_args(args, FinetuneConfig, presets=dict.fromkeys(train_clm.PRESETS, {}))
+    cfg = plumbing.config_from_args(args, FinetuneConfig, dict.fromkeys(train_clm.PRESETS, {}))
     if args.sweep:
         args.out_dir = args.out_dir or "out/finetune-sweep"
         return sweep(args, cfg)
@@ -861,4 +982,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    train_clm.run_cli(main)
+    plumbing.run_cli(main)

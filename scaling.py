@@ -72,9 +72,10 @@ import torch
 import torch.nn.functional as F
 
 import data
+import plumbing
 import train_clm
-from data import UserError
 from model import ModelConfig, Transformer
+from plumbing import UserError
 
 # ----------------------------------------------------------------------------------------------
 # 1. Counting: N and FLOPs per token of a shape, read off model.py so there is one definition.
@@ -988,5 +989,5 @@ def report_and_plot(records, out_dir, n_boot, seed):
 
 
 if __name__ == "__main__":
-    train_clm.run_cli(main, interrupted="interrupted: finished runs are kept in the results file; "
+    plumbing.run_cli(main, interrupted="interrupted: finished runs are kept in the results file; "
                                         "the same command resumes")

@@ -14,12 +14,13 @@ causal loss scores all of them.
 Only two things differ from train_clm.py, and they are all this file defines:
   1. the mask: the model is built with causal=False, so attention may look both ways (model.py);
   2. the objective: a batch is [CLS] + a window of text, some of it padding, with a share of its
-     tokens corrupted (BERT: 15%; data.mask_tokens / data.mlm_batch); the loss is scored at those
-     positions only, and the LM head runs only there (sparse prediction).
+     tokens corrupted (BERT: 15%; mask_tokens, mlm_batch); the loss is scored at those positions
+     only, and the LM head runs only there (sparse prediction).
 Config, optimiser, schedule, loop, logs, plot, checkpoints and resume are train_clm's; so are the
-presets, except that the cpu preset's shape and masking rate are tuned for this objective.
+presets, except that the cpu preset's shape and masking rate are tuned for this objective. Read
+beside train_clm.py, the two files are the whole difference between GPT and BERT pretraining.
 
-Read in this order: MLMConfig (three knobs) and MLM_PRESETS (what was measured), the objective
+Read in this order: MLMConfig (three knobs) and MLM_PRESETS, BERT's masking, the objective
 (batch, loss, evaluation, metrics), fill-in-the-blank, the causal-vs-bidirectional comparison,
 the command line.
 """
@@ -32,37 +33,36 @@ import numpy as np
 import torch
 
 import data
-from data import UserError
-from train_clm import (PRESETS, Objective, TrainConfig, build_parser, check_compatible, config_from_args,
-                       fixed_windows, knob, load_checkpoint, model_from_checkpoint, report, run_cli,
-                       train)
+import plumbing
+from plumbing import UserError, knob
+from train_clm import PRESETS, Objective, TrainConfig, fixed_windows, train
 
 
 @dataclass
 class MLMConfig(TrainConfig):
     out_dir: Optional[str] = knob("out/mlm", "where checkpoint, log and plot go ('' to save nothing)")
     mask_prob: float = knob(0.15, "fraction of the text tokens selected for prediction (BERT: 0.15; "
-                                  "Wettig et al. 2022 find 0.4 better; the cpu preset uses 0.4, "
-                                  "measured: see MLM_PRESETS)")
+                                  "Wettig et al. 2022 find 0.4 better; the cpu preset uses 0.4)",
+                            "(0, 1]")
     mask_draw: str = knob("fixed", "fixed: exactly round(mask_prob * n) tokens per sequence (static "
                                    "shapes); bernoulli: each token independently")
     short_seq_prob: float = knob(0.1, "fraction of sequences cut to a random shorter length and padded "
-                                      "(BERT's 0.1)")
+                                      "(BERT's 0.1)", "[0, 1]")
 
     def __post_init__(self):
-        data.check_masking(self.mask_prob, self.mask_draw, self.short_seq_prob)   # before any work
+        if self.mask_draw not in ("fixed", "bernoulli"):
+            raise UserError(f"unknown --mask-draw {self.mask_draw!r}; use fixed or bernoulli")
+        if self.block_size < 2:
+            raise UserError(f"--block-size must be at least 2 for a masked LM ([CLS] and one token), "
+                            f"got {self.block_size}")
 
 
 # What differs in the presets: the cpu preset. A masked LM learns to use its context more slowly
 # than a causal LM (see model.alibi_slopes), and within the causal cpu preset's wall-clock budget it
-# did best shallow and wide, on shorter windows, with more of each window masked. Measured on pydocs
-# (2026-11-23, ALiBi, 2 cores; masked-token accuracy on the fixed 15% validation mask, unigram
-# baseline 8.0-8.2%): 4x128, block 128, batch 32, 500 steps 14.8%; 2x192, batch 16, 1,400 steps
-# 18.5%; the same with --mask-prob 0.3 21.3%, 0.4 21.7%; 2x192, block 64, batch 32, 1,400 steps
-# 18.5%, and with --mask-prob 0.4 25.3% (3 layers: 22.9%, slower). The preset is that last one,
-# cut to the steps that fit the causal preset's ~90 s. Block 64 costs the fine-tuning nothing:
-# finetune.py reads 64 tokens per text. Masking 40% is Wettig et al. 2022's finding, at our scale:
-# more predictions per window, and a harder task that forces the model to use its context.
+# did best shallow and wide, on shorter windows, with more of each window masked (Wettig et al.
+# 2022's finding, at our scale: more predictions per window, and a harder task that forces the
+# model to use its context). The runs behind the choice are listed in RESULTS.md. Block 64 costs the
+# fine-tuning nothing: finetune.py reads 64 tokens per text.
 MLM_PRESETS = dict(PRESETS, cpu=dict(PRESETS["cpu"], n_layer=2, n_embd=192, n_head=6, block_size=64,
                                      batch_size=32, mask_prob=0.4, max_iters=1150, eval_interval=230))
 
@@ -70,6 +70,100 @@ MLM_PRESETS = dict(PRESETS, cpu=dict(PRESETS["cpu"], n_layer=2, n_embd=192, n_he
 # BERT's 15% of the positions, drawn by one fixed seed. (Scored at the training rate instead, a
 # run with --mask-prob 0.4 would be marked on a harder test, with 40% of its context hidden.)
 VAL_MASK_SEED, VAL_MASK_PROB = 0, 0.15
+
+
+# ----------------------------------------------------------------------------------------------
+# BERT's masking (Devlin et al. 2019, sec 3.1 and appendix A.1). The model must see a sequence with
+# holes and say what was there; only the holes are scored.
+
+def mask_tokens(idx, enc, mask_prob, generator, draw="fixed", corruption=(0.8, 0.1)):
+    """BERT's masking of a batch of token ids: idx (B, T) -> (inputs, labels), both (B, T) int64.
+
+    1. Select mask_prob of the positions that hold an ordinary token (never [CLS], [PAD] or any
+       other special token: they are the ids >= n_ordinary), at least one per sequence, so no
+       sequence and no batch ever has a loss over zero positions.
+    2. Corrupt the selected positions: corruption[0] (80%) become the mask token, corruption[1]
+       (10%) a random ordinary token, the rest (10%) stay unchanged. Why not always the mask token:
+       it never occurs in fine-tuning inputs, so a model that only had to predict at mask tokens
+       would owe nothing to the tokens it can see; the random and unchanged 10%s make it keep a
+       good guess of the true token at every position (Devlin et al. 2019, sec 3.1 and
+       appendix A.1; appendix C.2 compares other splits).
+    3. labels: the original token at the selected positions, -100 (ignored by the loss) elsewhere.
+
+    Two ways to select, `draw`:
+      "fixed"      exactly max(1, round(mask_prob * n)) of a sequence's n ordinary tokens, as BERT's
+                   own create_pretraining_data.py does. Every full-length sequence then yields the
+                   same number of predictions, so with no short sequences the sparse LM head sees one
+                   (N, C) shape every step, and torch.compile compiles once instead of recompiling or
+                   falling back to dynamic shapes.
+      "bernoulli"  each ordinary token independently with probability mask_prob (Hugging Face's
+                   DataCollatorForLanguageModeling): N varies from batch to batch. A sequence that drew
+                   none gets one random position: on sequences of n tokens this adds about
+                   (1 - mask_prob)^n / n to the rate: nothing at n = 127, 0.85 at n = 1.
+    Both select mask_prob of the tokens on average. The masking rate itself is a choice, not a law:
+    Wettig et al. 2022 ("Should You Mask 15% in Masked Language Modeling?") find 40% beats 15% for
+    BERT-large, that 80% still keeps about 95% of fine-tuning quality, and that the best rate grows
+    with model size: a higher rate corrupts more context (a harder task) but also scores more
+    predictions per sequence (more learning signal per step), and they revisit the 80/10/10 split
+    in that light. 15% stays the default of --mask-prob; the cpu preset uses 0.4.
+    All randomness comes from the CPU `generator`, so a resumed run masks exactly as the first did.
+    """
+    B, T = idx.shape
+    n_ord, mask_id = data.n_ordinary(enc), data.special_ids(enc)["mask"]
+    eligible = idx < n_ord                                                # (B, T) ordinary tokens
+    n_eligible = eligible.sum(dim=1)                                      # (B,)
+    if (n_eligible == 0).any():
+        raise ValueError("every sequence needs at least one ordinary token to mask")
+    # One uniform score per position; ineligible positions get 2.0, above every real score in [0, 1).
+    scores = torch.rand(B, T, generator=generator).masked_fill(~eligible, 2.0)          # (B, T)
+    if draw == "fixed":
+        n_select = (n_eligible * mask_prob).round().long().clamp(min=1)   # (B,), <= n_eligible
+        # The n_select positions with the lowest scores: at or below the n_select-th smallest score.
+        threshold = scores.sort(dim=1).values.gather(1, (n_select - 1)[:, None])          # (B, 1)
+        selected = scores <= threshold                                                    # (B, T)
+    else:
+        selected = scores < mask_prob                                                     # (B, T)
+        none = ~selected.any(dim=1)                                                       # (B,)
+        # A row that selected nothing has all its scores >= mask_prob; its lowest-scored eligible
+        # position is a uniformly random one.
+        selected[none, scores[none].argmin(dim=1)] = True
+    mask_share, random_share = corruption
+    choice = torch.rand(B, T, generator=generator)                        # (B, T): which corruption
+    random_tokens = torch.randint(n_ord, (B, T), generator=generator)     # ordinary ids only
+    inputs = idx.masked_fill(selected & (choice < mask_share), mask_id)
+    use_random = selected & (choice >= mask_share) & (choice < mask_share + random_share)
+    inputs = torch.where(use_random, random_tokens, inputs)               # (B, T)
+    labels = idx.masked_fill(~selected, -100)                             # (B, T)
+    return inputs, labels
+
+
+def mlm_batch(windows, enc, mask_prob, generator, short_seq_prob=0.0, draw="fixed",
+              corruption=(0.8, 0.1)):
+    """Windows of text (B, T-1) ordinary token ids -> a masked-LM batch of T positions:
+
+        idx             [CLS] w_1 .. w_L [PAD] .. [PAD], then corrupted by mask_tokens   (B, T)
+        targets         the original token where selected, -100 elsewhere               (B, T)
+        attention_mask  1 on [CLS] and the L text tokens, 0 on the padding              (B, T)
+
+    [CLS] at position 0 gives a fine-tuned classifier a slot to pool from (BERT's [CLS] pooling);
+    mean pooling over attention_mask works too. Where do sequences shorter than the block come
+    from? The corpus is one token stream (pydocs has no end-of-text tokens to cut at), so we follow
+    BERT's create_pretraining_data.py (short_seq_prob = 0.1): with probability short_seq_prob a
+    sequence keeps only a random length in [2, T] (counting [CLS]) and is padded on the right. A
+    model that never saw padding during pretraining would meet it for the first time at
+    fine-tuning, where sentences are short; 10% of short sequences costs little and avoids that.
+    """
+    ids = data.special_ids(enc)
+    B, T = windows.shape[0], windows.shape[1] + 1
+    idx = torch.cat([torch.full((B, 1), ids["cls"], dtype=torch.long), windows.long()], dim=1)  # (B, T)
+    # Both draws happen for every row, so the generator advances the same way whatever the rate.
+    short = torch.rand(B, generator=generator) < short_seq_prob                         # (B,)
+    random_lengths = torch.randint(2, T + 1, (B,), generator=generator)                 # (B,)
+    lengths = torch.where(short, random_lengths, torch.full((B,), T))                   # (B,)
+    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()               # (B, T)
+    idx = idx.masked_fill(attention_mask == 0, ids["pad"])
+    inputs, targets = mask_tokens(idx, enc, mask_prob, generator, draw, corruption)
+    return dict(idx=inputs, targets=targets, attention_mask=attention_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,7 +177,7 @@ def mlm_train_batch(tokens, cfg, dataset, generator, device):
     # B random windows of T-1 tokens (train_clm's sampler; its shifted copy is not needed here),
     # then [CLS] in front, BERT's short sequences and masking: everything on the CPU generator.
     windows, _ = data.get_batch(tokens, cfg.batch_size, cfg.block_size - 1, "cpu", generator)  # (B, T-1)
-    return to_device(data.mlm_batch(windows, dataset.enc, cfg.mask_prob, generator, cfg.short_seq_prob,
+    return to_device(mlm_batch(windows, dataset.enc, cfg.mask_prob, generator, cfg.short_seq_prob,
                                     cfg.mask_draw), device)                               # (B, T) each
 
 
@@ -109,7 +203,7 @@ def mlm_eval_batches(tokens, cfg, dataset, n_batches, device):
     windows = fixed_windows(tokens, cfg.block_size - 1, n_windows)
     windows = torch.from_numpy(np.stack([w[:-1] for w in windows]))                   # (n, T-1)
     # Masked all at once, then cut into batches: the mask does not depend on --batch-size either.
-    masked = data.mlm_batch(windows, dataset.enc, VAL_MASK_PROB, torch.Generator().manual_seed(VAL_MASK_SEED),
+    masked = mlm_batch(windows, dataset.enc, VAL_MASK_PROB, torch.Generator().manual_seed(VAL_MASK_SEED),
                             short_seq_prob=0.0, draw="fixed", corruption=(1.0, 0.0))  # (n, T) each
     return [to_device(dict(zip(masked, chunks)), device)
             for chunks in zip(*(masked[name].split(cfg.batch_size) for name in masked))]  # (B, T) each
@@ -147,7 +241,7 @@ def mlm_finish(model, dataset, cfg, device):
     """The demo at the end of training: the start of the validation text with blanks, filled."""
     window = torch.from_numpy(np.asarray(dataset.val[:min(40, cfg.block_size - 1)], dtype=np.int64))
     generator = torch.Generator().manual_seed(VAL_MASK_SEED)
-    batch = data.mlm_batch(window[None], dataset.enc, VAL_MASK_PROB, generator, corruption=(1.0, 0.0))
+    batch = mlm_batch(window[None], dataset.enc, VAL_MASK_PROB, generator, corruption=(1.0, 0.0))
     tokens, targets = batch["idx"][0].tolist(), batch["targets"][0]
     print("--- fill in the blanks (validation text, top 3 per blank) ---")
     show_fills(dataset.enc, tokens, fill_blanks(model, dataset.enc, tokens, 3, device),
@@ -223,12 +317,12 @@ def show_fills(enc, tokens, predictions, truth=None):
 def fill_from_checkpoint(path, text, top_k):
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
-    checkpoint = load_checkpoint(path)
+    checkpoint = plumbing.load_checkpoint(path)
     if checkpoint.get("kind") != "bidirectional":
         raise UserError(f"{path} holds a causal model, which sees only the left of a blank; use a "
                         f"checkpoint from train_mlm.py (or train_clm.py --sample for causal models)")
     enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-    model = model_from_checkpoint(checkpoint)
+    model = plumbing.model_from_checkpoint(checkpoint)
     tokens = encode_with_blanks(enc, text, model.config.block_size)
     show_fills(enc, tokens, fill_blanks(model, enc, tokens, top_k, torch.device("cpu")))
 
@@ -243,15 +337,15 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
     different token. The MLM reads [CLS] + the whole window with that token masked; the causal
     model reads the same tokens up to the blank and predicts the next one. Same left context, so
     any difference is what the right-hand context is worth. Returns a dict of top-1 accuracies."""
-    mlm_ckpt, clm_ckpt = load_checkpoint(mlm_path), load_checkpoint(clm_path)
+    mlm_ckpt, clm_ckpt = plumbing.load_checkpoint(mlm_path), plumbing.load_checkpoint(clm_path)
     saved = mlm_ckpt["train_config"]
     dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved["data_dir"],
                                    cache_dir or saved["cache_dir"], verbose=False)
-    check_compatible(mlm_ckpt, dataset.enc, want_kind="bidirectional")
-    check_compatible(clm_ckpt, dataset.enc, want_kind="causal")
+    plumbing.check_compatible(mlm_ckpt, dataset.enc, "bidirectional")
+    plumbing.check_compatible(clm_ckpt, dataset.enc, "causal")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mlm = model_from_checkpoint(mlm_ckpt).to(device).eval()
-    clm = model_from_checkpoint(clm_ckpt).to(device).eval()
+    mlm = plumbing.model_from_checkpoint(mlm_ckpt).to(device).eval()
+    clm = plumbing.model_from_checkpoint(clm_ckpt).to(device).eval()
     length = mlm.config.block_size - 1
     middle = length // 2                                  # index of the blank inside a window
     left = min(middle, clm.config.block_size)             # tokens of left context both models see
@@ -296,12 +390,12 @@ def print_comparison(result):
 # The command line.
 
 def main(argv=None):
-    parser = build_parser(__doc__.split("\n")[0], MLMConfig)
+    parser = plumbing.build_parser(__doc__.split("\n")[0], MLMConfig, MLM_PRESETS)
     parser.add_argument("--fill", metavar="CKPT", help="don't train: fill the blanks of --text with "
                         "this checkpoint and print the top-k tokens for each")
     parser.add_argument("--text", default="Return the [MASK] of the [MASK].",
                         help="with --fill: text with blanks written [MASK] or <|mask|>")
-    parser.add_argument("--top-k", type=int, default=5, help="with --fill: predictions per blank")
+    plumbing.add_flag(parser, "--top-k", 5, "with --fill: predictions per blank", "[1, inf)")
     parser.add_argument("--compare-causal", nargs=2, metavar=("CLM_CKPT", "MLM_CKPT"),
                         help="don't train: blank the middle token of validation windows and compare "
                              "top-1 accuracy of a causal and a bidirectional checkpoint")
@@ -311,12 +405,12 @@ def main(argv=None):
     if args.compare_causal:
         return print_comparison(compare_causal(*args.compare_causal, getattr(args, "data_dir", None),
                                                getattr(args, "cache_dir", None)))
-    cfg = config_from_args(args, MLMConfig, MLM_PRESETS)
+    cfg = plumbing.config_from_args(args, MLMConfig, MLM_PRESETS)
     start = time.perf_counter()
     result = train(cfg, MLM)
-    report(cfg, result, start, [f"masked-token accuracy: {100 * result['val_acc']:.1f}%",
+    plumbing.report(cfg, result, start, [f"masked-token accuracy: {100 * result['val_acc']:.1f}%",
                                 f"unigram baseline: {100 * result['unigram_acc']:.1f}%"])
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    plumbing.run_cli(main)

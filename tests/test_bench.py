@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import bench
+import plumbing
 import train_clm
-from data import UserError
+from plumbing import UserError
 from model import ModelConfig, Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,7 @@ TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
 
 
 def training_step_outputs(model, idx, targets, mask, precision):
-    autocast, _ = train_clm.precision_context(torch.device("cpu"), precision)
+    autocast, _ = plumbing.precision_context(torch.device("cpu"), precision)
     model.zero_grad(set_to_none=True)
     with autocast():
         logits, loss = model(idx, targets, attention_mask=mask)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import plumbing
 import finetune
 import train_clm
 import train_mlm
@@ -46,7 +47,7 @@ def separable_set(n=240, seed=0):
     examples = [(" ".join(rng.choice(words[i % 2]) for _ in range(rng.randint(2, 6))), i % 2)
                 for i in range(n)]
     cut1, cut2 = int(0.6 * n), int(0.8 * n)
-    return data.LabelledSet("separable", examples[:cut1], examples[cut1:cut2], examples[cut2:],
+    return finetune.LabelledSet("separable", examples[:cut1], examples[cut1:cut2], examples[cut2:],
                             label_names=["animal", "colour"])
 
 
@@ -252,7 +253,7 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     assert "0 runs to do" in capsys.readouterr().out
 
     finetune.main(["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")])
-    labelled = data.load_labelled(pretrained["tsv"])
+    labelled = finetune.load_labelled(pretrained["tsv"])
     assert (tmp_path / "train.txt").read_text().splitlines() == [t for t, _ in labelled.train]
 
 
@@ -264,7 +265,7 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train_clm.run_cli(lambda: finetune.main(argv))
+        plumbing.run_cli(lambda: finetune.main(argv))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1

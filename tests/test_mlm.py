@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import data
+import plumbing
 import train_clm
 import train_mlm
 from model import ModelConfig, Transformer
@@ -42,7 +43,7 @@ def test_masking_statistics_follow_berts_recipe(enc, draw, mask_prob):
     totals = dict(eligible=0, selected=0, mask=0, unchanged=0, random=0)
     for _ in range(4):                                                   # many draws: ~2,000 sequences
         idx = batch_with_specials(enc, generator)
-        inputs, labels = data.mask_tokens(idx, enc, mask_prob, generator, draw=draw)
+        inputs, labels = train_mlm.mask_tokens(idx, enc, mask_prob, generator, draw=draw)
         eligible, selected = idx < n_ord, labels != -100
         assert not selected[~eligible].any()                            # specials and pad: never
         assert selected.sum(dim=1).min() >= 1                           # every sequence: at least one
@@ -70,7 +71,7 @@ def test_mlm_batch_layout(enc):
     generator = torch.Generator().manual_seed(1)
     ids = data.special_ids(enc)
     windows = torch.randint(data.n_ordinary(enc), (1000, 31), generator=generator)
-    batch = data.mlm_batch(windows, enc, 0.15, generator, short_seq_prob=0.3)
+    batch = train_mlm.mlm_batch(windows, enc, 0.15, generator, short_seq_prob=0.3)
     idx, targets, attention_mask = batch["idx"], batch["targets"], batch["attention_mask"]
     assert idx.shape == targets.shape == attention_mask.shape == (1000, 32)
     assert (idx[:, 0] == ids["cls"]).all() and (targets[:, 0] == -100).all()
@@ -80,13 +81,12 @@ def test_mlm_batch_layout(enc):
     assert 0.25 < short < 0.35                      # 30% asked; a random length of T is not short
     kept = targets != -100
     assert torch.equal(targets[kept], torch.cat([torch.zeros(1000, 1, dtype=torch.long), windows], 1)[kept])
-    with pytest.raises(data.UserError, match="mask-prob"):
-        data.mask_tokens(idx, enc, 0.0, generator)
-    with pytest.raises(data.UserError, match="short-seq-prob"):
-        data.mlm_batch(windows, enc, 0.15, generator, short_seq_prob=1.5)
-    with pytest.raises(data.UserError, match="mask-draw"):            # refused when the config is made
-        train_mlm.config_from_args(train_mlm.build_parser("x", MLMConfig).parse_args(["--mask-draw", "x"]),
-                                   MLMConfig)
+    # The masking knobs are refused when the config is made, before any run starts.
+    for flags, flag in ((["--mask-prob", "0"], "mask-prob"), (["--short-seq-prob", "1.5"], "short-seq-prob"),
+                        (["--mask-draw", "x"], "mask-draw")):
+        with pytest.raises(data.UserError, match=flag):
+            parser = plumbing.build_parser("x", MLMConfig, train_mlm.MLM_PRESETS)
+            plumbing.config_from_args(parser.parse_args(flags), MLMConfig, train_mlm.MLM_PRESETS)
 
 
 def test_sparse_prediction_loss_equals_dense_loss(enc):
@@ -94,7 +94,7 @@ def test_sparse_prediction_loss_equals_dense_loss(enc):
     model = Transformer(ModelConfig(vocab_size=320, block_size=32, n_layer=2, n_head=2, n_embd=32,
                                     causal=False))
     windows = torch.randint(data.n_ordinary(enc), (8, 31))
-    batch = data.mlm_batch(windows, enc, 0.15, torch.Generator().manual_seed(0), short_seq_prob=0.5)
+    batch = train_mlm.mlm_batch(windows, enc, 0.15, torch.Generator().manual_seed(0), short_seq_prob=0.5)
 
     def loss_and_grads(loss_fn):
         model.zero_grad()
@@ -130,7 +130,7 @@ def test_tiny_bidirectional_model_masked_loss_falls(corpus_file, tmp_path):
     train_losses = [r["train_loss"] for r in result["history"] if "train_loss" in r]
     assert max(train_losses[-3:]) < train_losses[0] - 0.5             # from step 5 to the end
     assert 0.0 <= result["unigram_acc"] <= result["val_acc"] + 0.05 and result["n_masked"] > 100
-    checkpoint = train_clm.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    checkpoint = plumbing.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
     assert (checkpoint["kind"], checkpoint["objective"]) == ("bidirectional", "mlm")
     assert checkpoint["model_config"]["causal"] is False
     assert checkpoint["train_config"]["mask_prob"] == 0.15
@@ -141,7 +141,7 @@ def test_tiny_bidirectional_model_masked_loss_falls(corpus_file, tmp_path):
 def test_resume_masks_exactly_as_the_uninterrupted_run(corpus_file, tmp_path, monkeypatch):
     # The masking draws from the loop's batch generator, whose state the checkpoint saves: a run
     # resumed from step 10 must see the same masks, hence the same losses, as one never stopped.
-    real_save = train_clm.save_checkpoint
+    real_save = plumbing.save_checkpoint
 
     def save_and_keep_step_10(path, payload):
         real_save(path, payload)
@@ -149,7 +149,7 @@ def test_resume_masks_exactly_as_the_uninterrupted_run(corpus_file, tmp_path, mo
             (tmp_path / "died").mkdir(exist_ok=True)
             (tmp_path / "died" / "ckpt.pt").write_bytes(open(path, "rb").read())
 
-    monkeypatch.setattr(train_clm, "save_checkpoint", save_and_keep_step_10)
+    monkeypatch.setattr(plumbing, "save_checkpoint", save_and_keep_step_10)
     straight = train_clm.train(tiny_mlm_config(corpus_file, tmp_path / "a", max_iters=20), MLM)
     resumed = train_clm.train(tiny_mlm_config(corpus_file, tmp_path / "died", max_iters=20, resume=True), MLM)
     after_10 = lambda result: [r["train_loss"] for r in result["history"] if r["step"] > 10 and "lr" in r]

@@ -32,10 +32,13 @@ import pytest
 import torch
 
 import data
+import finetune
+import plumbing
 import train_clm
 from conftest import generated_text
 from model import ModelConfig, Transformer
-from train_clm import CLM, PRESETS, TrainConfig, UserError, load_checkpoint, save_checkpoint, train
+from plumbing import UserError, load_checkpoint, save_checkpoint
+from train_clm import CLM, PRESETS, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +133,7 @@ def test_checkpoint_is_saved_without_the_torch_compile_prefix(corpus_file, tmp_p
         def forward(self, *args, **kwargs):
             return self._orig_mod(*args, **kwargs)
 
-    monkeypatch.setattr(train_clm.torch, "compile", lambda model, **kwargs: Compiled(model))
+    monkeypatch.setattr(plumbing.torch, "compile", lambda model, **kwargs: Compiled(model))
     assert any(k.startswith("_orig_mod.") for k in Compiled(torch.nn.Linear(1, 1)).state_dict())
     train(TrainConfig(**tiny_settings(corpus_file, tmp_path / "run", max_iters=5, eval_interval=5,
                                       compile=True)))
@@ -141,7 +144,8 @@ def test_checkpoint_is_saved_without_the_torch_compile_prefix(corpus_file, tmp_p
 
 def test_interrupted_checkpoint_write_leaves_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    old = dict(model={"w": torch.arange(4.0)}, state=dict(step=10))
+    old = dict(model={"w": torch.arange(4.0)}, state=dict(step=10), model_config={}, kind="causal",
+               tokenizer={}, tokenizer_state={})          # the keys every checkpoint carries
     save_checkpoint(str(path), old)
     before = path.read_bytes()
 
@@ -152,10 +156,10 @@ def test_interrupted_checkpoint_write_leaves_the_old_one(tmp_path, monkeypatch):
         return save
 
     disk_full = OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(train_clm.torch, "save", dies_half_way(disk_full))
+    monkeypatch.setattr(plumbing.torch, "save", dies_half_way(disk_full))
     with pytest.raises(UserError, match="No space left on device; the previous checkpoint is intact"):
         save_checkpoint(str(path), dict(model={"w": torch.zeros(4)}, state=dict(step=20)))
-    monkeypatch.setattr(train_clm.torch, "save", dies_half_way(KeyboardInterrupt()))
+    monkeypatch.setattr(plumbing.torch, "save", dies_half_way(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):       # Ctrl-C still stops the run; it just cleans up
         save_checkpoint(str(path), dict(model={"w": torch.zeros(4)}, state=dict(step=20)))
     assert os.listdir(tmp_path) == ["ckpt.pt"]   # no half-written temporary file left behind
@@ -220,7 +224,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(good_run, tmp_path, capsys
     for argv in (["--sample", str(run / "ckpt.pt")],
                  cli_args(good_run["corpus"], run, "--resume", "--max-iters", "20")):
         with pytest.raises(SystemExit) as exit_info:
-            train_clm.run_cli(lambda: train_clm.main(argv))
+            plumbing.run_cli(lambda: train_clm.main(argv))
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.startswith("error: refused checkpoint")
     assert not marker.exists()
@@ -264,9 +268,9 @@ BAD_INPUTS = [  # id, extra flags (later flags win), what the message must say, 
     ("corpus shorter than a block", ["--corpus", "{tmp}/short.txt"], "corpus too short",
      write_bytes("short.txt", b"the cat sees the dog.\n" * 5)),
     ("invalid model shape", ["--n-embd", "30", "--n-head", "4"], "n_embd .30. must be divisible", None),
-    ("zero init std", ["--init-std", "0"], "init_std must be positive", None),
-    ("zero batch size", ["--batch-size", "0"], "--batch-size must be at least 1", None),
-    ("negative budget", ["--max-iters", "-5"], "--max-iters must be positive", None),
+    ("zero init std", ["--init-std", "0"], r"--init-std must be in \(0, inf\)", None),
+    ("zero batch size", ["--batch-size", "0"], r"--batch-size must be in \[1, inf\)", None),
+    ("negative budget", ["--max-iters", "-5"], r"--max-iters must be in \[1, inf\)", None),
     ("unknown preset", ["--preset", "huge"], "unknown preset 'huge'", None),
     ("unknown tokenizer", ["--tokenizer", "wordpiece"], "unknown tokenizer 'wordpiece'", None),
     ("unknown corpus", ["--corpus", "wikipedia"], "unknown corpus 'wikipedia'", None),
@@ -301,7 +305,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_run(flags, message, setu
     # --overwrite in every case: even a run allowed to replace the old one must validate first.
     argv = cli_args(good_run["corpus"], run, "--overwrite", *[f.format(tmp=tmp_path) for f in flags])
     with pytest.raises(SystemExit) as exit_info:
-        train_clm.run_cli(lambda: train_clm.main(argv))
+        plumbing.run_cli(lambda: train_clm.main(argv))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -335,28 +339,29 @@ def test_ctrl_c_prints_one_line_and_keeps_the_checkpoint(corpus_file, tmp_path, 
     monkeypatch.setattr(train_clm, "CLM", dataclasses.replace(CLM, loss=loss_until_ctrl_c))
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        train_clm.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--max-iters", "20")))
+        plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--max-iters", "20")))
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == "interrupted; the last checkpoint is intact (continue with --resume)\n"
     assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
     assert sorted(os.listdir(run)) == ["ckpt.pt", "log.jsonl"]
 
 
-def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, tmp_path):
+def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, tmp_path, monkeypatch):
     checkpoint = load_checkpoint(good_run["run"] / "ckpt.pt")
     assert checkpoint["kind"] == "causal"
     assert set(checkpoint["tokenizer"]) == {"name", "n_vocab", "fingerprint"}
     enc = data.get_tokenizer("bytes")
-    train_clm.check_compatible(checkpoint, enc, want_kind="causal")           # the right one passes
+    plumbing.check_compatible(checkpoint, enc, "causal")           # the right one passes
     with pytest.raises(UserError, match="holds a causal model, but a bidirectional one is needed"):
-        train_clm.check_compatible(checkpoint, enc, want_kind="bidirectional")
+        plumbing.check_compatible(checkpoint, enc, "bidirectional")
     with pytest.raises(UserError, match="holds a bidirectional model, but a causal one is needed"):
-        train_clm.check_compatible(dict(checkpoint, kind="bidirectional"), enc, want_kind="causal")
+        plumbing.check_compatible(dict(checkpoint, kind="bidirectional"), enc, "causal")
     other = data.get_tokenizer("bpe:300", text=generated_text())
     with pytest.raises(UserError, match=r"tokenizer mismatch: .*bytes \(260 tokens.*bpe300"):
-        train_clm.check_compatible(checkpoint, other, want_kind="causal")
+        plumbing.check_compatible(checkpoint, other, "causal")
+    torch.save({"model": {}}, tmp_path / "weights_only.pt")
     with pytest.raises(UserError, match="not a pretraining checkpoint"):
-        train_clm.check_compatible({"model": {}}, enc)
+        load_checkpoint(tmp_path / "weights_only.pt")
     # A masked-LM objective (bidirectional) refuses to resume the causal run, before touching it.
     run = copy_of(good_run, tmp_path)
     before = snapshot(run)
@@ -365,19 +370,19 @@ def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, 
         train(TrainConfig(**tiny_settings(good_run["corpus"], run, max_iters=20, resume=True)), bidirectional)
     assert snapshot(run) == before
     # Each process resumes its own data position: another number of processes is refused.
-    model_config = ModelConfig(**checkpoint["model_config"])
+    monkeypatch.setattr(plumbing, "setup_distributed", lambda device: dict(rank=0, local_rank=0, world_size=2))
     with pytest.raises(UserError, match="saved by 1 process.*this one has 2"):
-        train_clm.check_resumable(checkpoint, model_config, dict(rank=0, local_rank=0, world_size=2))
+        train(TrainConfig(**tiny_settings(good_run["corpus"], run, max_iters=20, resume=True)))
+    assert snapshot(run) == before
 
 
 def test_malformed_label_file_names_the_line_in_finetune(good_run, tmp_path, capsys):
     labels = tmp_path / "labels.tsv"
     labels.write_text("a fine sentence\t1\nanother one\t0\nno label on this line\nlast\t1\n")
     with pytest.raises(UserError, match=r"labels\.tsv: malformed line\(s\) 3;"):
-        data.load_labelled(str(labels))
-    finetune = pytest.importorskip("finetune")
+        finetune.load_labelled(str(labels))
     with pytest.raises(SystemExit) as exit_info:
-        train_clm.run_cli(lambda: finetune.main(["--task", str(labels), "--checkpoint",
+        plumbing.run_cli(lambda: finetune.main(["--task", str(labels), "--checkpoint",
                                                  str(good_run["run"] / "ckpt.pt"), "--device", "cpu",
                                                  "--out-dir", str(tmp_path / "finetuned")]))
     err = capsys.readouterr().err
@@ -405,7 +410,7 @@ def test_gradients_are_synchronised_only_at_the_last_micro_batch():
             return super().forward(x)
 
     model = RecordingDDP(3, 1)
-    autocast, scaler = train_clm.precision_context(torch.device("cpu"), "fp32")
+    autocast, scaler = plumbing.precision_context(torch.device("cpu"), "fp32")
     train_clm.accumulate_gradients(model, lambda m, batch: m(batch).sum(), lambda: torch.ones(2, 3), 4,
                                    autocast, scaler, distributed=True)
     assert synced == [False, False, False, True]
@@ -417,6 +422,7 @@ RANK_WEIGHTS_LAUNCHER = """
 import os, sys
 import torch
 sys.path.insert(0, os.getcwd())
+import plumbing
 import train_clm
 script = __import__(sys.argv[1])
 real_train = train_clm.train
@@ -427,7 +433,7 @@ def train_and_save_rank_weights(*args, **kwargs):
     return result
 
 train_clm.train = script.train = train_and_save_rank_weights
-train_clm.run_cli(lambda: script.main(sys.argv[3:]))
+plumbing.run_cli(lambda: script.main(sys.argv[3:]))
 """
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import scaling
-from data import UserError
+from plumbing import UserError
 from model import ModelConfig, Transformer
 
 

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+import plumbing
 import train_clm
 from model import ModelConfig, Transformer
 from train_clm import CLM, TrainConfig, learning_rate, train
@@ -38,7 +39,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     model = Transformer(ModelConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16))
     idx = torch.randint(0, 40, (8, 8))
     targets = torch.randint(0, 40, (8, 8))
-    _, autocast_scaler = None, train_clm.precision_context(torch.device("cpu"), "fp32")
+    _, autocast_scaler = None, plumbing.precision_context(torch.device("cpu"), "fp32")
     autocast, scaler = autocast_scaler
 
     def gradients(micro_batches):
@@ -90,7 +91,7 @@ def test_budget_progress_uses_the_tightest_rule():
 def test_resume_reproduces_the_uninterrupted_run(corpus_file, tmp_path, monkeypatch):
     # Keep a copy of the step-10 checkpoint as it was written, as if the run had died right after it.
     # (tests/test_reliability.py does the same with a real SIGKILL.)
-    real_save = train_clm.save_checkpoint
+    real_save = plumbing.save_checkpoint
 
     def save_and_keep_step_10(path, payload):
         real_save(path, payload)
@@ -98,7 +99,7 @@ def test_resume_reproduces_the_uninterrupted_run(corpus_file, tmp_path, monkeypa
             os.makedirs(tmp_path / "died", exist_ok=True)
             shutil.copy(path, tmp_path / "died" / "ckpt.pt")
 
-    monkeypatch.setattr(train_clm, "save_checkpoint", save_and_keep_step_10)
+    monkeypatch.setattr(plumbing, "save_checkpoint", save_and_keep_step_10)
     straight = train(tiny_config(corpus_file, tmp_path / "a", max_iters=20, eval_interval=10))
     again = train(tiny_config(corpus_file, tmp_path / "b", max_iters=20, eval_interval=10))
     assert again["val_loss"] == straight["val_loss"]                  # determinism, same seed
@@ -126,10 +127,10 @@ def test_sampling_is_deterministic_and_cli_refuses_bidirectional(corpus_file, tm
 
 
 def test_every_config_field_is_a_flag():
-    parser = train_clm.build_parser("x")
+    parser = plumbing.build_parser("x", train_clm.TrainConfig, train_clm.PRESETS)
     args = parser.parse_args(["--preset", "tiny", "--n-layer", "3", "--lr", "0.01", "--compile",
                               "--max-seconds", "5"])
-    cfg = train_clm.config_from_args(args)
+    cfg = plumbing.config_from_args(args, train_clm.TrainConfig, train_clm.PRESETS)
     assert (cfg.n_layer, cfg.lr, cfg.compile, cfg.max_seconds, cfg.n_embd) == (3, 0.01, True, 5.0, 32)
     flags = {a.dest for a in parser._actions}
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= flags
@@ -143,17 +144,17 @@ def test_init_from_continues_another_runs_weights_with_its_tokenizer(corpus_file
     train(tiny_config(corpus_file, tmp_path / "first", tokenizer="bpe:300", max_iters=30, lr=3e-3))
     other = tmp_path / "other.txt"
     other.write_text(generated_text(seed=1).upper(), encoding="utf-8")       # another "domain"
-    start = train_clm.load_checkpoint(str(tmp_path / "first" / "ckpt.pt"))
-    cfg = tiny_config(str(other), tmp_path / "second", tokenizer="bpe:300", max_iters=1, lr=1e-9,
+    start = plumbing.load_checkpoint(str(tmp_path / "first" / "ckpt.pt"))
+    cfg = tiny_config(str(other), tmp_path / "second", tokenizer="bpe:300", max_iters=1, lr=1e-9, min_lr=0.0,
                       warmup=0.0, init_from=str(tmp_path / "first" / "ckpt.pt"))
     result = train(cfg)
-    second = train_clm.load_checkpoint(str(tmp_path / "second" / "ckpt.pt"))
+    second = plumbing.load_checkpoint(str(tmp_path / "second" / "ckpt.pt"))
     assert second["tokenizer"] == start["tokenizer"]
     for name, weight in start["model"].items():                 # one step at lr 1e-9: unchanged
         assert torch.allclose(second["model"][name], weight, atol=1e-6), name
     assert second["state"]["step"] == 1 and result["history"][-1]["step"] == 1   # a new run
     # A tokenizer trained on the other corpus would differ: the checkpoint's was used, not rebuilt.
     train(tiny_config(str(other), tmp_path / "fresh", tokenizer="bpe:300", max_iters=1))
-    assert train_clm.load_checkpoint(str(tmp_path / "fresh" / "ckpt.pt"))["tokenizer"] != start["tokenizer"]
+    assert plumbing.load_checkpoint(str(tmp_path / "fresh" / "ckpt.pt"))["tokenizer"] != start["tokenizer"]
     with pytest.raises(train_clm.UserError, match=r"--init-from: .*n_layer 2 -> 3"):
         train(dataclasses.replace(cfg, n_layer=3, out_dir=str(tmp_path / "third")))

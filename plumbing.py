@@ -1,0 +1,876 @@
+"""Plumbing: the machinery the lessons run on. You may skip this file.
+
+Nothing here teaches the pretrain-then-fine-tune idea; it is what any training script needs and
+what would otherwise bury the lesson: the command line and its checks, files and downloads,
+device and precision choice, MFU, distributed data parallel (DDP), run folders and checkpoints,
+logs and plots. The lesson files (model.py, data.py, train_clm.py, train_mlm.py, finetune.py,
+scaling.py) call into it by name, so a reader can take each call at its word and come here only
+when curious about how.
+
+Sections: 1. errors and the command line; 2. files and downloads; 3. devices, precision and MFU;
+4. distributed data parallel; 5. run folders and checkpoints (the one format, the one reader);
+6. logs and plots.
+"""
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import sys
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from model import ModelConfig, Transformer
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Errors and the command line. Every script builds its flags from a dataclass of knobs, checks
+#    every number against the range its knob declares before anything is created or changed, and
+#    turns bad input into one `error:` line with exit status 2.
+
+class UserError(Exception):
+    """Bad input a user can fix. One line: what is wrong; how to fix it. CLIs print it and exit 2."""
+
+
+def knob(default, help, within=None):
+    """A config field with its --help text and, for numbers, the interval it must lie in, written
+    as in mathematics: "(0, inf)" positive, "[0, 1)" from 0 up to but not including 1."""
+    return field(default=default, metadata={"help": help, "within": within})
+
+
+def parse_interval(text):
+    low, high = (part.strip() for part in text[1:-1].split(","))
+    return float(low), text[0] == "(", float(high), text[-1] == ")"
+
+
+def outside(value, within):
+    """The reason `value` lies outside the interval `within`, or None if it is inside."""
+    if value is None or within is None:
+        return None
+    low, low_open, high, high_open = parse_interval(within)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number in {within}"
+    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        return f"must be in {within}"
+    return None
+
+
+def check_knobs(cfg):
+    """Every numeric knob of a config dataclass inside its declared interval, or one UserError."""
+    for f in dataclasses.fields(cfg):
+        reason = outside(getattr(cfg, f.name), f.metadata.get("within"))
+        if reason:
+            raise UserError(f"--{f.name.replace('_', '-')} {reason}, got {getattr(cfg, f.name)}")
+
+
+def fail_in_one_line(message):
+    """argparse's own errors (a word where a number goes, an unknown flag) as our one line."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def build_parser(description, config_class, presets, epilog=None):
+    """An argparse parser with one flag per field of config_class (--lr, --max-iters, ...), with
+    --preset first; a flag given on the command line overrides the preset."""
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.error = fail_in_one_line
+    parser.add_argument("--preset", default="cpu", help=f"named settings: {', '.join(presets)}; "
+                        "any flag below overrides the preset")
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f.metadata["help"])
+        else:
+            kind = {int: int, Optional[int]: int, float: float, Optional[float]: float}.get(f.type, str)
+            within = f" in {f.metadata['within']}" if f.metadata.get("within") else ""
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+                                help=f"{f.metadata['help']} (default: {f.default}{within})")
+    return parser
+
+
+def add_flag(parser, flag, default, help, within=None, type=None, **kw):
+    """One more flag, outside the config dataclass, with the same interval check as a knob."""
+    kind = type or (float if isinstance(default, float) else int if isinstance(default, int) and
+                    not isinstance(default, bool) else str)
+
+    def checked(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        reason = outside(value, within)
+        if reason:
+            raise argparse.ArgumentTypeError(f"{value} {reason}")
+        return value
+    suffix = f" (default: {default}{f' in {within}' if within else ''})"
+    return parser.add_argument(flag, default=default, type=checked if kind is not str or within else None,
+                               help=help + suffix, **kw)
+
+
+def config_from_args(args, config_class, presets):
+    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(config_class)}}
+    if args.preset not in presets:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(presets)}")
+    cfg = config_class(**{**presets[args.preset], **given})
+    check_knobs(cfg)
+    return cfg
+
+
+def run_cli(main_function, interrupted="interrupted; the last checkpoint is intact (continue with --resume)"):
+    """Bad input ends in one line on stderr and exit status 2, never in a traceback."""
+    try:
+        main_function()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        sys.exit(130)
+
+
+def report(cfg, result, start, extra_lines=()):
+    """The final lines every pretraining run prints (once, from rank 0 under torchrun), in a fixed
+    format that README tables quote."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if cfg.out_dir:
+        print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
+    print(f"final: {result['steps']} steps, {result['tokens']:,} tokens, {result['seconds']:.1f}s of "
+          f"training, precision {result['precision']}")
+    print(f"val loss: {result['val_loss']:.4f} nats per token")
+    print(f"val bits per byte: {result['val_bpb']:.3f}")
+    print(f"val bits per character: {result['val_bpc']:.3f}")
+    for line in extra_lines:
+        print(line)
+    print(f"wall time: {time.perf_counter() - start:.1f}s in all")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Files and downloads. Data files are looked for in the data dir (--data-dir, else
+#    $PTFT_DATA_DIR), then in the cache (--cache-dir, else $PTFT_CACHE_DIR, else ~/.cache/ptft),
+#    and only then downloaded into the cache, checked against the sha256 written below.
+
+SST2 = "https://raw.githubusercontent.com/clairett/pytorch-sentiment-classification/master/data/SST2/"
+SOURCES = {   # name in a data dir -> (canonical url, sha256 of the file, member if the url is a zip)
+    "tinyshakespeare.txt": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                            "tinyshakespeare/input.txt",
+                            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", None),
+    "gpt2/gpt2.tiktoken": ("https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
+                           "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930", None),
+    "sst2/train.tsv": (SST2 + "train.tsv", "ec192f833a64da08f475488a77b0d0b47db47acd0f458bd18433fc793b569920", None),
+    "sst2/dev.tsv": (SST2 + "dev.tsv", "eddea6b39e601dd4e7a672b53cc40fdf6019fa80522f351206c24340ca5d9359", None),
+    "sst2/test.tsv": (SST2 + "test.tsv", "831169c7e2e429d6026e1bdbb542f33b636e3e596caad9602ebc953c205928b7", None),
+    "sms_spam/SMSSpamCollection": ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+                                   "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+                                   "SMSSpamCollection"),
+}
+
+
+def resolve_cache_dir(cache_dir=None):
+    return Path(cache_dir or os.environ.get("PTFT_CACHE_DIR") or "~/.cache/ptft").expanduser()
+
+
+def fingerprint(data):
+    """First 12 hex digits of sha256: short enough to read, long enough never to collide here."""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()[:12]
+
+
+def write_atomic(path, data):
+    """Write bytes so that a reader sees the old file or the whole new one, never half of one."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"cannot write {path}: {error.strerror}; choose a writable path") from None
+
+
+def read_text(path):
+    """A UTF-8 text file; a leading byte-order mark (Windows editors write one) is dropped, as
+    Python's utf-8-sig codec does, so it never becomes the corpus's first character."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:  # unreadable (permissions), vanished, or a folder where a file was expected
+        raise UserError(f"cannot read {path}: {e.strerror}; check the path and its permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 (bad byte at offset {e.start}); convert it, "
+                        f"e.g. iconv -f latin1 -t utf-8") from None
+
+
+def find_data_file(relative_names, data_dir=None, cache_dir=None):
+    """The first existing `root/name` over roots (data dir, cache) and names, else None."""
+    data_dir = data_dir or os.environ.get("PTFT_DATA_DIR")
+    if data_dir and not Path(data_dir).is_dir():
+        raise UserError(f"data dir {data_dir} is not a directory; check --data-dir / PTFT_DATA_DIR")
+    roots = [Path(data_dir)] if data_dir else []
+    roots.append(resolve_cache_dir(cache_dir) / "data")
+    for root in roots:
+        for name in relative_names:
+            if (root / name).is_file():
+                return root / name
+    return None
+
+
+def download(url, sha256, dest, member=None):
+    """Fetch url (extracting `member` if it is a zip), check its sha256, write it atomically."""
+    with urllib.request.urlopen(url, timeout=60) as response:
+        payload = response.read()
+    if member is not None:
+        payload = zipfile.ZipFile(io.BytesIO(payload)).read(member)
+    got = hashlib.sha256(payload).hexdigest()
+    if got != sha256:
+        raise UserError(f"{url}: sha256 {got} is not the expected {sha256}; the download is corrupt "
+                        f"or the file changed upstream; get the original and pass --data-dir DIR")
+    write_atomic(dest, payload)
+
+
+def obtain_data_file(name, data_dir=None, cache_dir=None, also=(), sources=SOURCES):
+    """A file of `sources`: found (as `name` or one of `also`), else downloaded into the cache,
+    else one UserError that says what to do."""
+    found = find_data_file((name, *also), data_dir, cache_dir)
+    if found is not None:
+        return found
+    dest = resolve_cache_dir(cache_dir) / "data" / name
+    try:
+        download(*sources[name][:2], dest, member=sources[name][2])
+    except UserError:
+        raise
+    except Exception as e:  # offline, timeout, HTTP error, bad zip: all mean "get it another way"
+        searched = data_dir or os.environ.get("PTFT_DATA_DIR") or "(none given)"
+        raise UserError(f"{name} not found in data dir {searched} and download failed "
+                        f"({type(e).__name__}: {e}); put the file in a data directory and pass "
+                        f"--data-dir DIR or set PTFT_DATA_DIR") from None
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Devices, precision, MFU.
+
+def pick_device(name, dist=None):
+    dist = dist or SINGLE_PROCESS
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else (
+            "mps" if torch.backends.mps.is_available() else "cpu")
+    if not (name in ("cpu", "mps", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"numbered from 0; use a smaller N")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but this machine has no Apple MPS; use --device cpu or auto")
+    if name == "cuda" and dist["world_size"] > 1:
+        name = f"cuda:{dist['local_rank']}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True       # TF32 for any fp32 matmul left: free speed
+        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cpu":
+        keep_freed_memory()                   # 10-15% of a CPU step was page faults (bench.py)
+    return device
+
+
+def keep_freed_memory():
+    """Ask the C allocator (glibc) to keep the memory a training step frees, for the next step.
+
+    By default glibc returns large freed blocks to the operating system at once, so each step's
+    activations come back as fresh pages that the kernel zeroes and maps one page fault at a time:
+    10-15% of a CPU training step (measured with bench.py). Every step allocates the same sizes,
+    so keeping the memory costs nothing beyond the peak already reached. The same as setting
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 (jemalloc or tcmalloc keep it by design).
+    Linux with glibc only; elsewhere nothing changes. Returns whether the setting took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:                                         # another C library (musl): leave it
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                   # the option numbers in glibc's malloc.h
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def precision_context(device, precision):
+    """Returns (a context manager factory for autocast, a gradient scaler).
+
+    bf16 keeps fp32's exponent range, so it needs no loss scaling; fp16 does (Micikevicius et al.
+    2018): the loss is multiplied before backward so small gradients do not underflow to zero,
+    and divided back before the step. Parameters and optimiser state stay fp32 in every case."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if precision == "fp32":
+        autocast = contextlib.nullcontext
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        autocast = lambda: torch.autocast(device.type, dtype=dtype)
+    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
+    return autocast, scaler
+
+
+def machine_key(device):
+    """What a measured speed depends on: the chip, its vector units, the PyTorch build."""
+    if device.type == "cuda":
+        chip = torch.cuda.get_device_name(device)
+    else:
+        chip = f"{platform.processor() or platform.machine()}-{torch.backends.cpu.get_cpu_capability()}"
+        with contextlib.suppress(OSError):
+            chip = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                        if line.startswith("model name")) + "-" + torch.backends.cpu.get_cpu_capability()
+    return f"{device.type}|{chip}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+
+
+MEASURED_THIS_PROCESS = {}   # the same answers, kept in memory: scaling.py starts ~30 runs
+
+
+def cached_measurement(kind, key, measure, cache_dir=None):
+    """measure() once per machine and key, then read from <cache>/measured.json. Speeds are facts
+    about a machine, not about a run: re-measuring them at every start-up cost seconds (and on a
+    CPU without bf16 units, over ten). PTFT_REMEASURE=1 measures afresh."""
+    full_key = f"{kind}|{key}"
+    if full_key in MEASURED_THIS_PROCESS:
+        return MEASURED_THIS_PROCESS[full_key]
+    path = resolve_cache_dir(cache_dir) / "measured.json"
+    table = {}
+    with contextlib.suppress(OSError, ValueError):
+        table = json.loads(path.read_text())
+    if full_key not in table or os.environ.get("PTFT_REMEASURE"):
+        table[full_key] = measure()
+        with contextlib.suppress(OSError, UserError):         # a read-only cache only costs speed
+            write_atomic(path, json.dumps(table, indent=1, sort_keys=True).encode())
+    MEASURED_THIS_PROCESS[full_key] = table[full_key]
+    return table[full_key]
+
+
+def bf16_is_accelerated(device):
+    """Does this CPU have bf16 arithmetic units (AVX-512 BF16, AMX)? Without them PyTorch emulates
+    bf16 with conversions and fp32 math, always slower than plain fp32: not worth timing."""
+    if device.type != "cpu":
+        return True
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.machine() in ("arm64", "aarch64")     # Apple silicon and Arm servers: time it
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def choose_precision(model, loss_fn, batch, device, cache_dir=None):
+    """Measure, don't assume: time a few training steps in each candidate precision on this model
+    and this device, and keep the fastest; the answer is cached per machine and model shape. On a
+    GPU bf16 wins (fp16 where bf16 is missing); on a CPU it depends on the chip (bf16 units or not)
+    and on the model (tiny models are bound by per-op overhead, where autocast's casts cost more
+    than they save)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp32"   # bf16 autocast on MPS varies by macOS version; fp32 is always correct
+    if not bf16_is_accelerated(device):
+        return "fp32"
+    shape = (type(model).__name__, sum(p.numel() for p in model.parameters()),
+             {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)})
+    return cached_measurement("precision", f"{machine_key(device)}|{shape}",
+                              lambda: time_precisions(model, loss_fn, batch, device), cache_dir)
+
+
+def time_precisions(model, loss_fn, batch, device):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    timings = {}
+    for precision in ("fp32", "bf16"):
+        autocast, _ = precision_context(device, precision)
+        for attempt in range(3):                   # the first is a warm-up, the best of the rest counts
+            start = time.perf_counter()
+            with autocast():
+                loss = loss_fn(model, batch)
+            loss.backward()
+            if attempt:
+                timings[precision] = min(timings.get(precision, 1e9), time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(state)
+    return min(timings, key=timings.get)
+
+
+# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets (FLOP/s).
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
+                  "L40S": 362e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def datasheet_peak_flops(device, precision):
+    """The vendor's figure for a known GPU (TF32 for fp32: half the bf16 rate); None otherwise."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    value = next((v for key, v in GPU_PEAK_FLOPS.items() if key in name), None)
+    return None if value is None else (value / 2 if precision == "fp32" else value)
+
+
+def peak_flops(device, precision, cache_dir=None):
+    """Peak FLOP/s to measure MFU against (model FLOPs utilisation, Chowdhery et al. 2022). On a
+    GPU the datasheet's dense figure where the card is known, as nanoGPT and nanochat report MFU.
+    Elsewhere measured, and a peak must be an upper bound: the best of several matrix shapes, each
+    timed repeatedly, cached per machine: one square product had under-read the peak on an AVX2
+    CPU, where a training step then showed an MFU above 100%. MFU is never capped or clipped;
+    bench.py prints the measured and the datasheet figures side by side."""
+    return datasheet_peak_flops(device, precision) or measured_peak_flops(device, precision, cache_dir)
+
+
+def measured_peak_flops(device, precision, cache_dir=None):
+    return cached_measurement("peak", f"{machine_key(device)}|{precision}",
+                              lambda: measure_peak_flops(device, precision), cache_dir)
+
+
+def measure_peak_flops(device, precision, shapes=None, repeats=10, warmup_s=0.3):
+    """The best FLOP/s over square and tall matrix products (m, n) @ (n, n) in this precision,
+    each timed `repeats` times. Its own random generator: measuring must not move the global one
+    that dropout draws from."""
+    shapes = shapes or (((4096, 4096), (8192, 8192), (16384, 4096)) if device.type == "cuda"
+                        else ((256, 256), (512, 512), (1024, 1024), (2048, 512)))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32       # CPUs without fp16 units emulate it (~1 GFLOP/s): not a peak
+    generator = torch.Generator(device=device).manual_seed(0)
+    best, warm_until = 0.0, time.perf_counter() + warmup_s
+    for m, n in shapes:
+        a = torch.randn(m, n, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+        while time.perf_counter() < warm_until:     # a cold first product ran up to 30% slow
+            a @ b
+            synchronize(device)
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            a @ b
+            synchronize(device)
+            best = max(best, 2 * m * n * n / (time.perf_counter() - start))
+    return best
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Distributed data parallel: one process per GPU (or per CPU group, with gloo), launched by
+#    torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE. Each process holds a full model;
+#    gradients are averaged across processes before each optimiser step.
+
+SINGLE_PROCESS = dict(rank=0, local_rank=0, world_size=1)
+
+
+def setup_distributed(device_name="auto"):
+    if "RANK" not in os.environ:
+        return dict(SINGLE_PROCESS)
+    import torch.distributed as torch_dist
+    # NCCL talks between GPUs only; gloo between CPU processes (also `--device cpu` on a GPU machine).
+    on_gpu = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if not torch_dist.is_initialized():            # scaling.py calls train() many times per process
+        torch_dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+    return dict(rank=torch_dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                world_size=torch_dist.get_world_size())
+
+
+def teardown_distributed(dist):
+    if dist["world_size"] > 1:
+        torch.distributed.destroy_process_group()
+
+
+def wrap_for_training(model, compile, device, dist):
+    """torch.compile and DDP wrap the model for the training steps; the plain model is kept for
+    evaluation and checkpoints (so their weights carry no `_orig_mod.` or `module.` prefix)."""
+    if compile:
+        model = torch.compile(model)
+    if dist["world_size"] > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def agree_max(value, device, dist):
+    """The largest value over all ranks: ranks must agree on when a clock says stop."""
+    if dist["world_size"] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor.item()
+
+
+def agree_mean(value, device, dist):
+    """The mean over all ranks (the whole batch's loss; all ranks then agree when it is NaN)."""
+    if dist["world_size"] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)                                   # the sum over ranks
+    return tensor.item() / torch.distributed.get_world_size()
+
+
+def broadcast_from_rank0(value, dist):
+    """Decisions taken by measurement (precision) must be the same on every rank: rank 0's wins."""
+    if dist["world_size"] == 1:
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_generator_states(generator, dist):
+    """Every rank's data position, so a resumed run redraws exactly the same batches."""
+    state = generator.get_state()
+    if dist["world_size"] == 1:
+        return [state]
+    gathered = [None] * dist["world_size"]
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Run folders and checkpoints: data, never code.
+
+@dataclass
+class Run:
+    """A pretraining run's validated inputs, made by open_run before anything is touched."""
+    cfg: object
+    dist: dict
+    device: torch.device
+    dataset: object
+    model_config: ModelConfig
+    resume_from: Optional[dict]        # the checkpoint of --resume
+    start_from: Optional[dict]         # the checkpoint of --init-from
+    out_dir: Optional[str]             # None on ranks other than 0, or when nothing is saved
+    log: object                        # print on rank 0 unless --quiet, else a no-op
+
+
+def open_run(cfg, objective, dataset, make_model_config, load_dataset):
+    """Every input of a pretraining run checked, on every rank, before anything in --out-dir is
+    created, changed or deleted: a run refused for bad input leaves an existing run exactly as it
+    was, even with --overwrite. Returns a Run; only then is --out-dir prepared."""
+    import data         # here, not at the top: data.py imports this module
+    check_knobs(cfg)
+    if not (cfg.max_iters or cfg.max_tokens or cfg.max_seconds):
+        raise UserError("no budget: give --max-iters, --max-tokens or --max-seconds")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {cfg.precision!r}; use auto, fp32, bf16 or fp16")
+    if cfg.min_lr > cfg.lr:
+        raise UserError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}: the schedule decays from the "
+                        f"peak to the floor; give a --min-lr at most --lr")
+    dist = setup_distributed(cfg.device)
+    master = dist["rank"] == 0
+    device = pick_device(cfg.device, dist)
+    check_out_dir(cfg)
+    resume_from = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
+    # --init-from: another run's weights, pretrained further with that run's tokenizer.
+    start_from = load_checkpoint(cfg.init_from) if cfg.init_from and resume_from is None else None
+    if dataset is None:
+        dataset = load_dataset(cfg, start_from, verbose=master and not cfg.quiet)
+    data.check_fits(dataset, cfg.block_size)
+    model_config = make_model_config(cfg, dataset.enc, objective.causal)
+    kind = "causal" if objective.causal else "bidirectional"
+    for flag, checkpoint in (("--resume", resume_from), ("--init-from", start_from)):
+        if checkpoint is not None:
+            check_compatible(checkpoint, dataset.enc, kind)
+            check_same_model(checkpoint, model_config, flag)
+    if resume_from is not None and len(resume_from["rng"]["batches"]) != dist["world_size"]:
+        raise UserError(f"--resume: the run was saved by {len(resume_from['rng']['batches'])} process(es), "
+                        f"this one has {dist['world_size']}; resume with the same torchrun --nproc_per_node")
+    # All input is valid: only now is --out-dir touched.
+    out_dir = prepare_out_dir(cfg, resume_from["history"] if resume_from else []) if master else None
+    log = print if (master and not cfg.quiet) else (lambda *a, **k: None)
+    return Run(cfg, dist, device, dataset, model_config, resume_from, start_from, out_dir, log)
+
+
+def restore(run, model, optimizer, batch_generator):
+    """Weights (and for --resume the optimiser, counters, history and data position) from the
+    run's checkpoint. Returns (state, history, precision)."""
+    state, history, precision = dict(step=0, tokens=0, seconds=0.0, flops=0.0), [], run.cfg.precision
+    if run.resume_from is not None:
+        saved = run.resume_from
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state, history, precision = dict(saved["state"]), list(saved["history"]), saved["precision"]
+        batch_generator.set_state(saved["rng"]["batches"][run.dist["rank"]])
+        run.log(f"resumed from {run.cfg.out_dir}/ckpt.pt at step {state['step']}")
+    if run.start_from is not None:
+        model.load_state_dict(run.start_from["model"])
+        run.log(f"weights and tokenizer from {run.cfg.init_from} "
+                f"(step {run.start_from['state']['step']} of its run)")
+    return state, history, precision
+
+
+def restore_random_state(run, scaler):
+    """The global RNGs (dropout) are restored last: set-up draws random numbers too, and a resumed
+    run must continue the stream where the killed one was."""
+    saved = run.resume_from
+    if saved is None:
+        return
+    torch.set_rng_state(saved["rng"]["torch"])
+    if run.device.type == "cuda" and saved["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state(saved["rng"]["cuda"], run.device)
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+
+
+def save_run(run, model, optimizer, scaler, batch_generator, state, history, precision, objective,
+             metrics):
+    """The one checkpoint format. Every rank takes part (the data positions are gathered); rank 0
+    writes. Weights come from the plain model, so compiled runs load into uncompiled models."""
+    data_positions = gather_generator_states(batch_generator, run.dist)
+    if run.out_dir is None:
+        return
+    import data
+    dataset = run.dataset
+    save_checkpoint(os.path.join(run.out_dir, "ckpt.pt"), dict(
+        model=model.state_dict(), optimizer=optimizer.state_dict(), state=state, history=history,
+        precision=precision, model_config=dataclasses.asdict(run.model_config),
+        train_config=dataclasses.asdict(run.cfg), objective=objective.name,
+        kind="causal" if objective.causal else "bidirectional",
+        tokenizer=data.tokenizer_identity(dataset.enc),
+        tokenizer_state=data.tokenizer_state(dataset.enc), metrics=metrics,
+        scaler=scaler.state_dict(),                              # fp16's loss scale ({} otherwise)
+        rng=dict(torch=torch.get_rng_state(), batches=data_positions,
+                 cuda=torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None)))
+
+
+def check_out_dir(cfg):
+    """Read-only: is --out-dir usable for this run? Nothing is created, changed or deleted here."""
+    if cfg.resume and not cfg.out_dir:
+        raise UserError("--resume needs the --out-dir of the run to continue")
+    if not cfg.out_dir:
+        return
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if os.path.exists(path) and not (cfg.resume or cfg.overwrite):
+        raise UserError(f"{path} already holds a run; pass --resume to continue it, --overwrite to "
+                        f"replace it, or another --out-dir")
+    if cfg.resume and not os.path.exists(path):
+        raise UserError(f"--resume: no checkpoint at {path}; check --out-dir")
+    check_writable_folder(cfg.out_dir)
+
+
+def check_writable_folder(folder, flag="--out-dir"):
+    existing = os.path.abspath(folder)            # the folder, or the ancestor it would go in
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+        raise UserError(f"cannot write to {flag} {folder}: {existing} is not a writable "
+                        f"folder; choose a writable folder")
+
+
+def prepare_out_dir(cfg, history):
+    """Create --out-dir and start log.jsonl from the history the run carries: empty for a new run,
+    the checkpoint's for a resumed one (so records that a killed run wrote after its last
+    checkpoint are dropped; the resumed run writes them again)."""
+    if not cfg.out_dir:
+        return None
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_atomic(os.path.join(cfg.out_dir, "log.jsonl"),
+                     "".join(json.dumps(record) + "\n" for record in history).encode())
+    except OSError as error:
+        raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {error.strerror}; choose a writable "
+                        f"folder") from None
+    return cfg.out_dir
+
+
+def save_checkpoint(path, payload):
+    """Write to a temporary file, flush it to disk, then rename it over the old checkpoint. A
+    rename is atomic on POSIX and Windows, so a crash at any instant leaves either the old
+    checkpoint or the new one, never half of one."""
+    tmp = f"{path}.tmp"                 # a fixed name: a killed run's leftover is simply overwritten
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:      # disk full, Ctrl-C mid-write: the old checkpoint stands
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write checkpoint {path}: {error.strerror}; the previous "
+                            f"checkpoint is intact") from None
+        raise
+    with contextlib.suppress(OSError):                     # make the rename itself durable
+        directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        os.fsync(directory)
+        os.close(directory)
+
+
+CHECKPOINT_KEYS = {"model", "model_config", "kind", "tokenizer", "tokenizer_state"}
+
+
+def load_checkpoint(path, kind=None):
+    """The one checkpoint reader. weights_only=True: only tensors, numbers, strings and containers
+    are unpickled, so a crafted file cannot run code. map_location='cpu': a checkpoint from a GPU
+    loads on any machine, and never onto a GPU that is already full. A checkpoint is a zip archive
+    whose members each carry a CRC32; torch.load does not check them, so a flipped bit in a tensor
+    would load silently: testzip() reads every member and checks it first. kind: "causal" or
+    "bidirectional" when only one will do."""
+    if not os.path.exists(path):
+        raise UserError(f"no checkpoint at {path}; check the path")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise UserError(f"cannot load checkpoint {path}: it is truncated or not a checkpoint "
+                        f"({type(error).__name__}: {error}); use an intact copy") from None
+    if damaged is not None:
+        raise UserError(f"cannot load checkpoint {path}: {damaged} fails its CRC check, the file is "
+                        f"corrupted; use an intact copy")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"refused checkpoint {path}: it holds Python objects other than tensors and "
+                        f"plain data, which could run code when unpickled; load only checkpoints "
+                        f"these scripts wrote") from None
+    except Exception as error:  # noqa: BLE001 -- any other failure: not a readable checkpoint
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot load checkpoint {path}: it is corrupted or not a checkpoint "
+                        f"({reason[:160]})") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    missing = CHECKPOINT_KEYS - set(checkpoint)
+    if missing:
+        raise UserError(f"{path} is not a pretraining checkpoint (no {', '.join(sorted(missing))}); "
+                        f"use a ckpt.pt written by train_clm.py or train_mlm.py")
+    if kind and checkpoint["kind"] != kind:
+        raise UserError(f"{path} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
+                        f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
+    return checkpoint
+
+
+def check_compatible(checkpoint, enc, kind=None):
+    """A checkpoint is only meaningful with the tokenizer it was trained with, and a causal model
+    cannot do a bidirectional model's job (or the reverse): refuse instead of computing garbage."""
+    import data
+    identity = data.tokenizer_identity(enc)
+    saved = checkpoint["tokenizer"]
+    if saved["fingerprint"] != identity["fingerprint"]:
+        raise UserError(f"tokenizer mismatch: the checkpoint was trained with {saved['name']} "
+                        f"({saved['n_vocab']} tokens, {saved['fingerprint']}), this run uses "
+                        f"{identity['name']} ({identity['n_vocab']} tokens, {identity['fingerprint']}); "
+                        f"use the same --corpus and --tokenizer")
+    if kind and checkpoint["kind"] != kind:
+        raise UserError(f"this checkpoint holds a {checkpoint['kind']} model, but a {kind} one is "
+                        f"needed here; use a checkpoint from "
+                        f"{'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
+
+
+def check_same_model(checkpoint, model_config, flag):
+    """The checkpoint's weights must fit this run's model, and mean the same thing in it: the same
+    shapes, and the same attention (ALiBi's bias has no weights, but a model trained with it
+    computes something else without it). Checkpoints from before ALiBi existed had none."""
+    fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "alibi")
+    saved = {k: checkpoint["model_config"].get(k, False) for k in fields}
+    wanted = {k: getattr(model_config, k) for k in fields}
+    if saved != wanted:
+        changed = ", ".join(f"{k} {saved[k]} -> {wanted[k]}" for k in fields if saved[k] != wanted[k])
+        raise UserError(f"{flag}: this run's model differs from the checkpoint's ({changed}); "
+                        f"use the model flags the checkpoint was trained with")
+
+
+def model_from_checkpoint(checkpoint):
+    model = Transformer(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Logs and plots.
+
+def append_jsonl(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class Meter:
+    """Tokens per second, MFU and ETA between two log lines; evaluation time is not counted."""
+
+    def __init__(self, flops_per_token, peak):
+        self.flops_per_token, self.peak = flops_per_token, peak
+        self.start, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens):
+        self.tokens += tokens
+
+    def read(self):
+        tokens_per_second = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        return tokens_per_second, tokens_per_second * self.flops_per_token / self.peak
+
+    def restart(self):
+        self.start, self.tokens = time.perf_counter(), 0
+
+
+def log_step(run, record, last_metrics, progress):
+    """One log line, and the record appended to log.jsonl."""
+    eta = record["seconds"] / max(progress, 1e-9) * (1 - progress)
+    val = (f"val {last_metrics['val_loss']:.4f} | {last_metrics['val_bpb']:.3f} bpb"
+           if last_metrics else "val    -   |   -   bpb")
+    run.log(f"step {record['step']:6d} | train {record['train_loss']:.4f} | {val} | lr {record['lr']:.2e} | "
+            f"{record['tokens_per_s']:9,.0f} tok/s | MFU {100 * record['mfu']:5.1f}% | "
+            f"{record['seconds']:6.1f}s elapsed, ETA {eta:5.1f}s")
+    if run.out_dir:
+        append_jsonl(os.path.join(run.out_dir, "log.jsonl"), record)
+
+
+def finish_run(run, history, title):
+    """The final record appended to log.jsonl, and the loss curves drawn to loss.png."""
+    if run.out_dir:
+        append_jsonl(os.path.join(run.out_dir, "log.jsonl"), history[-1])
+        plot_history(history, os.path.join(run.out_dir, "loss.png"), title)
+
+
+@contextlib.contextmanager
+def figure(path, ncols=1, size=(7, 4.5), dpi=100):
+    """A matplotlib figure of ncols axes, saved to `path` and closed on leaving the block. Agg
+    draws to files only: no display needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, ncols, figsize=size)
+    yield fig, axes
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def colormap(name, fraction):
+    import matplotlib
+    return matplotlib.colormaps[name](fraction)
+
+
+def plot_history(history, path, title):
+    """Validation and training loss against tokens seen and against training FLOPs (C ~ 6ND)."""
+    train = [r for r in history if "train_loss" in r]
+    val = [r for r in history if "val_loss" in r]
+    with figure(path, ncols=2, size=(11, 4)) as (fig, axes):
+        for ax, x in zip(axes, ("tokens", "flops")):
+            ax.plot([r[x] for r in train], [r["train_loss"] for r in train], label="train", alpha=0.6)
+            ax.plot([r[x] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+            ax.set_xlabel("training tokens" if x == "tokens" else "training FLOPs (6N + attention) x tokens")
+            ax.set_ylabel("loss (nats per token)")
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(title)
