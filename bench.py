@@ -386,7 +386,7 @@ def build_parser():
     parser.add_argument("--precisions", default="auto", help="comma-separated fp32,bf16,fp16; auto: "
                         "fp32,bf16 on a CPU, plus fp16 on CUDA")
     parser.add_argument("--attention", default="fast,explicit", help="comma-separated fast,explicit,auto "
-                        "(auto: model.prefer_explicit picks one of the two)")
+                        "(auto: model.SelfAttention picks one of the two)")
     parser.add_argument("--compile", choices=("no", "yes", "both"), default="both",
                         help="torch.compile the model: without, with, or a row for each")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per row, at least")

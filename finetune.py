@@ -780,7 +780,7 @@ def sweep(args, cfg):
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
     os.makedirs(args.out_dir, exist_ok=True)
     path, sid = os.path.join(args.out_dir, "sweep.jsonl"), sweep_id(args, cfg)
-    records = load_records(path, sid)
+    records = plumbing.load_records(path, sid)
     done = {(r["method"], r["n_train"], r["seed"]) for r in records}
     plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if (m, k, s) not in done]
 
@@ -813,29 +813,15 @@ def sweep(args, cfg):
         record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"],
                       test=result["test"], trainable=result.get("trainable"), lr=result.get("lr"),
                       seconds=result.get("seconds"))
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        plumbing.append_jsonl(path, record)
         records.append(record)
         print(f"[{i}/{len(plan)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
               f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
               f"({time.perf_counter() - start:.0f}s elapsed)")
-    tables = [summary_table(records, ["bow"] + methods, sizes, labelled, metric)
-              for metric in ("accuracy", "macro_f1")]
-    table = "\n\n".join(tables + [gains_over_scratch(records, methods, sizes)])
-    print(table)
-    with open(os.path.join(args.out_dir, "sweep.md"), "w") as f:
-        f.write(table + "\n")
-    plot_sweep(records, ["bow"] + methods, sizes, labelled, os.path.join(args.out_dir, "sweep.png"))
+    baselines = {m: baseline_of(m, methods) for m in methods}
+    print(plumbing.write_sweep_report(records, ["bow"] + methods, sizes, labelled, baselines, args.out_dir))
     print(f"saved {path}, {args.out_dir}/sweep.md and {args.out_dir}/sweep.png "
           f"({time.perf_counter() - start:.0f}s for the runs)")
-
-
-def load_records(path, sid):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r.get("sweep_id") == sid]
 
 
 def probe(methods, body_for, labelled, cfg, device, steps=4):
@@ -854,70 +840,6 @@ def probe(methods, body_for, labelled, cfg, device, steps=4):
         evaluating = time.perf_counter() - start - seconds[-1]          # 64 examples, and set-up
         per_eval[method] = evaluating * (len(labelled.dev) + len(labelled.test)) / 64
     return per_step, per_eval
-
-
-def summarise(records, method, k, split="test", metric="accuracy"):
-    values = torch.tensor([r[split][metric] for r in records if r["method"] == method and r["n_train"] == k],
-                          dtype=torch.float64)
-    if len(values) == 0:
-        return None
-    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0), len(values)
-
-
-def summary_table(records, methods, sizes, labelled, metric="accuracy"):
-    """Markdown: the test metric, mean ± sample standard deviation over seeds."""
-    lines = [f"Test {metric.replace('_', '-')} on {labelled.name} ({len(labelled.test)} examples, "
-             f"{len(labelled.label_names)} classes), mean ± std over seeds (n = seeds):", "",
-             "| method | " + " | ".join(f"{k} labels" for k in sizes) + " |",
-             "|---" * (len(sizes) + 1) + "|"]
-    for method in methods:
-        cells = []
-        for k in sizes:
-            s = summarise(records, method, k, metric=metric)
-            cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} (n={s[2]})")
-        lines.append(f"| {'bag-of-words' if method == 'bow' else method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def gains_over_scratch(records, methods, sizes):
-    """What pretraining buys, in test-accuracy points: mean(method) - mean(its scratch) at each size."""
-    lines = []
-    for method in methods:
-        baseline = baseline_of(method, methods)
-        if baseline is None:
-            continue
-        gains = [(k, summarise(records, method, k), summarise(records, baseline, k)) for k in sizes]
-        cells = [f"{100 * (a[0] - b[0]):+.1f} at {k}" for k, a, b in gains if a and b]
-        if cells:
-            lines.append(f"- {method} minus {baseline}, test accuracy points: {', '.join(cells)} labels")
-    return "\n".join(lines)
-
-
-def plot_sweep(records, methods, sizes, labelled, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in methods:
-        points = [(k, summarise(records, method, k)) for k in sizes]
-        points = [(k, s) for k, s in points if s is not None]
-        if not points:
-            continue
-        ks, means, stds = [k for k, _ in points], [s[0] for _, s in points], [s[1] for _, s in points]
-        style = dict(linestyle="--", color="grey") if method == "bow" else {}
-        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
-                    label="bag-of-words" if method == "bow" else method, **style)
-    ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(k) for k in sizes])
-    ax.minorticks_off()
-    ax.set(xlabel="labelled training examples", ylabel="test accuracy (mean ± std over seeds)",
-           title=f"{labelled.name}: what pretraining buys, label by label", ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class ModelConfig:
     bias: bool = False         # no biases in Linear/LayerNorm: slightly faster, no worse (nanoGPT)
     causal: bool = True        # True: GPT-style decoder; False: BERT-style encoder
     attention: str = "fast"    # "fast": fused scaled_dot_product_attention; "explicit": readable;
-                               # "auto": whichever of the two is faster here (see prefer_explicit)
+                               # "auto": whichever of the two is faster here (SelfAttention.forward)
     alibi: bool = False        # add ALiBi's fixed distance penalty to attention (see alibi_slopes)
     init_std: float = 0.02     # std of the initial weights (GPT-2's; see Transformer._init_weights)
 
@@ -139,16 +139,6 @@ def explicit_attention(q, k, v, bias, dropout_p=0.0):
     return weights @ v                                                  # (B, nh, T, d)
 
 
-def prefer_explicit(q):
-    """attention="auto": is explicit_attention the faster path for these inputs? Measured (bench.py,
-    torch 2.13): on a CPU in bf16 the fused kernel's backward pass is 2-3x slower than the two
-    batched matrix products of explicit_attention, which makes a whole training step 1.2-1.5x
-    slower; in fp32, and on GPUs (flash attention), the fused kernel is as fast or faster. Beyond
-    512 positions the explicit path's (T, T) matrices, kept for the backward pass, would cost more
-    memory than a CPU run should spend, so the fused kernel is kept there."""
-    return q.device.type == "cpu" and q.dtype != torch.float32 and q.size(-2) <= 512
-
-
 class SelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -170,7 +160,9 @@ class SelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in (q, k, v))                                  # (B, nh, T, d)
         dropout_p = self.dropout if self.training else 0.0
-        if self.attention == "explicit" or (self.attention == "auto" and prefer_explicit(q)):
+        # attention="auto" takes the explicit path where bench.py measured it faster: bf16 on a CPU.
+        auto_explicit = q.device.type == "cpu" and q.dtype != torch.float32 and T <= 512
+        if self.attention == "explicit" or (self.attention == "auto" and auto_explicit):
             bias = attention_bias(attention_mask, T, self.causal, x.device, q.dtype, self.slopes)
             y = explicit_attention(q, k, v, bias, dropout_p)
         elif attention_mask is None and self.slopes is None:

@@ -822,6 +822,21 @@ class Meter:
         self.start, self.tokens = time.perf_counter(), 0
 
 
+def log_model(run, model, objective, precision, tokens_per_step, peak):
+    run.log(f"model: {model.num_params(non_embedding=False):,} parameters "
+            f"({model.num_params():,} non-embedding), {'causal' if objective.causal else 'bidirectional'}; "
+            f"device {run.device}, precision {precision}, {tokens_per_step:,} tokens/step, "
+            f"peak {peak / 1e12:.2f} TFLOP/s for MFU")
+
+
+def check_finite(value, what, step):
+    """A loss that became NaN or infinite ends the run with one line; the checkpoint on disk is
+    the last good one (it was written before this step)."""
+    if not math.isfinite(value):
+        hint = "Lower --lr" + (", or use --precision fp32/bf16 instead of fp16" if what == "loss" else "")
+        raise UserError(f"{what} became {value} at step {step}; the last good checkpoint is kept. {hint}")
+
+
 def log_step(run, record, last_metrics, progress):
     """One log line, and the record appended to log.jsonl."""
     eta = record["seconds"] / max(progress, 1e-9) * (1 - progress)
@@ -874,3 +889,84 @@ def plot_history(history, path, title):
             ax.grid(alpha=0.3)
             ax.legend()
         fig.suptitle(title)
+
+
+# The fine-tuning sweep's results file, tables and plot (finetune.py --sweep).
+
+def load_records(path, sid):
+    """The records of one sweep (its id) from a JSONL file written as runs finish."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if r.get("sweep_id") == sid]
+
+
+def summarise(records, method, k, split="test", metric="accuracy"):
+    values = torch.tensor([r[split][metric] for r in records if r["method"] == method and r["n_train"] == k],
+                          dtype=torch.float64)
+    if len(values) == 0:
+        return None
+    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0), len(values)
+
+
+def summary_table(records, methods, sizes, labelled, metric="accuracy"):
+    """Markdown: the test metric, mean ± sample standard deviation over seeds."""
+    lines = [f"Test {metric.replace('_', '-')} on {labelled.name} ({len(labelled.test)} examples, "
+             f"{len(labelled.label_names)} classes), mean ± std over seeds (n = seeds):", "",
+             "| method | " + " | ".join(f"{k} labels" for k in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for k in sizes:
+            s = summarise(records, method, k, metric=metric)
+            cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} (n={s[2]})")
+        lines.append(f"| {'bag-of-words' if method == 'bow' else method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gains_over_scratch(records, methods, sizes, baselines):
+    """What pretraining buys, in test-accuracy points: mean(method) - mean(its scratch) at each size.
+    baselines: method -> the scratch method in its architecture (or None)."""
+    lines = []
+    for method in methods:
+        baseline = baselines.get(method)
+        if baseline is None:
+            continue
+        gains = [(k, summarise(records, method, k), summarise(records, baseline, k)) for k in sizes]
+        cells = [f"{100 * (a[0] - b[0]):+.1f} at {k}" for k, a, b in gains if a and b]
+        if cells:
+            lines.append(f"- {method} minus {baseline}, test accuracy points: {', '.join(cells)} labels")
+    return "\n".join(lines)
+
+
+def plot_sweep(records, methods, sizes, labelled, path):
+    """Test accuracy against labelled examples (log scale), mean and std over seeds, with chance."""
+    with figure(path) as (fig, ax):
+        for method in methods:
+            points = [(k, summarise(records, method, k)) for k in sizes]
+            points = [(k, s) for k, s in points if s is not None]
+            if not points:
+                continue
+            ks, means, stds = [k for k, _ in points], [s[0] for _, s in points], [s[1] for _, s in points]
+            style = dict(linestyle="--", color="grey") if method == "bow" else {}
+            ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
+                        label="bag-of-words" if method == "bow" else method, **style)
+        ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(k) for k in sizes])
+        ax.minorticks_off()
+        ax.set(xlabel="labelled training examples", ylabel="test accuracy (mean ± std over seeds)",
+               title=f"{os.path.basename(labelled.name)}: what pretraining buys, label by label", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend()
+
+
+def write_sweep_report(records, methods, sizes, labelled, baselines, out_dir):
+    """sweep.md (test accuracy and macro-F1 tables, gains over scratch) and sweep.png."""
+    tables = [summary_table(records, methods, sizes, labelled, metric) for metric in ("accuracy", "macro_f1")]
+    table = "\n\n".join(tables + [gains_over_scratch(records, methods, sizes, baselines)])
+    with open(os.path.join(out_dir, "sweep.md"), "w") as f:
+        f.write(table + "\n")
+    plot_sweep(records, methods, sizes, labelled, os.path.join(out_dir, "sweep.png"))
+    return table

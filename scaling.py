@@ -58,7 +58,6 @@ plots; 6. the command line.
     python scaling.py --dry-run          # the plan and the predicted wall time, nothing trained
     python scaling.py --plot-only        # refit and replot from runs/scaling-cpu/results.jsonl
 """
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -66,6 +65,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ import data
 import plumbing
 import train_clm
 from model import ModelConfig, Transformer
-from plumbing import UserError
+from plumbing import UserError, knob
 
 # ----------------------------------------------------------------------------------------------
 # 1. Counting: N and FLOPs per token of a shape, read off model.py so there is one definition.
@@ -395,32 +395,15 @@ class SweepPreset:
 
 
 SWEEP_PRESETS = {
-    # The default: ~13 minutes on 2 CPU cores. Byte tokens (vocab 260, padded to 320) keep the
-    # head small. ONE layer, width 16 to 144 (8k to 295k parameters): in a pilot with two layers
-    # the loss dropped suddenly somewhere between 2.5e11 and 1e12 FLOPs, at a seed-dependent
-    # moment (the induction-head phase change, Olsson et al. 2022, which needs two layers), and a
-    # law fitted across it missed a 3x extrapolation by 5%; one-layer models fall smoothly (and
-    # were better per FLOP here). Training is still limited by steps at ~1e11 FLOPs, so: short
-    # context (64), small batches (8 x 64 tokens, halved for runs with fewer than 500 steps) and
-    # a cosine that ends near zero (lr/100): in a 3-seed pilot the final loss then spread 0.1%
-    # instead of 1.5%. Two settings follow the width, each measured against one value for
-    # every width:
-    #  - the peak learning rate falls as 1/width (lr_width, see make_run): 8e-3 at width 36, 4e-3
-    #    at 72, 2e-3 at 144. Each width at 2-4 rates at 5e11 FLOPs (probed without ALiBi, at std
-    #    0.02), the best lay on that line (width 36: 2e-3 2.041, 4e-3 1.929, 8e-3 1.905; width 72:
-    #    2e-3 2.154, 4e-3 2.028, 5.6e-3 2.41, diverging; width 104: 2e-3 2.346, 2.8e-3 2.261,
-    #    4e-3 2.605);
-    #  - the initial weights' std falls as 1/sqrt(width) (init_width), 0.02 at GPT-2's 768, so
-    #    0.092 at width 36. With 0.02 at every width, runs of fewer than ~1,500 steps stayed on a
-    #    plateau at the corpus's bigram entropy (2.68 nats: the embedding-to-head path alone,
-    #    before attention and MLP, products of two tiny matrices, have grown), and whether a run
-    #    left it in time depended on its seed (width 104 at 5e11: 2.14 with seed 1337 and 2.47
-    #    with seed 2000 at std 0.02; 2.01 with seed 2000 at this init).
-    # With one rate and 0.02 everywhere the fitted floor E went to zero and the held-out run came
-    # out 7.8-9.1% worse than predicted (two sweeps); with the learning-rate rule alone, 1.7% and
-    # 7.9% (two seeds); with both, 1.1% (README). pydocs has 1.8M training bytes: the largest
-    # rows slide up the ladder so that their smallest model stays under 4 epochs. The optimum
-    # guess is a pilot's row at 5e11 FLOPs. ALiBi on, as in train_clm.py.
+    # The default: ~13 minutes on 2 CPU cores (README). Byte tokens (vocab 260, padded to 320)
+    # keep the head small. ONE layer, width 16 to 144 (8k to 295k parameters): two-layer models
+    # learn induction heads at a seed-dependent moment (Olsson et al. 2022), a sudden drop no
+    # smooth law fits. Training is limited by steps at ~1e11 FLOPs, so: short context (64), small
+    # batches (halved for runs with fewer than 500 steps) and a cosine that ends near zero. The
+    # peak learning rate falls as 1/width (8e-3 at width 36) and the initial std as 1/sqrt(width)
+    # (0.02 at GPT-2's 768): one setting at every width tunes one size and mistunes the rest, a
+    # bias that changes with N and that the law then extrapolates. The probes behind each choice
+    # are listed in RESULTS.md. ALiBi on, as in train_clm.py.
     "cpu": SweepPreset(
         ladder=[(1, 1, 16), (1, 1, 24), (1, 2, 36), (1, 2, 52), (1, 3, 72), (1, 4, 104), (1, 6, 144)],
         budgets=[1.25e11, 2.5e11, 5e11, 1e12], optimum_guess=(5e11, 28e3, 0.55), min_steps=500,
@@ -428,12 +411,10 @@ SWEEP_PRESETS = {
         train=dict(corpus="pydocs", tokenizer="bytes", block_size=64, batch_size=8, lr=8e-3,
                    min_lr=8e-5, warmup=0.05, precision="fp32", alibi=True)),
     # About an hour on one recent GPU, if it sustains ~1.2M tokens/s on these small models (3.7B
-    # tokens in all; the probe measures the real rate before launching). Not run by us, so not
-    # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla, the peak rate and the
-    # init follow the cpu preset's width rules (2e-3 at width 256; 0.02 at 768). pydocs is far too small for it: the
-    # plan keeps every run under 4 epochs only from ~75M training tokens (~200 MB of text at
-    # bpe:1020's ~2.6 bytes per token), so pass --corpus with a folder of .txt files. The
-    # ladder's sizes are 1.8-2.1x apart (tests/test_scaling.py checks the plan).
+    # tokens in all; the probe measures the real rate before launching). Never run, so not
+    # calibrated: the optimum guess is Besiroglu et al.'s fit of Chinchilla, and the learning
+    # rate and init follow the cpu preset's width rules. pydocs is far too small for it: pass
+    # --corpus with a folder of ~200 MB of .txt files (the plan refuses more than 4 epochs).
     "gpu": SweepPreset(
         ladder=[(4, 2, 128), (4, 3, 192), (6, 4, 224), (6, 5, 320), (8, 6, 384), (8, 8, 512),
                 (10, 10, 640)],
@@ -774,26 +755,20 @@ def save_report(report, path):
 
 def plot_all(records, report, out_dir):
     """loss_vs_compute.png (always), isoflop.png and optimal_size.png (with fits); returns paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    paths = []
-    for draw in (plot_loss_vs_compute, plot_isoflop, plot_optimal_size):
-        if draw is plot_loss_vs_compute or report["fits"] is not None:
-            fig, name = draw(plt, records, report)
-            paths.append(os.path.join(out_dir, name))
-            fig.tight_layout()
-            fig.savefig(paths[-1], dpi=110)
-            plt.close(fig)
-    return paths
+    plots = [("loss_vs_compute.png", plot_loss_vs_compute, 1, (8, 5.5))]
+    if report["fits"] is not None:
+        plots += [("isoflop.png", plot_isoflop, 1, (7, 5)), ("optimal_size.png", plot_optimal_size, 2, (11, 4.5))]
+    for name, draw, ncols, size in plots:
+        with plumbing.figure(os.path.join(out_dir, name), ncols, size, dpi=110) as (fig, ax):
+            draw(ax, records, report)
+    return [os.path.join(out_dir, name) for name, *_ in plots]
 
 
-def plot_loss_vs_compute(plt, records, report):
+def plot_loss_vs_compute(ax, records, report):
     """Every run's training curve against compute so far, its final validation loss, the frontier
     fit with its bootstrap band, and the held-out run against its prediction."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
     sizes = sorted({r["N"] for r in records})
-    colour = {n: plt.cm.viridis(i / max(1, len(sizes) - 1)) for i, n in enumerate(sizes)}
+    colour = {n: plumbing.colormap("viridis", i / max(1, len(sizes) - 1)) for i, n in enumerate(sizes)}
     for r in records:
         flops, loss = np.array(r["curve"]).T
         k = min(5, len(loss))                           # single-batch losses: smooth a little
@@ -820,18 +795,16 @@ def plot_loss_vs_compute(plt, records, report):
            ylabel="loss (nats per byte)", title="lines: training loss so far; dots: final validation loss")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3, which="both")
-    return fig, "loss_vs_compute.png"
 
 
-def plot_isoflop(plt, records, report):
+def plot_isoflop(ax, records, report):
     """Validation loss against N at each budget: the parabolas of approach 2 (solid), the law of
     approach 3 along the same rows (dotted), and the minima (x)."""
-    fig, ax = plt.subplots(figsize=(7, 5))
     grid = [r for r in records if r["role"] == "grid"]
     cost = cost_per_token({(r["N"], r["flops_per_token"]) for r in records})
     budgets = sorted({r["budget"] for r in grid})
     for i, budget in enumerate(budgets):
-        colour = plt.cm.plasma(i / len(budgets))
+        colour = plumbing.colormap("plasma", i / len(budgets))
         N = np.array([r["N"] for r in grid if r["budget"] == budget], dtype=np.float64)
         loss = np.array([r["val_loss"] for r in grid if r["budget"] == budget])
         ax.plot(N, loss, "o", color=colour, label=f"C = {budget:.3g}")
@@ -847,13 +820,11 @@ def plot_isoflop(plt, records, report):
            title="IsoFLOP profiles: parabolas (solid), approach 3 (dotted)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    return fig, "isoflop.png"
 
 
-def plot_optimal_size(plt, records, report):
+def plot_optimal_size(axes, records, report):
     """Compute-optimal N and D against C: approach 2's minima and power laws, approach 3's optimum
     under our real cost per token, and the size the held-out run was given."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     fits, ci, hold = report["fits"], report["ci"], report.get("holdout")
     iso, cost = fits["iso"], cost_per_token({(r["N"], r["flops_per_token"]) for r in records})
     rows = [r for r in iso["rows"] if r["inside"]]
@@ -873,37 +844,35 @@ def plot_optimal_size(plt, records, report):
                ylabel="parameters N" if i == 0 else "tokens D")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    return fig, "optimal_size.png"
 
 
 # ----------------------------------------------------------------------------------------------
 # 6. The command line.
 
+@dataclass
+class ScalingConfig:
+    out_dir: Optional[str] = knob(None, "where results.jsonl, fits.json and the plots go "
+                                        "(None: runs/scaling-<preset>)")
+    plot_only: bool = knob(False, "train nothing: refit and replot from the results file")
+    dry_run: bool = knob(False, "print the plan and the predicted wall time, then stop")
+    corpus: Optional[str] = knob(None, "override the preset's corpus (pydocs, shakespeare, a path)")
+    tokenizer: Optional[str] = knob(None, "override the preset's tokenizer (keep it small: bytes, bpe:N)")
+    device: Optional[str] = knob(None, "override the device (auto, cpu, cuda, mps)")
+    data_dir: Optional[str] = knob(None, "folder searched for data files (None: $PTFT_DATA_DIR)")
+    cache_dir: Optional[str] = knob(None, "tokenizer and dataset cache (None: $PTFT_CACHE_DIR)")
+    n_boot: int = knob(200, "bootstrap resamples for the intervals", "[10, inf)")
+    seed: int = knob(1337, "seed of the grid's runs; the repeats use +1 and +2", "[0, inf)")
+    threads: Optional[int] = knob(None, "torch CPU threads (None: the preset's; cpu: 1)", "[1, inf)")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="cpu", choices=list(SWEEP_PRESETS),
-                        help="cpu (default): ~13 min on 2 CPU cores; gpu: ~1 h on one GPU (needs a "
-                             "bigger --corpus); tiny: a 2 x 2 smoke test")
-    parser.add_argument("--out-dir", help="where results.jsonl, fits.json and the plots go "
-                                          "(default: runs/scaling-<preset>)")
-    parser.add_argument("--plot-only", action="store_true",
-                        help="train nothing: refit and replot from the results file")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan and the predicted wall time, then stop")
-    parser.add_argument("--corpus", help="override the preset's corpus (pydocs, shakespeare, a path)")
-    parser.add_argument("--tokenizer", help="override the preset's tokenizer (keep it small: bytes, bpe:N)")
-    parser.add_argument("--device", help="override the device (auto, cpu, cuda, mps)")
-    parser.add_argument("--data-dir", help="folder searched for data files (default: $PTFT_DATA_DIR)")
-    parser.add_argument("--cache-dir", help="tokenizer and dataset cache (default: $PTFT_CACHE_DIR)")
-    parser.add_argument("--n-boot", type=int, default=200,
-                        help="bootstrap resamples for the intervals (default: 200)")
-    parser.add_argument("--seed", type=int, default=1337,
-                        help="seed of the grid's runs; the repeats use +1 and +2 (default: 1337)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the preset's; cpu: 1)")
-    args = parser.parse_args(argv)
-    if args.n_boot < 10:
-        raise UserError(f"--n-boot {args.n_boot} is too few for a 95% interval; use 100 or more")
-    out_dir = args.out_dir or os.path.join("runs", f"scaling-{args.preset}")
+    presets = dict.fromkeys(SWEEP_PRESETS, {})       # a preset here is a SweepPreset, chosen by name
+    parser = plumbing.build_parser(__doc__.split("\n")[0], ScalingConfig, presets, epilog=(
+        "presets: cpu (default), ~13 min on 2 CPU cores; gpu, ~1 h on one GPU (needs a bigger "
+        "--corpus); tiny, a 2 x 2 smoke test"))
+    parsed = parser.parse_args(argv)
+    args, preset_name = plumbing.config_from_args(parsed, ScalingConfig, presets), parsed.preset
+    out_dir = args.out_dir or os.path.join("runs", f"scaling-{preset_name}")
     path = os.path.join(out_dir, "results.jsonl")
     if args.plot_only:
         records = load_results(path)
@@ -912,7 +881,7 @@ def main(argv=None):
         return report_and_plot(records, out_dir, args.n_boot, args.seed)
 
     start = time.perf_counter()
-    preset = SWEEP_PRESETS[args.preset]
+    preset = SWEEP_PRESETS[preset_name]
     # One thread for the cpu preset: these models are bound by per-op overhead, which a second
     # thread only adds to, and two threads that share a core with any other job wait on each other
     # (measured here while others ran: 3-16 ms per step with one thread, 60-420 ms with two).

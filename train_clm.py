@@ -136,11 +136,15 @@ class Objective:
 
 
 def clm_train_batch(tokens, cfg, dataset, generator, device):
+    """B random windows of the training split. Random starts, not a fixed tiling: over many steps
+    every offset is seen, so the model cannot learn where a window begins."""
     idx, targets = data.get_batch(tokens, cfg.batch_size, cfg.block_size, device, generator)
     return dict(idx=idx, targets=targets)                   # (B, T) each, targets shifted by one
 
 
 def clm_loss(model, batch):
+    """Cross-entropy at every position: all T tokens of a window are prediction targets at once,
+    which is why causal pretraining gets more signal per sequence than a masked LM's 15%."""
     return model(batch["idx"], batch["targets"])[1]
 
 
@@ -155,6 +159,8 @@ def fixed_windows(tokens, block_size, n_windows):
 
 
 def clm_eval_batches(tokens, cfg, dataset, n_batches, device):
+    """The fixed validation batches: the same windows at every evaluation, so the curve measures
+    the model and not the luck of the draw."""
     windows = fixed_windows(tokens, cfg.block_size, None if n_batches is None else n_batches * cfg.batch_size)
     batches = []
     for i in range(0, len(windows), cfg.batch_size):
@@ -164,6 +170,8 @@ def clm_eval_batches(tokens, cfg, dataset, n_batches, device):
 
 
 def clm_metrics(model, batches, dataset):
+    """Validation loss as the mean over every scored token (batches may differ in size), and the
+    same loss in bits per byte and per character."""
     total, count = 0.0, 0
     for batch in batches:
         total += clm_loss(model, batch).item() * batch["targets"].numel()
@@ -180,6 +188,7 @@ def unit_metrics(nats_per_token, dataset):
 
 
 def clm_finish(model, dataset, cfg, device):
+    """A sample of generated text: the quickest check of what the model learned, by eye."""
     if cfg.sample_tokens > 0:
         text = sample(model, dataset.enc, "\n", cfg.sample_tokens, device, seed=cfg.seed)
         print(f"--- sample ({cfg.sample_tokens} tokens, temperature 0.8, top-k 50) ---\n{text}\n---")
@@ -251,19 +260,14 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     eval_batches = objective.eval_batches(dataset.val, cfg, dataset, cfg.eval_batches, device)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
     meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir))
-    run.log(f"model: {model.num_params(non_embedding=False):,} parameters "
-            f"({model.num_params():,} non-embedding), {'causal' if objective.causal else 'bidirectional'}; "
-            f"device {device}, precision {precision}, {tokens_per_step:,} tokens/step, "
-            f"peak {meter.peak / 1e12:.2f} TFLOP/s for MFU")
+    plumbing.log_model(run, model, objective, precision, tokens_per_step, meter.peak)
 
     def evaluate(batches):
         model.eval()
         with torch.no_grad(), autocast():
             metrics = objective.metrics(model, batches, dataset)
         model.train()
-        if not math.isfinite(metrics["val_loss"]):
-            raise UserError(f"validation loss became {metrics['val_loss']} at step {state['step']}; "
-                            f"the last good checkpoint is kept. Lower --lr")
+        plumbing.check_finite(metrics["val_loss"], "validation loss", state["step"])
         return metrics
 
     def save(metrics):
@@ -286,9 +290,7 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
         loss = accumulate_gradients(train_model, objective.loss, draw, cfg.grad_accum, autocast,
                                     scaler, distributed=dist["world_size"] > 1)
         loss = plumbing.agree_mean(float(loss), device, dist)      # the whole batch's loss
-        if not math.isfinite(loss):
-            raise UserError(f"loss became {loss} at step {state['step']}; the last good checkpoint "
-                            f"is kept. Lower --lr, or use --precision fp32/bf16 instead of fp16")
+        plumbing.check_finite(loss, "loss", state["step"])         # a NaN stops the run at once
         optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
         state["step"] += 1

@@ -120,7 +120,7 @@ def test_explicit_and_fast_attention_agree_in_training(precision, causal, padded
 
 @pytest.mark.parametrize("precision, same_as", [("fp32", "fast"), ("bf16", "explicit")])
 def test_auto_attention_runs_the_faster_path_on_a_cpu(precision, same_as):
-    """attention="auto" (model.prefer_explicit) is one of the two paths, bit for bit: on a CPU the
+    """attention="auto" (model.SelfAttention.forward) is one of the two paths, bit for bit: on a CPU the
     fused kernel in fp32, the explicit matrix products in bf16 (where the fused backward is slow)."""
     config = dict(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)
     torch.manual_seed(0)
