@@ -25,6 +25,7 @@ Read in this order:
 """
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -133,6 +134,7 @@ class Objective:
     eval_batches: Callable      # (tokens, cfg, dataset, n_batches, device) -> fixed list of batches
     metrics: Callable           # (model, batches, dataset) -> dict with at least "val_loss"
     finish: Callable            # (model, dataset, cfg, device) -> None: a demo at the end
+    plot_note: str = ""         # a line under the loss plot's title, for what the curves mean
 
 
 def clm_train_batch(tokens, cfg, dataset, generator, device):
@@ -319,7 +321,8 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     history.append(dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
                         seconds=round(state["seconds"], 3), final=True, **final))
     save(final)
-    plumbing.finish_run(run, history, f"{objective.name} pretraining on {dataset.corpus['name']}")
+    plumbing.finish_run(run, history, f"{objective.name} pretraining on "
+                        f"{os.path.basename(dataset.corpus['name'])}\n{objective.plot_note}".strip())
     if dist["rank"] == 0 and not cfg.quiet:
         objective.finish(model, dataset, cfg, device)      # a sample, or blanks filled
     plumbing.teardown_distributed(dist)

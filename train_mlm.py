@@ -248,7 +248,8 @@ def mlm_finish(model, dataset, cfg, device):
                truth=targets[targets != -100].tolist())
 
 
-MLM = Objective("mlm", False, mlm_train_batch, mlm_loss, mlm_eval_batches, mlm_metrics, mlm_finish)
+MLM = Objective("mlm", False, mlm_train_batch, mlm_loss, mlm_eval_batches, mlm_metrics, mlm_finish,
+                plot_note="training masks --mask-prob of the tokens; validation, a fixed 15%")
 
 
 # ----------------------------------------------------------------------------------------------
