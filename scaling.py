@@ -299,10 +299,17 @@ def bootstrap(C, N, D, loss, n_boot=200, seed=0, warm=None):
     it draws too few distinct sizes; that replicate's approach-2 numbers are then NaN). The spread
     of a quantity over the resamples is its uncertainty; we report the 2.5th-97.5th percentiles
     (Efron & Tibshirani 1993).
+
+    When the budgets are not shared (every run its own C, as in Chinchilla's published points),
+    resampling within a budget would redraw each run itself and return the original data every
+    time: intervals of zero width. Then the runs are resampled as one pool, and a note says so.
     """
     C, N, D, loss = (np.asarray(v, dtype=np.float64) for v in (C, N, D, loss))
     rng = np.random.default_rng(seed)
     rows = [np.flatnonzero(C == c) for c in np.unique(C)]
+    if max(len(r) for r in rows) < 2:
+        print("note: no two runs share a compute budget; the bootstrap resamples all runs as one pool")
+        rows = [np.arange(len(C))]
     fits = []
     for _ in range(n_boot):
         idx = np.concatenate([rng.choice(r, size=len(r), replace=True) for r in rows])

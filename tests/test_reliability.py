@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import math
 import os
 import pickle
 import random
@@ -462,3 +463,98 @@ def test_two_processes_under_torchrun_end_with_identical_weights(script, corpus_
     assert result.stdout.count("model:") == 1                          # only rank 0 logs ...
     assert result.stdout.count("final:") == 1                          # ... and reports
     assert sorted(p.name for p in run.iterdir()) == ["ckpt.pt", "log.jsonl", "loss.png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Every numeric flag of every training script, out of its range: one line, exit 2, nothing touched.
+
+def out_of_range_values(within, kind):
+    """Values just outside the interval a knob declares (and not-a-number for floats)."""
+    low, low_open, high, high_open = plumbing.parse_interval(within)
+    values = [low if low_open else low - 1]
+    if math.isfinite(high):
+        values.append(high if high_open else high + (1 if kind is int else 0.5))
+    if kind is float:
+        values.append(float("nan"))
+    return [kind(v) if kind is int else v for v in values]
+
+
+def numeric_flags():
+    import train_mlm
+    cases = []
+    for script, config in (("train_clm", TrainConfig), ("train_mlm", train_mlm.MLMConfig),
+                           ("finetune", finetune.FinetuneConfig)):
+        for f in dataclasses.fields(config):
+            if f.metadata.get("within"):
+                kind = int if "int" in str(f.type) else float
+                for value in out_of_range_values(f.metadata["within"], kind):
+                    cases.append((script, f.name.replace("_", "-"), value))
+    return cases
+
+
+@pytest.mark.parametrize("script,flag,value", numeric_flags(),
+                         ids=lambda x: str(x))
+def test_every_numeric_flag_out_of_range_is_one_line_exit_2_and_touches_nothing(
+        script, flag, value, good_run, tmp_path, capsys):
+    run = copy_of(good_run, tmp_path)
+    (run / "results.json").write_text("{}")                 # as a finished fine-tuning run leaves
+    before = snapshot(run)
+    module = __import__(script)
+    argv = [f"--{flag}", str(value), "--out-dir", str(run), "--overwrite"]
+    if script == "finetune":
+        argv += ["--checkpoint", str(run / "ckpt.pt")]
+    else:
+        argv += ["--corpus", str(good_run["corpus"]), "--preset", "tiny"]
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: module.main(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and f"--{flag}" in err, err
+    assert snapshot(run) == before
+
+
+def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_path, capsys):
+    import train_mlm
+    run = copy_of(good_run, tmp_path)
+    (run / "results.json").write_text("{}")
+    before = snapshot(run)
+    ckpt = str(run / "ckpt.pt")
+    corpus = str(good_run["corpus"])
+    cases = [
+        (train_clm, ["--preset", "tiny", "--corpus", corpus, "--out-dir", str(run), "--overwrite",
+                     "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr"),
+        (train_mlm, ["--preset", "tiny", "--corpus", corpus, "--out-dir", str(run), "--overwrite",
+                     "--block-size", "1"], "--block-size"),
+        (train_clm, ["--sample", ckpt, "--temperature", "0"], "--temperature"),
+        (train_clm, ["--sample", ckpt, "--top-k", "0"], "--top-k"),
+        (train_clm, ["--sample", ckpt, "--num-tokens", "-5"], "--num-tokens"),
+        (finetune, ["--checkpoint", ckpt, "--out-dir", str(run)], "already holds results"),
+        (finetune, ["--checkpoint", ckpt, "--out-dir", str(run / "ckpt.pt")], "is a file"),
+        (finetune, ["--sweep", "--clm", ckpt, "--seeds", "0", "--out-dir", str(run)], "--seeds"),
+        (finetune, ["--export-text", "sst2", "-o", str(run)], "is a folder"),
+    ]
+    for module, argv, message in cases:
+        if module is finetune and "--export-text" in argv:     # a labelled set that needs no network
+            tsv = tmp_path / "set.tsv"
+            tsv.write_text("".join(f"text {i}\t{i % 2}\n" for i in range(40)))
+            argv = ["--export-text", str(tsv), "-o", str(run)]
+        with pytest.raises(SystemExit) as exit_info:
+            plumbing.run_cli(lambda: module.main(argv))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert message in err, (argv, err)
+        assert snapshot(run) == before, argv
+        assert not list(tmp_path.glob("**/*.tmp")), argv            # no stray temporary file
+
+
+def test_a_header_line_is_skipped_not_made_a_class(tmp_path):
+    tsv = tmp_path / "set.tsv"
+    tsv.write_text("text\tlabel\n" + "".join(f"example {i}\t{'ab'[i % 2]}\n" for i in range(40)))
+    labelled = finetune.load_labelled(str(tsv))
+    assert labelled.label_names == ["a", "b"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfhello world\n")
+    assert data.load_corpus(str(path)).text == "hello world\n"

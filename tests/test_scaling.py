@@ -176,3 +176,18 @@ def test_micro_sweep_writes_jsonl_resumes_and_replots(corpus_file, tmp_path, mon
     monkeypatch.undo()
     with pytest.raises(UserError, match="other settings"):
         scaling.main(argv + ["--tokenizer", "bpe:300"])
+
+
+def test_bootstrap_with_distinct_budgets_gives_intervals_of_nonzero_width(capsys):
+    # Every run has its own budget (as in Chinchilla's published points): resampling within a
+    # budget would return the data unchanged. The bootstrap must pool the runs instead.
+    rng = np.random.default_rng(0)
+    N = np.exp(rng.uniform(np.log(1e4), np.log(1e6), 40))
+    D = np.exp(rng.uniform(np.log(1e6), np.log(1e8), 40))
+    law = dict(E=1.5, A=400.0, B=900.0, alpha=0.35, beta=0.3)
+    loss = scaling.loss_law(law, N, D) * np.exp(rng.normal(0, 0.01, 40))
+    C = 6 * N * D                                              # all distinct
+    boots = [b for b in scaling.bootstrap(C, N, D, loss, n_boot=20, seed=0) if b]
+    assert "one pool" in capsys.readouterr().out
+    alphas = [b["law"]["alpha"] for b in boots]
+    assert len(boots) >= 15 and max(alphas) - min(alphas) > 1e-3
