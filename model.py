@@ -36,6 +36,7 @@ Transformer (embeddings, forward, loss), then the bookkeeping a scaling study ne
 (num_params, flops_per_token) and sampling (generate).
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,7 @@ class ModelConfig:
                                # "auto": whichever of the two is faster here (SelfAttention.forward)
     alibi: bool = False        # add ALiBi's fixed distance penalty to attention (see alibi_slopes)
     init_std: float = 0.02     # std of the initial weights (GPT-2's; see Transformer._init_weights)
+    gelu: str = "erf"          # "erf": exact GELU; "tanh": GPT-2's approximation (see MLP.forward)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -71,6 +73,8 @@ class ModelConfig:
             raise ValueError(f"init_std must be positive, got {self.init_std}")
         if self.attention not in ("fast", "explicit", "auto"):
             raise ValueError(f"attention must be 'fast', 'explicit' or 'auto', got {self.attention!r}")
+        if self.gelu not in ("erf", "tanh"):
+            raise ValueError(f"gelu must be 'erf' or 'tanh', got {self.gelu!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,12 +186,14 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)   # 4x: GPT/BERT
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.gelu == "tanh" else "none"
 
     def forward(self, x):
         # GELU, x * Phi(x) (Hendrycks & Gimpel 2016), in its exact erf form as nanoGPT's nn.GELU().
         # GPT-2 and BERT's original code used a tanh approximation, cheaper on their accelerators;
-        # on a CPU PyTorch's tanh form is ~3x slower than the erf one (forward + backward, measured).
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        # on a CPU PyTorch's tanh form is ~3x slower than the erf one (forward + backward, measured),
+        # so only GPT-2's own weights (from_pretrained) use it: they were trained with it.
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -275,6 +281,39 @@ class Transformer(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-100)
         return logits, loss
+
+    # ------------------------------------------------------------------------------------------
+    # GPT-2's own weights: the body most people fine-tune.
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        """A Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin) as
+        this Transformer. The architecture is GPT-2's already; what has to be said is:
+          - biases everywhere (bias=True), learned positions and no ALiBi (GPT-2 has none);
+          - GPT-2's tanh GELU ("gelu_new"): the erf form differs by up to ~1e-3 in the logits;
+          - GPT-2 stores its projections as Conv1D, weight (in, out): nn.Linear wants (out, in),
+            so every c_attn, c_proj and c_fc weight is transposed;
+          - the vocabulary is GPT-2's 50,257 tokens, unpadded, and the head is tied to wte.
+        Weights are read as data only (plumbing.read_weights): never unpickled as code."""
+        import json
+        import plumbing
+        config = json.loads(plumbing.read_text(os.path.join(folder, "config.json")))
+        hf = plumbing.read_weights(folder)                       # {name: tensor}
+        model = cls(ModelConfig(vocab_size=config["vocab_size"], block_size=config["n_positions"],
+                                n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
+                                bias=True, causal=True, alibi=False, gelu="tanh", attention="fast"))
+        names = {"wte": "token_embedding", "wpe": "position_embedding", "ln_f": "final_norm", "h": "blocks",
+                 "ln_1": "norm1", "ln_2": "norm2", "c_attn": "qkv", "c_proj": "proj", "c_fc": "fc"}
+        state = {}
+        for key, tensor in hf.items():
+            key = key.removeprefix("transformer.")
+            if key.endswith((".attn.bias", ".attn.masked_bias")) or key == "lm_head.weight":
+                continue                      # causal-mask buffers, and the head tied to wte
+            if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                tensor = tensor.t()           # Conv1D (in, out) -> Linear (out, in)
+            state[".".join(names.get(part, part) for part in key.split("."))] = tensor
+        model.load_state_dict(state, strict=True)
+        return model
 
     # ------------------------------------------------------------------------------------------
     # Bookkeeping for MFU and scaling laws.

@@ -790,6 +790,32 @@ def check_same_model(checkpoint, model_config, flag):
                         f"use the model flags the checkpoint was trained with")
 
 
+def read_weights(folder):
+    """{name: tensor} from a Hugging Face folder: model.safetensors, read here without the
+    safetensors package (the format is an 8-byte header length, a JSON header of names, dtypes,
+    shapes and byte offsets, then the raw little-endian bytes), or pytorch_model.bin through
+    torch.load(weights_only=True). Both are data: nothing in them can run."""
+    path = Path(folder) / "model.safetensors"
+    if path.is_file():
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+        weights = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            buffer = bytearray(raw[8 + n + start:8 + n + end])
+            weights[name] = torch.frombuffer(buffer, dtype=dtypes[info["dtype"]]).reshape(info["shape"]).float()
+        return weights
+    path = Path(folder) / "pytorch_model.bin"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    raise UserError(f"{folder} holds neither model.safetensors nor pytorch_model.bin; give a Hugging "
+                    f"Face GPT-2 folder (config.json and one of those two files)")
+
+
 def model_from_checkpoint(checkpoint):
     model = Transformer(ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
