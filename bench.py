@@ -202,7 +202,7 @@ def measure_reference(spec, device):
     command (dropout 0, bias False, AdamW from its configure_optimizers, which is fused only on
     CUDA; gradient clipping at 1.0; the loss read every step, as log_interval=1 does). The batches
     come from data.get_batch, the same windows our rows draw, so only model and step differ.
-    Its own precision on a CPU is fp32; the bf16 row forces autocast, as the issue's table did."""
+    Its own precision on a CPU is fp32; the bf16 row forces autocast, to compare like with like."""
     reference = load_reference(spec["reference"])
     shape = spec["shape"]
     # FLOPs per token of the same shape, by our formula (nanoGPT's estimate_mfu uses the same one),
