@@ -66,6 +66,11 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 # BPE trainer's pieces differ a little from tiktoken's, never break a round trip. (On the pydocs
 # training text the two give identical pieces: 17,408 distinct, checked against `regex`.)
 SPLIT_RE = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
+# The trainer cuts longer pieces into chunks of this many characters. Text without spaces (DNA,
+# base64, minified code) would otherwise be one giant piece that every merge rescans: quadratic
+# time. 128 is above the longest piece of our corpora (pydocs: 93, a table border; shakespeare:
+# 16), so their tokenizers are unchanged.
+MAX_PIECE_CHARS = 128
 VAL_FRACTION = 0.1         # nanoGPT's split: first 90% of characters train, last 10% validate
 PYDOCS_VERSION = 1         # bump when the pydocs recipe changes, so old caches are not reused
 MIN_DOCSTRING = 40         # shorter docstrings ("Return self.") are boilerplate, not prose
@@ -292,9 +297,11 @@ def train_bpe(text, vocab_size):
     Efficiency, the two classic tricks: (1) merges never cross pre-token boundaries (SPLIT_RE), so
     count each distinct pre-token ("word") once, weighted by its frequency; (2) keep pair counts
     and an index pair -> words containing it, and after each merge update only the words that
-    contained the merged pair, instead of recounting the whole text.
+    contained the merged pair, instead of recounting the whole text. Both need short words, hence
+    MAX_PIECE_CHARS: with it, training time grows about linearly with the text.
     """
-    counts = Counter(SPLIT_RE.findall(text))
+    counts = Counter(piece[i:i + MAX_PIECE_CHARS] for piece in SPLIT_RE.findall(text)
+                     for i in range(0, len(piece), MAX_PIECE_CHARS))
     words = [list(w.encode("utf-8")) for w in counts]   # each word as a list of token ids
     freqs = list(counts.values())
     token_bytes = [bytes([i]) for i in range(256)]       # id -> bytes
