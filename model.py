@@ -286,14 +286,17 @@ class Transformer(nn.Module):
     # GPT-2's own weights: the body most people fine-tune.
 
     @classmethod
-    def from_pretrained(cls, folder):
+    def from_pretrained(cls, folder, vocab_size=None):
         """A Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin) as
         this Transformer. The architecture is GPT-2's already; what has to be said is:
           - biases everywhere (bias=True), learned positions and no ALiBi (GPT-2 has none);
           - GPT-2's tanh GELU ("gelu_new"): the erf form differs by up to ~1e-3 in the logits;
           - GPT-2 stores its projections as Conv1D, weight (in, out): nn.Linear wants (out, in),
             so every c_attn, c_proj and c_fc weight is transposed;
-          - the vocabulary is GPT-2's 50,257 tokens, unpadded, and the head is tied to wte.
+          - the vocabulary is GPT-2's 50,257 tokens and the head is tied to wte. vocab_size grows
+            the table (to 50,304, nanoGPT's multiple of 64, with room for our special tokens):
+            the new rows start at the mean embedding, so that their logits are average ones and
+            take almost no probability (Hewitt 2021, "Initializing new word embeddings").
         Weights are read as data only (plumbing.read_weights): never unpickled as code."""
         import json
         import plumbing
@@ -313,6 +316,11 @@ class Transformer(nn.Module):
                 tensor = tensor.t()           # Conv1D (in, out) -> Linear (out, in)
             state[".".join(names.get(part, part) for part in key.split("."))] = tensor
         model.load_state_dict(state, strict=True)
+        if vocab_size is not None and vocab_size > model.config.vocab_size:
+            wte = state["token_embedding.weight"]                                # (V, C)
+            new_rows = wte.mean(dim=0, keepdim=True).expand(vocab_size - len(wte), -1)
+            model.config.vocab_size = vocab_size
+            model.token_embedding = nn.Embedding.from_pretrained(torch.cat([wte, new_rows]), freeze=False)
         return model
 
     # ------------------------------------------------------------------------------------------
@@ -347,9 +355,10 @@ class Transformer(nn.Module):
     # Sampling (causal models only).
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, n_vocab=None):
         """Extend idx (B, T) by max_new_tokens sampled tokens. temperature scales the logits
-        (-> 0: greedy); top_k keeps only the k most likely tokens (top_k=1 is greedy decoding)."""
+        (-> 0: greedy); top_k keeps only the k most likely tokens (top_k=1 is greedy decoding);
+        n_vocab: sample only ids below it (the padding rows and special tokens are not text)."""
         if not self.config.causal:
             raise ValueError("generate() needs a causal (GPT-style) model; this one is bidirectional "
                              "(trained with masked LM), use fill-in-the-blank instead")
@@ -358,7 +367,7 @@ class Transformer(nn.Module):
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.block_size:]                 # crop to what the model knows
             logits, _ = self(context)
-            logits = logits[:, -1, :].float() / temperature             # (B, V) for the next token
+            logits = logits[:, -1, :n_vocab].float() / temperature      # (B, V) for the next token
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -164,12 +164,19 @@ def report(cfg, result, start, extra_lines=()):
 #    and only then downloaded into the cache, checked against the sha256 written below.
 
 SST2 = "https://raw.githubusercontent.com/clairett/pytorch-sentiment-classification/master/data/SST2/"
+# GPT-2 small's weights, pinned to one revision of the Hugging Face hub (the sha256 values are the
+# files' Git LFS ids there). Its tokenizer is gpt2/gpt2.tiktoken below.
+GPT2_HUB = "https://huggingface.co/openai-community/gpt2/resolve/607a30d783dfa663caf39e06633721c8d4cfcd7e/"
 SOURCES = {   # name in a data dir -> (canonical url, sha256 of the file, member if the url is a zip)
     "tinyshakespeare.txt": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                             "tinyshakespeare/input.txt",
                             "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", None),
     "gpt2/gpt2.tiktoken": ("https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
                            "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930", None),
+    "gpt2/config.json": (GPT2_HUB + "config.json",
+                         "0daed7749b4f02b8f76240d5444551d7b08712dab4d0adb8239c56ba823bb7b4", None),
+    "gpt2/model.safetensors": (GPT2_HUB + "model.safetensors",   # 548 MB
+                               "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707", None),
     "sst2/train.tsv": (SST2 + "train.tsv", "ec192f833a64da08f475488a77b0d0b47db47acd0f458bd18433fc793b569920", None),
     "sst2/dev.tsv": (SST2 + "dev.tsv", "eddea6b39e601dd4e7a672b53cc40fdf6019fa80522f351206c24340ca5d9359", None),
     "sst2/test.tsv": (SST2 + "test.tsv", "831169c7e2e429d6026e1bdbb542f33b636e3e596caad9602ebc953c205928b7", None),
@@ -581,17 +588,25 @@ def open_run(cfg, objective, dataset, make_model_config, load_dataset):
     device = pick_device(cfg.device, dist)
     check_out_dir(cfg)
     resume_from = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
-    # --init-from: another run's weights, pretrained further with that run's tokenizer.
-    start_from = load_checkpoint(cfg.init_from) if cfg.init_from and resume_from is None else None
+    # --init-from: another run's weights (or GPT-2's), pretrained further with its tokenizer.
+    start_from = None
+    if cfg.init_from and resume_from is None:
+        start_from = load_checkpoint(cfg.init_from, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir)
     if dataset is None:
         dataset = load_dataset(cfg, start_from, verbose=master and not cfg.quiet)
     data.check_fits(dataset, cfg.block_size)
     model_config = make_model_config(cfg, dataset.enc, objective.causal)
     kind = "causal" if objective.causal else "bidirectional"
-    for flag, checkpoint in (("--resume", resume_from), ("--init-from", start_from)):
-        if checkpoint is not None:
-            check_compatible(checkpoint, dataset.enc, kind)
-            check_same_model(checkpoint, model_config, flag)
+    if resume_from is not None:
+        check_compatible(resume_from, dataset.enc, kind)
+        check_same_model(resume_from, model_config, "--resume")
+    if start_from is not None:        # the weights bring their architecture; the shape flags do not apply
+        check_compatible(start_from, dataset.enc, kind)
+        model_config = ModelConfig(**{**start_from["model_config"], "dropout": cfg.dropout,
+                                      "attention": cfg.attention})
+        if cfg.block_size > model_config.block_size:
+            raise UserError(f"--block-size {cfg.block_size} is longer than {cfg.init_from}'s position "
+                            f"table ({model_config.block_size}); give at most that")
     if resume_from is not None and len(resume_from["rng"]["batches"]) != dist["world_size"]:
         raise UserError(f"--resume: the run was saved by {len(resume_from['rng']['batches'])} process(es), "
                         f"this one has {dist['world_size']}; resume with the same torchrun --nproc_per_node")
@@ -614,8 +629,9 @@ def restore(run, model, optimizer, batch_generator):
         run.log(f"resumed from {run.cfg.out_dir}/ckpt.pt at step {state['step']}")
     if run.start_from is not None:
         model.load_state_dict(run.start_from["model"])
-        run.log(f"weights and tokenizer from {run.cfg.init_from} "
-                f"(step {run.start_from['state']['step']} of its run)")
+        shape = run.model_config
+        run.log(f"weights, tokenizer and shape ({shape.n_layer} layers, {shape.n_head} heads, width "
+                f"{shape.n_embd}) from {run.cfg.init_from}")
     return state, history, precision
 
 
@@ -720,13 +736,19 @@ def save_checkpoint(path, payload):
 CHECKPOINT_KEYS = {"model", "model_config", "kind", "tokenizer", "tokenizer_state"}
 
 
-def load_checkpoint(path, kind=None):
-    """The one checkpoint reader. weights_only=True: only tensors, numbers, strings and containers
+def load_checkpoint(path, kind=None, data_dir=None, cache_dir=None):
+    """The one checkpoint reader. `gpt2`, or a Hugging Face GPT-2 folder, is read by gpt2_checkpoint
+    into the same format; data_dir and cache_dir are where to look for GPT-2's files. weights_only=True: only tensors, numbers, strings and containers
     are unpickled, so a crafted file cannot run code. map_location='cpu': a checkpoint from a GPU
     loads on any machine, and never onto a GPU that is already full. A checkpoint is a zip archive
     whose members each carry a CRC32; torch.load does not check them, so a flipped bit in a tensor
     would load silently: testzip() reads every member and checks it first. kind: "causal" or
     "bidirectional" when only one will do."""
+    if path == "gpt2" or os.path.isdir(path):
+        checkpoint = gpt2_checkpoint(path, data_dir, cache_dir)
+        if kind and kind != "causal":
+            raise UserError(f"{path} is GPT-2, a causal model, but a {kind} one is needed here")
+        return checkpoint
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}; check the path")
     try:
@@ -758,6 +780,38 @@ def load_checkpoint(path, kind=None):
         raise UserError(f"{path} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
                         f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
     return checkpoint
+
+
+def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
+    """GPT-2 as a checkpoint of ours: `gpt2` (config.json and model.safetensors in the data dir's
+    gpt2/ folder, else the cache's, else downloaded and checked) or a Hugging Face GPT-2 folder,
+    with GPT-2's tokenizer (gpt2/gpt2.tiktoken, found the same way). No train_config: its
+    pretraining text is not here."""
+    import data
+    folder = name_or_folder
+    if name_or_folder == "gpt2":
+        config, weights = (obtain_data_file(f"gpt2/{name}", data_dir, cache_dir)
+                           for name in ("config.json", "model.safetensors"))
+        if config.parent != weights.parent:
+            raise UserError(f"{config} and {weights} must be in the same folder; move one of them")
+        folder = config.parent
+    elif not os.path.isfile(os.path.join(folder, "config.json")):
+        raise UserError(f"{folder} is a folder without config.json; give a checkpoint file, gpt2, "
+                        f"or a Hugging Face GPT-2 folder")
+    enc = data.get_tokenizer("gpt2", data_dir=data_dir, cache_dir=cache_dir)
+    # GPT-2's 50,257 tokens are our 50,256 ordinary ones plus <|endoftext|> (our first special).
+    vocab_size = json.loads(read_text(os.path.join(folder, "config.json"))).get("vocab_size")
+    if vocab_size != data.n_ordinary(enc) + 1:
+        raise UserError(f"{folder}: {vocab_size} tokens, but GPT-2's tokenizer has "
+                        f"{data.n_ordinary(enc) + 1}; use GPT-2's own config and weights")
+    try:   # the table grows to a multiple of 64, with room for our other specials (as train_clm)
+        model = Transformer.from_pretrained(folder, vocab_size=(enc.n_vocab + 63) // 64 * 64)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise UserError(f"{folder} is not a GPT-2 model this code can read ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:160]})") from None
+    return dict(model=model.state_dict(), model_config=dataclasses.asdict(model.config), kind="causal",
+                objective="clm", tokenizer=data.tokenizer_identity(enc),
+                tokenizer_state=data.tokenizer_state(enc))
 
 
 def check_compatible(checkpoint, enc, kind=None):
@@ -979,10 +1033,10 @@ def plot_sweep(records, methods, sizes, labelled, path):
             ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
                         label="bag-of-words" if method == "bow" else method, **style)
         ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("symlog", base=2, linthresh=1)      # log, but 0 (zero-shot prompting) fits
         ax.set_xticks(sizes, [str(k) for k in sizes])
         ax.minorticks_off()
-        ax.set(xlabel="labelled training examples", ylabel="test accuracy (mean ± std over seeds)",
+        ax.set(xlabel="labelled examples (prompting: demonstrations in the prompt)", ylabel="test accuracy (mean ± std over seeds)",
                title=f"{os.path.basename(labelled.name)}: what pretraining buys, label by label", ylim=(0, 1))
         ax.grid(alpha=0.3)
         ax.legend()

@@ -90,9 +90,10 @@ class TrainConfig:
     seed: int = knob(1337, "random seed (same seed + same device = same losses on CPU)", "[0, inf)")
     out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing)")
     resume: bool = knob(False, "continue the run saved in --out-dir")
-    init_from: Optional[str] = knob(None, "start from this checkpoint's weights and tokenizer and pretrain "
-                                          "them further on --corpus (domain-adaptive pretraining); a new "
-                                          "run: fresh optimiser and schedule, same model flags")
+    init_from: Optional[str] = knob(None, "start from this checkpoint (or gpt2) and pretrain it further on "
+                                          "--corpus (domain-adaptive pretraining); a new run: fresh "
+                                          "optimiser and schedule; its weights bring their shape and "
+                                          "tokenizer, so the model flags do not apply")
     overwrite: bool = knob(False, "replace a run already saved in --out-dir")
     quiet: bool = knob(False, "print only errors and the final summary")
     sample_tokens: int = knob(200, "tokens to sample at the end (causal models)", "[0, inf)")
@@ -392,13 +393,14 @@ def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50
     ids = enc.encode_ordinary(prompt) or [data.special_ids(enc)["eot"]]
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
-    new = [t for t in out[0, len(ids):].tolist() if t < data.n_ordinary(enc)]  # drop specials
-    return prompt + enc.decode(new)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                         n_vocab=data.n_ordinary(enc))                   # text tokens only
+    return prompt + enc.decode(out[0, len(ids):].tolist())
 
 
 def sample_from_checkpoint(args):
-    checkpoint = plumbing.load_checkpoint(args.sample)
+    checkpoint = plumbing.load_checkpoint(args.sample, data_dir=getattr(args, "data_dir", None),
+                                          cache_dir=getattr(args, "cache_dir", None))
     if checkpoint["kind"] != "causal":
         raise UserError(f"{args.sample} holds a bidirectional (masked-LM) model, which cannot generate "
                         f"text left to right; use train_mlm.py --fill for it")
@@ -410,7 +412,8 @@ def sample_from_checkpoint(args):
 
 def main(argv=None):
     parser = plumbing.build_parser(__doc__.split("\n")[0], TrainConfig, PRESETS)
-    parser.add_argument("--sample", metavar="CKPT", help="don't train: generate text from this checkpoint")
+    parser.add_argument("--sample", metavar="CKPT", help="don't train: generate text from this checkpoint "
+                        "(or gpt2, or a Hugging Face GPT-2 folder)")
     parser.add_argument("--prompt", default="\n", help="with --sample: text to continue")
     plumbing.add_flag(parser, "--num-tokens", 300, "with --sample: tokens to generate", "[1, inf)")
     plumbing.add_flag(parser, "--temperature", 0.8, "with --sample: softmax temperature", "(0, inf)")

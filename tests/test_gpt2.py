@@ -1,9 +1,17 @@
 """GPT-2's weights in model.Transformer, checked against Hugging Face transformers' own GPT-2 (code
 no one here wrote): the same logits and the same greedy continuation. transformers is needed for
 these tests only; they are skipped where it is not installed."""
+import json
+import shutil
+
 import pytest
 import torch
 
+import data
+import finetune
+import plumbing
+import train_clm
+from conftest import generated_text
 from model import Transformer
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test-only dependency "
@@ -15,7 +23,7 @@ def reference(tmp_path_factory):
     """A small random GPT-2 with its biases and norms moved away from their initial values (zeros
     and ones would hide a bias or norm mapped to the wrong place), saved as Hugging Face saves it."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=48, n_layer=3, n_head=4,
+    config = transformers.GPT2Config(vocab_size=300, n_positions=128, n_embd=48, n_layer=3, n_head=4,
                                      bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
@@ -44,3 +52,66 @@ def test_twenty_greedy_tokens_are_identical(reference):
     expected = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
     got = ours.generate(prompt, 20, top_k=1)
     assert torch.equal(got, expected)
+
+
+# ----------------------------------------------------------------------------- GPT-2 as a checkpoint
+
+@pytest.fixture(scope="module")
+def data_dir(reference, tmp_path_factory):
+    """A data dir as a user would fill it for `gpt2`: gpt2/config.json, gpt2/model.safetensors and
+    GPT-2's tokenizer file, gpt2/gpt2.tiktoken. The test's GPT-2 has 300 tokens, so its "GPT-2
+    tokenizer" is a BPE of 299 ordinary tokens (the 300th is <|endoftext|>, as in GPT-2)."""
+    _, folder = reference
+    root = tmp_path_factory.mktemp("data")
+    (root / "gpt2").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(folder / name, root / "gpt2" / name)
+    ranks = data.train_bpe(generated_text(), 299)
+    (root / "gpt2" / "gpt2.tiktoken").write_text(data.ranks_text(ranks))
+    return root
+
+
+def test_gpt2_by_name_or_folder_is_a_causal_checkpoint_with_the_same_logits(reference, data_dir):
+    hf, folder = reference
+    for source in ("gpt2", str(folder)):
+        checkpoint = plumbing.load_checkpoint(source, data_dir=str(data_dir))
+        assert checkpoint["kind"] == "causal" and checkpoint["tokenizer"]["name"] == "gpt2"
+        assert checkpoint["model_config"]["vocab_size"] == 320       # 300 + our 3 specials, to a multiple of 64
+        model = plumbing.model_from_checkpoint(checkpoint).eval()
+        idx = torch.randint(300, (1, 30), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            assert (model(idx)[0][..., :300] - hf(idx).logits).abs().max().item() < 1e-5
+    with pytest.raises(plumbing.UserError, match="a bidirectional one is needed"):
+        plumbing.load_checkpoint("gpt2", kind="bidirectional", data_dir=str(data_dir))
+
+
+def test_gpt2_missing_offline_names_the_files(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(plumbing.urllib.request, "urlopen", offline)
+    with pytest.raises(plumbing.UserError, match=r"gpt2/config.json not found .*--data-dir"):
+        plumbing.load_checkpoint("gpt2", data_dir=str(tmp_path))
+
+
+def test_gpt2_paths_of_train_clm_and_finetune(reference, data_dir, tmp_path, capsys):
+    _, folder = reference
+    flags = ["--data-dir", str(data_dir)]
+    train_clm.main(["--sample", str(folder), "--prompt", "the cat", "--num-tokens", "8", *flags])
+    assert capsys.readouterr().out.startswith("the cat")
+    corpus = tmp_path / "domain.txt"
+    corpus.write_text(generated_text(seed=5))
+    train_clm.main(["--init-from", "gpt2", "--corpus", str(corpus), "--max-iters", "2", "--block-size", "32",
+                    "--batch-size", "4", "--eval-interval", "2", "--eval-batches", "1", "--precision", "fp32",
+                    "--sample-tokens", "0", "--out-dir", str(tmp_path / "dapt"), "--quiet", *flags])
+    continued = plumbing.load_checkpoint(str(tmp_path / "dapt" / "ckpt.pt"))
+    assert continued["model_config"]["n_embd"] == 48 and continued["model_config"]["gelu"] == "tanh"
+    rows = [f"{'the cat' if i % 2 else 'my friend'} sees the river.\t{'animal' if i % 2 else 'person'}"
+            for i in range(60)]
+    (tmp_path / "task.tsv").write_text("\n".join(rows) + "\n")
+    for mode in ("lora", "full", "prompt"):
+        finetune.main(["--checkpoint", "gpt2", "--task", str(tmp_path / "task.tsv"), "--mode", mode,
+                       "--shots", "2", "--min-steps", "3", "--epochs", "0.1", "--precision", "fp32",
+                       "--out-dir", str(tmp_path / mode), *flags])
+        result = json.loads((tmp_path / mode / "results.json").read_text())
+        assert 0 <= result["test"]["accuracy"] <= 1
+    assert result["trainable"] == 0 and result["shots"] == 2
