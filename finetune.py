@@ -290,7 +290,7 @@ def merge_lora(module):
     return module
 
 
-MODES = ("full", "last-k", "frozen", "lora")
+MODES = ("full", "last-k", "frozen", "lora", "prompt")
 
 
 def apply_mode(classifier, cfg):
@@ -325,9 +325,10 @@ def parameter_counts(classifier):
 # ----------------------------------------------------------------------------------------------
 # 3. Bodies: a pretrained checkpoint, or the same architecture from random weights.
 
-def read_checkpoint(path):
-    """A pretraining checkpoint (plumbing's one reader: data only, checked) and its tokenizer."""
-    checkpoint = plumbing.load_checkpoint(path)
+def read_checkpoint(path, data_dir=None, cache_dir=None):
+    """A pretraining checkpoint, gpt2 or a GPT-2 folder (plumbing's one reader: data only,
+    checked), and its tokenizer."""
+    checkpoint = plumbing.load_checkpoint(path, data_dir=data_dir, cache_dir=cache_dir)
     checkpoint.pop("optimizer", None)                          # not needed here: free the memory
     enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
     plumbing.check_compatible(checkpoint, enc)                # the rebuilt vocabulary is the saved one
@@ -369,7 +370,11 @@ def make_classifier(body, n_classes, cfg):
 
 @dataclass
 class FinetuneConfig:
-    mode: str = knob("full", "full, last-k, frozen (head only) or lora: which parameters train")
+    mode: str = knob("full", "full, last-k, frozen (head only) or lora: which parameters train; or prompt: "
+                             "none, the body reads --shots labelled examples in its prompt")
+    shots: int = knob(4, "with --mode prompt: demonstrations per prompt, balanced and seeded", "[0, inf)")
+    verbalizers: Optional[str] = knob(None, "with --mode prompt: LABEL=WORD,... the word each class is "
+                                            "scored by (None: the class names)")
     last_k: int = knob(2, "with --mode last-k: how many top blocks train", "[1, inf)")
     lora_r: int = knob(8, "LoRA rank r", "[1, inf)")
     lora_alpha: float = knob(16.0, "LoRA alpha: the update is scaled by alpha / r", "(0, inf)")
@@ -408,6 +413,8 @@ def resolved(cfg):
     """cfg with its learning rate filled in: --lr if given, else the mode's default."""
     if cfg.mode not in MODES:
         raise UserError(f"unknown mode {cfg.mode!r}; use {', '.join(MODES)}")
+    if cfg.mode == "prompt":
+        return cfg                                          # nothing trains: no learning rate
     cfg = cfg if cfg.lr is not None else dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.mode])
     if cfg.min_lr > cfg.lr:
         raise UserError(f"--min-lr {cfg.min_lr} is above the peak learning rate {cfg.lr}; lower it")
@@ -580,7 +587,106 @@ def majority_baseline(train, dev, test):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Forgetting: the body's own pretraining loss, before and after fine-tuning.
+# 6. Prompting: the third route to a task, with no gradient step at all (GPT-3, Brown et al. 2020).
+#
+# A causal body continues text. Show it K labelled examples ("demonstrations") as text, then the
+# query, and ask which class's word (its verbalizer) is the likelier continuation:
+#
+#     Text: <demonstration 1>\nLabel: positive\n\n ... Text: <query>\nLabel:   -> " negative"?
+#
+#     prediction = argmax_y  log p(verbalizer(y) | prompt)     (summed over the word's tokens)
+#
+# Nothing trains; the K demonstrations are the only labels used (K = 0: zero-shot). In-context
+# learning appears with scale (Brown et al. 2020; Wei et al. 2022 call it emergent): a body of a
+# few million parameters, pretrained for minutes, is expected near chance, and the README shows it.
+
+def verbalizers(labelled, spec=None):
+    """The word each class is scored by, in label order: the class names, or --verbalizers
+    LABEL=WORD,... for a task whose names are codes ("0", "ham"). A leading space: it follows ':'."""
+    words = {name: name for name in labelled.label_names}
+    for item in (spec.split(",") if spec else []):
+        label, _, word = item.partition("=")
+        if label.strip() not in words or not word.strip():
+            raise UserError(f"--verbalizers: {item!r} is not LABEL=WORD with LABEL one of "
+                            f"{', '.join(labelled.label_names)}")
+        words[label.strip()] = word.strip()
+    return [" " + words[name] for name in labelled.label_names]
+
+
+def demonstrations(train, shots, seed):
+    """K training examples, balanced over classes and seeded, in shuffled order (all of one class
+    last would pull the answer towards it: Zhao et al. 2021)."""
+    return subsample_balanced(train, shots, seed) if shots else []
+
+
+PROMPT_PIECES = ("Text:", "\nLabel:", "\n\nText:")
+
+
+def text_budget(body, enc, shots, words, max_len):
+    """Tokens per text such that shots + 1 texts, their labels and the template fit the body."""
+    head, mid, sep = (len(enc.encode_ordinary(piece)) for piece in PROMPT_PIECES)
+    longest_word = max(len(enc.encode_ordinary(w)) for w in words)
+    return min(max_len, (body.config.block_size - head) // (shots + 1) - mid - sep - longest_word)
+
+
+@torch.no_grad()
+def prompt_scores(body, enc, demos, words, texts, max_len, device, batch_size=32):
+    """log p(word of class c | prompt for text i), shape (N, K). Each row is prefix + query + one class's word:
+        prefix = "Text:" + (" <demo>" "\nLabel:" " <its word>" "\n\nText:") per demonstration
+        query  = " <text>" "\nLabel:"
+    The pieces meet where GPT-2's split pattern always cuts (before a space or a newline that
+    follows a non-space), so encoding them apart gives exactly the tokens of the whole prompt, and
+    texts can be cut in tokens to fit the body's positions. The prefix is encoded once and shared
+    by every row; the model has no KV cache, so each row recomputes it (cheap at these sizes)."""
+    head, mid, sep = (enc.encode_ordinary(piece) for piece in PROMPT_PIECES)
+    word_ids = [enc.encode_ordinary(w) for w in words]
+    budget = text_budget(body, enc, len(demos), words, max_len)
+    if budget < 1:
+        raise UserError(f"{len(demos)} demonstrations do not fit the body's {body.config.block_size} "
+                        f"positions; use fewer --shots")
+
+    def text_ids(text):
+        return enc.encode_ordinary(" " + " ".join(text.split()))[:budget]
+    prefix = head + [t for text, y in demos for t in text_ids(text) + mid + word_ids[y] + sep]
+    pad, n_text = data.special_ids(enc)["pad"], data.n_ordinary(enc)
+    body.eval().to(device)
+    scores = torch.empty(len(texts), len(words))
+    rows = [(i, c) for i in range(len(texts)) for c in range(len(words))]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        queries = [prefix + text_ids(texts[i]) + mid for i, _ in chunk]
+        T = max(len(q) + len(word_ids[c]) for q, (_, c) in zip(queries, chunk))
+        idx = torch.full((len(chunk), T), pad, dtype=torch.long)         # (B, T), right-padded
+        for row, (query, (_, c)) in enumerate(zip(queries, chunk)):
+            idx[row, :len(query) + len(word_ids[c])] = torch.tensor(query + word_ids[c])
+        logits = body(idx.to(device))[0].float()                          # (B, T, V)
+        logprobs = torch.log_softmax(logits[..., :n_text], dim=-1).cpu()  # over text tokens only
+        for row, (query, (i, c)) in enumerate(zip(queries, chunk)):
+            # the word's j-th token is predicted at the position just before it
+            at = torch.arange(len(query) - 1, len(query) - 1 + len(word_ids[c]))
+            scores[i, c] = logprobs[row, at, word_ids[c]].sum()
+    return scores
+
+
+def prompt_run(body, enc, labelled, cfg, device):
+    """Prompting's 'run': demonstrations from the training split, dev and test scored."""
+    if not body.config.causal:
+        raise UserError("--mode prompt needs a causal (CLM) body: a bidirectional one was never "
+                        "trained to continue text; use train_clm.py's checkpoint or gpt2")
+    start = time.perf_counter()
+    words = verbalizers(labelled, cfg.verbalizers)
+    demos = demonstrations(labelled.train, cfg.shots, cfg.seed)
+    result = dict(shots=cfg.shots, verbalizers=words, trainable=0, total=body.num_params(False))
+    for split in ("dev", "test"):
+        texts, labels = [t for t, _ in getattr(labelled, split)], [y for _, y in getattr(labelled, split)]
+        predictions = prompt_scores(body, enc, demos, words, texts, cfg.max_len, device).argmax(dim=-1)
+        result[split] = classification_metrics(predictions, labels)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Forgetting: the body's own pretraining loss, before and after fine-tuning.
 
 PRETRAINING_OBJECTIVES = {"clm": train_clm.CLM, "mlm": train_mlm.MLM}
 
@@ -605,7 +711,7 @@ def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 7. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
+# 8. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
 
 def load_task(name, n_train, seed, data_dir=None, cache_dir=None):
     labelled = load_labelled(name, data_dir, cache_dir)
@@ -678,7 +784,7 @@ def single_run(args, cfg):
     device = plumbing.pick_device(cfg.device)
     checkpoint = None
     if args.checkpoint:
-        checkpoint, enc = read_checkpoint(args.checkpoint)
+        checkpoint, enc = read_checkpoint(args.checkpoint, args.data_dir, args.cache_dir)
         body = body_from(checkpoint, args.init, cfg.seed)
         source = f"{checkpoint.get('objective', '?')} checkpoint {args.checkpoint}"
         source = source if args.init == "pretrained" else f"random weights shaped like {source}"
@@ -688,9 +794,12 @@ def single_run(args, cfg):
     else:
         body, enc = scratch_from_flags(args, cfg.seed)
         source = f"random weights, --preset {args.preset} shape, tokenizer {args.tokenizer}"
-    if args.forgetting and (checkpoint is None or args.init == "scratch"):
-        raise UserError("--forgetting compares a pretrained body before and after; pass --checkpoint "
-                        "with --init pretrained")
+    if args.forgetting and (checkpoint is None or args.init == "scratch" or cfg.mode == "prompt"):
+        raise UserError("--forgetting compares a pretrained body before and after training; pass "
+                        "--checkpoint with --init pretrained and a mode that trains")
+    if args.forgetting and "train_config" not in checkpoint:
+        raise UserError(f"--forgetting needs the body's pretraining text, which {args.checkpoint} does "
+                        f"not name; use a checkpoint from train_clm.py or train_mlm.py")
     labelled, train = load_task(args.task, cfg.n_train, cfg.seed, args.data_dir, args.cache_dir)
     forgetting = None
     if args.forgetting:
@@ -700,13 +809,19 @@ def single_run(args, cfg):
           f"{len(labelled.test)} test")
     print(f"body: {source} ({'causal' if body.config.causal else 'bidirectional'}, "
           f"{body.num_params(non_embedding=False):,} parameters); mode {cfg.mode}")
-    result, _ = run_one(body, enc, labelled, train, cfg, device, forgetting=forgetting)
-    print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
-          f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
-          f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
+    if cfg.mode == "prompt":
+        result = prompt_run(body, enc, labelled, cfg, device)
+        print(f"prompting: {cfg.shots} demonstrations per prompt, classes scored by the words "
+              f"{result['verbalizers']}, no training step, {result['seconds']:.1f}s")
+    else:
+        result, _ = run_one(body, enc, labelled, train, cfg, device, forgetting=forgetting)
+        print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
+              f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
+              f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
     baseline = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
     majority = majority_baseline(train, labelled.dev, labelled.test)
-    print_results(result, baseline, majority, f"fine-tuned ({args.init}, {cfg.mode})")
+    label = f"prompted ({cfg.shots} shots)" if cfg.mode == "prompt" else f"fine-tuned ({args.init}, {cfg.mode})"
+    print_results(result, baseline, majority, label)
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
         record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init,
@@ -714,21 +829,23 @@ def single_run(args, cfg):
                       majority_class=majority)
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:
             json.dump(record, f, indent=1)
-        plot_curve(result["history"], os.path.join(args.out_dir, "curve.png"),
-                   f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels")
-        print(f"saved {args.out_dir}/results.json and {args.out_dir}/curve.png")
+        if "history" in result:                            # prompting has no curve
+            plot_curve(result["history"], os.path.join(args.out_dir, "curve.png"),
+                       f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels")
+        print(f"saved results in {args.out_dir}")
     return result, baseline
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. The sweep: test accuracy against the number of labels.
+# 9. The sweep: test accuracy against the number of labels.
 
 # method -> (which checkpoint, init, mode). LoRA adapts the CLM body. Each pretrained method is
 # compared with random weights in its own architecture (mask, shape, pooling), which is not the
 # same for the two checkpoints: "scratch" has the CLM's, "scratch-mlm" the MLM's.
 SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrained", "full"),
                  "scratch-mlm": ("mlm", "scratch", "full"), "mlm": ("mlm", "pretrained", "full"),
-                 "lora": ("clm", "pretrained", "lora")}
+                 "lora": ("clm", "pretrained", "lora"), "prompt": ("clm", "pretrained", "prompt")}
+PROMPT_SHOTS = (0, 1, 4, 8)   # prompting's rows: its "labels" are the demonstrations in the prompt
 
 
 def baseline_of(method, methods):
@@ -761,9 +878,9 @@ def sweep(args, cfg):
     device = plumbing.pick_device(cfg.device)
     if not args.clm:
         raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
-    checkpoints = {"clm": read_checkpoint(args.clm)}
+    checkpoints = {"clm": read_checkpoint(args.clm, args.data_dir, args.cache_dir)}
     if args.mlm:
-        checkpoints["mlm"] = read_checkpoint(args.mlm)
+        checkpoints["mlm"] = read_checkpoint(args.mlm, args.data_dir, args.cache_dir)
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in methods if m not in SWEEP_METHODS]
     if unknown:
@@ -782,30 +899,44 @@ def sweep(args, cfg):
     path, sid = os.path.join(args.out_dir, "sweep.jsonl"), sweep_id(args, cfg)
     records = plumbing.load_records(path, sid)
     done = {(r["method"], r["n_train"], r["seed"]) for r in records}
-    plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if (m, k, s) not in done]
+    plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if m != "prompt"]
 
     def body_for(method, seed):
         which, init, _ = SWEEP_METHODS[method]
         checkpoint, enc = checkpoints[which]
         return body_from(checkpoint, init, seed), enc
 
-    to_train = [(m, k) for m, k, _ in plan if m != "bow"]
+    if "prompt" in methods:
+        body, enc = body_for("prompt", cfg.seed)
+        words = verbalizers(labelled, cfg.verbalizers)
+        shots = [k for k in PROMPT_SHOTS if text_budget(body, enc, k, words, cfg.max_len) >= 1]
+        if len(shots) < len(PROMPT_SHOTS):
+            print(f"prompting: only {shots} demonstrations fit the body's {body.config.block_size} positions")
+        plan += [("prompt", k, s) for k in shots for s in seeds]
+    plan = [run for run in plan if run[:3] not in done]
+
+    to_train = [(m, k) for m, k, _ in plan if m not in ("bow", "prompt")]
     if to_train and cfg.precision == "auto":       # measured once, not once per run
-        body, enc = body_for(methods[0], cfg.seed)
+        body, enc = body_for(to_train[0][0], cfg.seed)
         classifier = make_classifier(body, len(labelled.label_names), resolved(cfg)).to(device)
         sequences, labels = encode_examples(enc, labelled.train, cfg.max_len, body)
         cfg = dataclasses.replace(cfg, precision=pick_precision(
             classifier, sequences, labels, data.special_ids(enc)["pad"], cfg, device))
-    per_step, per_eval = probe(methods, body_for, labelled, cfg, device) if to_train else ({}, {})
+    trained = [m for m in methods if m != "prompt"]
+    per_step, per_eval = probe(trained, body_for, labelled, cfg, device) if to_train else ({}, {})
     predicted = sum(n_steps(cfg, k) * per_step[m] + per_eval[m] for m, k in to_train)
     print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, "
           f"seeds {seeds}; {len(plan)} runs to do ({len(records)} done in {path}); precision "
-          f"{cfg.precision}; predicted {predicted / 60:.1f} min (a probe of each method, here and now)")
+          f"{cfg.precision}; predicted {predicted / 60:.1f} min for the fine-tuning runs (a probe of each "
+          f"method, here and now)")
     start = time.perf_counter()
     for i, (method, k, seed) in enumerate(plan, 1):
-        train = subsample_balanced(labelled.train, k, seed)
+        train = subsample_balanced(labelled.train, k, seed) if method != "prompt" else None
         if method == "bow":
             result = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+        elif method == "prompt":
+            body, enc = body_for(method, seed)
+            result = prompt_run(body, enc, labelled, dataclasses.replace(cfg, seed=seed, shots=k), device)
         else:
             body, enc = body_for(method, seed)
             run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2])
@@ -818,7 +949,8 @@ def sweep(args, cfg):
         print(f"[{i}/{len(plan)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
               f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
               f"({time.perf_counter() - start:.0f}s elapsed)")
-    baselines = {m: baseline_of(m, methods) for m in methods}
+    baselines = {m: baseline_of(m, methods) for m in methods if m != "prompt"}
+    sizes = sorted(set(sizes) | (set(PROMPT_SHOTS) if "prompt" in methods else set()))
     print(plumbing.write_sweep_report(records, ["bow"] + methods, sizes, labelled, baselines, args.out_dir))
     print(f"saved {path}, {args.out_dir}/sweep.md and {args.out_dir}/sweep.png "
           f"({time.perf_counter() - start:.0f}s for the runs)")
@@ -843,7 +975,7 @@ def probe(methods, body_for, labelled, cfg, device, steps=4):
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. The command line.
+# 10. The command line.
 
 def export_text(args):
     """A labelled set's TRAINING texts without labels, one per line: in-domain text to pretrain on
@@ -883,7 +1015,8 @@ def main(argv=None):
     group.add_argument("--sweep", action="store_true", help="run the sweep instead of one fine-tuning")
     group.add_argument("--clm", metavar="CKPT", help="CLM checkpoint (scratch and lora use its shape)")
     group.add_argument("--mlm", metavar="CKPT", help="MLM checkpoint")
-    group.add_argument("--methods", default="scratch,clm,scratch-mlm,mlm,lora", help=f"from {', '.join(SWEEP_METHODS)}")
+    group.add_argument("--methods", default="scratch,clm,scratch-mlm,mlm,lora,prompt",
+                       help=f"from {', '.join(SWEEP_METHODS)} (prompt: at {PROMPT_SHOTS} demonstrations)")
     group.add_argument("--sizes", default="32,128,256,512,2048,all",
                        help="labelled set sizes (capped at the train split)")
     plumbing.add_flag(group, "--seeds", 3, "seeds per point (from --seed on)", "[1, inf)")

@@ -244,6 +244,7 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     assert {(r["method"], r["n_train"], r["seed"]) for r in records} >= {
         (m, k, s) for m in ("bow", "scratch", "clm", "scratch-mlm", "mlm", "lora") for k in (8, 96)
         for s in (0, 1)}
+    assert {(r["method"], r["n_train"]) for r in records} >= {("prompt", 0)}   # prompting's zero-shot row
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table
@@ -255,6 +256,44 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     finetune.main(["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")])
     labelled = finetune.load_labelled(pretrained["tsv"])
     assert (tmp_path / "train.txt").read_text().splitlines() == [t for t, _ in labelled.train]
+
+
+def test_prompt_scores_are_the_log_probability_of_each_word_after_the_whole_prompt():
+    """Scored in pieces, right-padded, in batches: the same numbers as encoding each whole prompt
+    string at once and reading log p(word | prompt) off the model, token by token."""
+    text = generated_text(seed=3)
+    enc = data.get_tokenizer("bpe:300", text=text)
+    torch.manual_seed(0)
+    body = Transformer(ModelConfig(vocab_size=320, block_size=256, n_layer=2, n_head=2, n_embd=32)).eval()
+    demos, words = [("the cat sees the river.", 1), ("my friend likes  the book.", 0)], [" person", " animal"]
+    texts = ["a dog reads a letter.", "the teacher paints\tthe garden and the river."]
+    scores = finetune.prompt_scores(body, enc, demos, words, texts, 64, torch.device("cpu"), batch_size=3)
+    n_text = data.n_ordinary(enc)
+    for i, query in enumerate(texts):
+        for c, word in enumerate(words):
+            prompt = "".join(f"Text: {' '.join(t.split())}\nLabel:{words[y]}\n\n" for t, y in demos)
+            prompt += f"Text: {' '.join(query.split())}\nLabel:"
+            ids, word_ids = enc.encode_ordinary(prompt + word), enc.encode_ordinary(word)
+            with torch.no_grad():
+                logprobs = torch.log_softmax(body(torch.tensor([ids]))[0][0, :, :n_text].float(), -1)
+            start = len(ids) - len(word_ids)
+            expected = sum(logprobs[start - 1 + j, t].item() for j, t in enumerate(word_ids))
+            assert scores[i, c].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pretrained, tmp_path, capsys):
+    finetune.main(["--checkpoint", pretrained["clm"][0], "--task", pretrained["tsv"], "--mode", "prompt",
+                   "--shots", "0", "--verbalizers", "animal=beast", "--out-dir", str(tmp_path / "p")])
+    result = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert result["shots"] == 0 and result["verbalizers"] == [" beast", " person"] and result["trainable"] == 0
+    assert 0 <= result["test"]["accuracy"] <= 1 and "prompted (0 shots)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: finetune.main(["--checkpoint", pretrained["mlm"][0], "--task", pretrained["tsv"],
+                                                "--mode", "prompt", "--out-dir", ""]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "needs a causal" in err and err.count("\n") == 1
+    with pytest.raises(data.UserError, match="--verbalizers"):
+        finetune.verbalizers(finetune.load_labelled(pretrained["tsv"]), "robot=beep")
 
 
 @pytest.mark.parametrize("argv, message", [
