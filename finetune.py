@@ -53,7 +53,6 @@ Read in this order: 1. inputs and pooling; 2. the classifier, the modes and LoRA
 """
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -509,21 +508,6 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     return history, precision
 
 
-def plot_curve(history, path, title):
-    """Training loss by step, and the dev scores at the evaluation points."""
-    evals = [r for r in history if "dev_accuracy" in r]
-    with plumbing.figure(path, ncols=2, size=(11, 4)) as (fig, (left, right)):
-        left.plot([r["step"] for r in history], [r["train_loss"] for r in history], alpha=0.7)
-        left.set(xlabel="step", ylabel="training loss (cross-entropy, nats)", title="training loss")
-        for key in ("dev_accuracy", "dev_macro_f1"):
-            right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key.replace("_", " "))
-        right.set(xlabel="step", ylabel="score", title="dev set", ylim=(0, 1.02))
-        right.legend()
-        for ax in (left, right):
-            ax.grid(alpha=0.3)
-        fig.suptitle(title)
-
-
 # ----------------------------------------------------------------------------------------------
 # 5. The reference row: bag-of-words logistic regression on the same examples.
 
@@ -751,36 +735,8 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
     return result, classifier
 
 
-def print_results(result, baseline, majority, label):
-    print(f"{'':34s} {'dev acc':>8s} {'dev F1':>8s} {'test acc':>9s} {'test F1':>8s}")
-    for name, row in ((label, result), ("bag-of-words logistic regression", baseline),
-                      ("majority class (always one label)", majority)):
-        print(f"{name:34s} {row['dev']['accuracy']:8.3f} {row['dev']['macro_f1']:8.3f} "
-              f"{row['test']['accuracy']:9.3f} {row['test']['macro_f1']:8.3f}")
-    if "pretraining_loss" in result:
-        pre = result["pretraining_loss"]
-        print(f"forgetting: pretraining val loss {pre['before']:.4f} -> {pre['after']:.4f} "
-              f"({pre['after'] - pre['before']:+.4f} nats per token)")
-    if "lora_merge_max_abs_diff" in result:
-        print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
-
-
-def check_results_dir(out_dir, overwrite, names):
-    """Refuse, before any work, an --out-dir that is a file or that already holds results (unless
-    --overwrite): a second run must not silently replace the first run's files."""
-    if not out_dir:
-        return
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"--out-dir {out_dir} is a file; give a folder")
-    taken = [name for name in names if os.path.exists(os.path.join(out_dir, name))]
-    if taken and not overwrite:
-        raise UserError(f"{os.path.join(out_dir, taken[0])} already holds results; pass --overwrite to "
-                        f"replace them, or another --out-dir")
-    plumbing.check_writable_folder(out_dir)
-
-
 def single_run(args, cfg):
-    check_results_dir(args.out_dir, args.overwrite, ("results.json", "curve.png"))
+    plumbing.check_results_dir(args.out_dir, args.overwrite, ("results.json", "curve.png"))
     device = plumbing.pick_device(cfg.device)
     checkpoint = None
     if args.checkpoint:
@@ -821,7 +777,7 @@ def single_run(args, cfg):
     baseline = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
     majority = majority_baseline(train, labelled.dev, labelled.test)
     label = f"prompted ({cfg.shots} shots)" if cfg.mode == "prompt" else f"fine-tuned ({args.init}, {cfg.mode})"
-    print_results(result, baseline, majority, label)
+    plumbing.print_results(result, baseline, majority, label)
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
         record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init,
@@ -830,7 +786,7 @@ def single_run(args, cfg):
         with open(os.path.join(args.out_dir, "results.json"), "w") as f:
             json.dump(record, f, indent=1)
         if "history" in result:                            # prompting has no curve
-            plot_curve(result["history"], os.path.join(args.out_dir, "curve.png"),
+            plumbing.plot_curve(result["history"], os.path.join(args.out_dir, "curve.png"),
                        f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels")
         print(f"saved results in {args.out_dir}")
     return result, baseline
@@ -867,20 +823,14 @@ def parse_sizes(text, n_available):
     return sorted(sizes)
 
 
-def sweep_id(args, cfg):
-    """Results from other settings must not be mixed in: every record carries this id."""
-    stamp = {k: (os.path.getmtime(p) if p else None) for k, p in (("clm", args.clm), ("mlm", args.mlm))}
-    blob = json.dumps([args.task, args.clm, args.mlm, stamp, dataclasses.asdict(cfg)], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def sweep(args, cfg):
+    """Every method at every size for --seeds seeds, beside bag-of-words; prompting at PROMPT_SHOTS
+    demonstrations. Each pretrained method is compared with scratch in its own architecture."""
     device = plumbing.pick_device(cfg.device)
     if not args.clm:
         raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
-    checkpoints = {"clm": read_checkpoint(args.clm, args.data_dir, args.cache_dir)}
-    if args.mlm:
-        checkpoints["mlm"] = read_checkpoint(args.mlm, args.data_dir, args.cache_dir)
+    checkpoints = {which: read_checkpoint(path, args.data_dir, args.cache_dir)
+                   for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in methods if m not in SWEEP_METHODS]
     if unknown:
@@ -893,19 +843,26 @@ def sweep(args, cfg):
         raise UserError("--methods: nothing left to run; give --mlm CKPT or other methods")
     labelled = load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = parse_sizes(args.sizes, len(labelled.train))
-    seeds = list(range(cfg.seed, cfg.seed + args.seeds))
+    seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
-    os.makedirs(args.out_dir, exist_ok=True)
-    path, sid = os.path.join(args.out_dir, "sweep.jsonl"), sweep_id(args, cfg)
-    records = plumbing.load_records(path, sid)
-    done = {(r["method"], r["n_train"], r["seed"]) for r in records}
-    plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if m != "prompt"]
 
     def body_for(method, seed):
         which, init, _ = SWEEP_METHODS[method]
         checkpoint, enc = checkpoints[which]
         return body_from(checkpoint, init, seed), enc
 
+    def run(method, k, seed):
+        if method == "bow":
+            train = subsample_balanced(labelled.train, k, seed)
+            return bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+        body, enc = body_for(method, seed)
+        run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2], shots=k)
+        if method == "prompt":
+            return prompt_run(body, enc, labelled, run_cfg, device)
+        train = subsample_balanced(labelled.train, k, seed)
+        return run_one(body, enc, labelled, train, run_cfg, device, log=lambda *a: None)[0]
+
+    plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if m != "prompt"]
     if "prompt" in methods:
         body, enc = body_for("prompt", cfg.seed)
         words = verbalizers(labelled, cfg.verbalizers)
@@ -913,65 +870,15 @@ def sweep(args, cfg):
         if len(shots) < len(PROMPT_SHOTS):
             print(f"prompting: only {shots} demonstrations fit the body's {body.config.block_size} positions")
         plan += [("prompt", k, s) for k in shots for s in seeds]
-    plan = [run for run in plan if run[:3] not in done]
-
-    to_train = [(m, k) for m, k, _ in plan if m not in ("bow", "prompt")]
-    if to_train and cfg.precision == "auto":       # measured once, not once per run
-        body, enc = body_for(to_train[0][0], cfg.seed)
-        classifier = make_classifier(body, len(labelled.label_names), resolved(cfg)).to(device)
-        sequences, labels = encode_examples(enc, labelled.train, cfg.max_len, body)
-        cfg = dataclasses.replace(cfg, precision=pick_precision(
-            classifier, sequences, labels, data.special_ids(enc)["pad"], cfg, device))
-    trained = [m for m in methods if m != "prompt"]
-    per_step, per_eval = probe(trained, body_for, labelled, cfg, device) if to_train else ({}, {})
-    predicted = sum(n_steps(cfg, k) * per_step[m] + per_eval[m] for m, k in to_train)
-    print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, "
-          f"seeds {seeds}; {len(plan)} runs to do ({len(records)} done in {path}); precision "
-          f"{cfg.precision}; predicted {predicted / 60:.1f} min for the fine-tuning runs (a probe of each "
-          f"method, here and now)")
-    start = time.perf_counter()
-    for i, (method, k, seed) in enumerate(plan, 1):
-        train = subsample_balanced(labelled.train, k, seed) if method != "prompt" else None
-        if method == "bow":
-            result = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-        elif method == "prompt":
-            body, enc = body_for(method, seed)
-            result = prompt_run(body, enc, labelled, dataclasses.replace(cfg, seed=seed, shots=k), device)
-        else:
-            body, enc = body_for(method, seed)
-            run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2])
-            result, _ = run_one(body, enc, labelled, train, run_cfg, device, log=lambda *a: None)
-        record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"],
-                      test=result["test"], trainable=result.get("trainable"), lr=result.get("lr"),
-                      seconds=result.get("seconds"))
-        plumbing.append_jsonl(path, record)
-        records.append(record)
-        print(f"[{i}/{len(plan)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
-              f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
-              f"({time.perf_counter() - start:.0f}s elapsed)")
+        sizes = sorted(set(sizes) | set(shots))
+    # Records made with other settings (or from a checkpoint since rewritten) are never mixed in.
+    settings = [args.task, {p: os.path.getmtime(p) for p in (args.clm, args.mlm) if p and os.path.isfile(p)},
+                args.clm, args.mlm, dataclasses.asdict(cfg)]
+    print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, seeds {list(seeds)}")
+    records = plumbing.run_sweep(plan, run, os.path.join(args.out_dir, "sweep.jsonl"), settings)
     baselines = {m: baseline_of(m, methods) for m in methods if m != "prompt"}
-    sizes = sorted(set(sizes) | (set(PROMPT_SHOTS) if "prompt" in methods else set()))
     print(plumbing.write_sweep_report(records, ["bow"] + methods, sizes, labelled, baselines, args.out_dir))
-    print(f"saved {path}, {args.out_dir}/sweep.md and {args.out_dir}/sweep.png "
-          f"({time.perf_counter() - start:.0f}s for the runs)")
-
-
-def probe(methods, body_for, labelled, cfg, device, steps=4):
-    """Seconds per training step and per dev+test evaluation for each method, measured here and now
-    on the longest texts (so a slight over-estimate): the sweep's predicted time."""
-    longest = sorted(labelled.train, key=lambda e: -len(e[0]))[:cfg.batch_size * steps]
-    sample = dataclasses.replace(labelled, dev=labelled.dev[:32], test=labelled.test[:32])
-    per_step, per_eval = {}, {}
-    for method in methods:
-        body, enc = body_for(method, cfg.seed)
-        quick = dataclasses.replace(cfg, mode=SWEEP_METHODS[method][2], epochs=0, min_steps=steps)
-        start = time.perf_counter()
-        result, _ = run_one(body, enc, sample, longest, quick, device, log=lambda *a: None)
-        seconds = [r["seconds"] for r in result["history"]]
-        per_step[method] = (seconds[-1] - seconds[0]) / (steps - 1)    # the first step warms up
-        evaluating = time.perf_counter() - start - seconds[-1]          # 64 examples, and set-up
-        per_eval[method] = evaluating * (len(labelled.dev) + len(labelled.test)) / 64
-    return per_step, per_eval
+    print(f"saved {args.out_dir}/sweep.jsonl, sweep.md and sweep.png")
 
 
 # ----------------------------------------------------------------------------------------------

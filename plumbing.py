@@ -27,7 +27,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
@@ -972,6 +972,76 @@ def plot_history(history, path, title):
 
 
 # The fine-tuning sweep's results file, tables and plot (finetune.py --sweep).
+
+def plot_curve(history, path, title):
+    """Training loss by step, and the dev scores at the evaluation points."""
+    evals = [r for r in history if "dev_accuracy" in r]
+    with figure(path, ncols=2, size=(11, 4)) as (fig, (left, right)):
+        left.plot([r["step"] for r in history], [r["train_loss"] for r in history], alpha=0.7)
+        left.set(xlabel="step", ylabel="training loss (cross-entropy, nats)", title="training loss")
+        for key in ("dev_accuracy", "dev_macro_f1"):
+            right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key.replace("_", " "))
+        right.set(xlabel="step", ylabel="score", title="dev set", ylim=(0, 1.02))
+        right.legend()
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
+
+
+def print_results(result, baseline, majority, label):
+    """finetune.py's table: the run beside its two reference rows, then forgetting and LoRA checks."""
+    print(f"{'':34s} {'dev acc':>8s} {'dev F1':>8s} {'test acc':>9s} {'test F1':>8s}")
+    for name, row in ((label, result), ("bag-of-words logistic regression", baseline),
+                      ("majority class (always one label)", majority)):
+        print(f"{name:34s} {row['dev']['accuracy']:8.3f} {row['dev']['macro_f1']:8.3f} "
+              f"{row['test']['accuracy']:9.3f} {row['test']['macro_f1']:8.3f}")
+    if "pretraining_loss" in result:
+        pre = result["pretraining_loss"]
+        print(f"forgetting: pretraining val loss {pre['before']:.4f} -> {pre['after']:.4f} "
+              f"({pre['after'] - pre['before']:+.4f} nats per token)")
+    if "lora_merge_max_abs_diff" in result:
+        print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
+
+
+def check_results_dir(out_dir, overwrite, names):
+    """Refuse, before any work, an --out-dir that is a file or that already holds results (unless
+    --overwrite): a second run must not silently replace the first run's files."""
+    if not out_dir:
+        return
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out-dir {out_dir} is a file; give a folder")
+    taken = [name for name in names if os.path.exists(os.path.join(out_dir, name))]
+    if taken and not overwrite:
+        raise UserError(f"{os.path.join(out_dir, taken[0])} already holds results; pass --overwrite to "
+                        f"replace them, or another --out-dir")
+    check_writable_folder(out_dir)
+
+
+def run_sweep(plan, run, path, settings):
+    """Run every (method, size, seed) of `plan` through run(method, size, seed) -> result dict,
+    appending a record to the JSONL file at `path` as each run finishes: a sweep that is stopped
+    resumes where it was, skipping what is done. Records carry an id of `settings`, so results
+    made with other settings are never mixed in. Prints one line per run, with the time left."""
+    sid = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    records = load_records(path, sid)
+    done = {(r["method"], r["n_train"], r["seed"]) for r in records}
+    todo = [item for item in plan if item not in done]
+    print(f"{len(todo)} runs to do ({len(records)} done in {path})")
+    start = time.perf_counter()
+    for i, (method, k, seed) in enumerate(todo, 1):
+        result = run(method, k, seed)
+        record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"],
+                      test=result["test"], trainable=result.get("trainable"), lr=result.get("lr"),
+                      seconds=result.get("seconds"))
+        append_jsonl(path, record)
+        records.append(record)
+        elapsed = time.perf_counter() - start
+        print(f"[{i}/{len(todo)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
+              f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
+              f"({elapsed:.0f}s elapsed, about {elapsed / i * (len(todo) - i):.0f}s left)")
+    return records
+
 
 def load_records(path, sid):
     """The records of one sweep (its id) from a JSONL file written as runs finish."""

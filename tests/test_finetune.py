@@ -249,7 +249,7 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table
     assert "clm minus scratch," in table and "mlm minus scratch-mlm," in table and "lora minus scratch," in table
-    assert "predicted" in capsys.readouterr().out
+    assert "s left)" in capsys.readouterr().out
     finetune.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
     assert "0 runs to do" in capsys.readouterr().out
 
