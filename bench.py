@@ -122,7 +122,7 @@ def measure_training(spec):
                                n_embd=cfg.n_embd, attention=cfg.attention,
                                alibi=cfg.alibi)      # as train_clm.py trains: its default
     model = Transformer(model_config).to(device)
-    optimizer = train_clm.make_optimizer(model, cfg, device)
+    optimizer = train_clm.make_optimizer(model, cfg, device, cfg.muon_lr)
     autocast, scaler = plumbing.precision_context(device, spec["precision"])
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)

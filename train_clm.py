@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import data
+import muon
 import plumbing
 from model import ModelConfig, Transformer
 from plumbing import UserError, knob
@@ -68,7 +69,9 @@ class TrainConfig:
     # optimisation
     batch_size: int = knob(32, "sequences per micro-batch", "[1, inf)")
     grad_accum: int = knob(1, "micro-batches per optimiser step", "[1, inf)")
-    lr: float = knob(2e-3, "peak learning rate", "(0, inf)")
+    lr: float = knob(2e-3, "peak learning rate (AdamW's)", "(0, inf)")
+    muon_lr: float = knob(0.0, "peak learning rate of Muon (muon.py) for the blocks' matrices; 0: AdamW "
+                               "for every parameter", "[0, inf)")
     min_lr: float = knob(2e-4, "final learning rate (1/10 of the peak, as Chinchilla); at most --lr",
                          "[0, inf)")
     warmup: float = knob(0.05, "warmup length, as a fraction of the whole budget", "[0, 1)")
@@ -203,17 +206,24 @@ CLM = Objective("clm", True, clm_train_batch, clm_loss, clm_eval_batches, clm_me
 # ----------------------------------------------------------------------------------------------
 # 3. Optimiser and schedule.
 
-def make_optimizer(model, cfg, device):
+def make_optimizer(model, cfg, device, muon_lr=0.0):
     """AdamW (Loshchilov & Hutter 2019) with two groups. Weight decay pulls parameters toward zero;
     that is a sensible prior for matrices (embeddings, projections), whose size sets how strongly
     features mix, but not for LayerNorm gains and biases, whose job is to set a scale or an offset:
-    decaying them fights the network for no regularising benefit (as in GPT-2/nanoGPT and BERT)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
-              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    decaying them fights the network for no regularising benefit (as in GPT-2/nanoGPT and BERT).
+    muon_lr > 0: the blocks' matrices go to Muon instead (muon.py), at muon_lr at the peak."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for name, p in named if muon_lr > 0 and p.dim() == 2 and ".blocks." in f".{name}"]
+    rest = [p for _, p in named if all(p is not h for h in hidden)]
+    groups = [dict(params=[p for p in rest if p.dim() >= 2], weight_decay=cfg.weight_decay, lr_scale=1.0),
+              dict(params=[p for p in rest if p.dim() < 2], weight_decay=0.0, lr_scale=1.0)]
     # The fused kernel updates all parameters in one pass: much less per-tensor overhead.
     fused = device.type in ("cuda", "cpu", "mps")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    if not hidden:
+        return adamw
+    # lr_scale: the schedule gives AdamW's learning rate; Muon's follows it in proportion.
+    return muon.Optimizers(adamw=adamw, muon=muon.Muon([dict(params=hidden, lr_scale=muon_lr / cfg.lr)]))
 
 
 def learning_rate(progress, cfg):
@@ -250,7 +260,7 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     device, dataset, dist = run.device, run.dataset, run.dist
     torch.manual_seed(cfg.seed)                           # same seed on every rank: same init
     model = Transformer(run.model_config).to(device)
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device, cfg.muon_lr)
     # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
     batch_generator = torch.Generator().manual_seed(cfg.seed + 1000 * dist["rank"])
     state, history, precision = plumbing.restore(run, model, optimizer, batch_generator)
@@ -287,7 +297,7 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
             break
         lr = learning_rate(progress, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
 
         draw = lambda: objective.train_batch(dataset.train, cfg, dataset, batch_generator, device)
         loss = accumulate_gradients(train_model, objective.loss, draw, cfg.grad_accum, autocast,

@@ -88,7 +88,8 @@ def test_budget_progress_uses_the_tightest_rule():
     assert train_clm.budget_progress(cfg, 10, 500, 99.0) == 0.5
 
 
-def test_resume_reproduces_the_uninterrupted_run(corpus_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("muon_lr", [0.0, 0.02])     # AdamW alone; Muon and AdamW (two optimisers' states)
+def test_resume_reproduces_the_uninterrupted_run(muon_lr, corpus_file, tmp_path, monkeypatch):
     # Keep a copy of the step-10 checkpoint as it was written, as if the run had died right after it.
     # (tests/test_reliability.py does the same with a real SIGKILL.)
     real_save = plumbing.save_checkpoint
@@ -100,11 +101,11 @@ def test_resume_reproduces_the_uninterrupted_run(corpus_file, tmp_path, monkeypa
             shutil.copy(path, tmp_path / "died" / "ckpt.pt")
 
     monkeypatch.setattr(plumbing, "save_checkpoint", save_and_keep_step_10)
-    straight = train(tiny_config(corpus_file, tmp_path / "a", max_iters=20, eval_interval=10))
-    again = train(tiny_config(corpus_file, tmp_path / "b", max_iters=20, eval_interval=10))
+    straight = train(tiny_config(corpus_file, tmp_path / "a", max_iters=20, eval_interval=10, muon_lr=muon_lr))
+    again = train(tiny_config(corpus_file, tmp_path / "b", max_iters=20, eval_interval=10, muon_lr=muon_lr))
     assert again["val_loss"] == straight["val_loss"]                  # determinism, same seed
     resumed = train(tiny_config(corpus_file, tmp_path / "died", max_iters=20, eval_interval=10,
-                                resume=True))
+                                resume=True, muon_lr=muon_lr))
     after_10 = lambda result: [r["train_loss"] for r in result["history"] if r["step"] > 10 and "lr" in r]
     assert len(after_10(straight)) == 2
     assert after_10(resumed) == after_10(straight)
