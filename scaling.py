@@ -62,8 +62,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Optional
 
@@ -646,12 +648,42 @@ def append_result(path, record):
         os.fsync(f.fileno())
 
 
-def run_all(runs, settings, dataset, path, sid):
-    for i, run in enumerate(runs, 1):
-        record = dict(train_run(run, settings, dataset), settings_id=sid)
-        append_result(path, record)
-        print(f"[{i}/{len(runs)}] {run.key:32s} N={run.N:>8,} D={run.tokens:>10,} loss "
-              f"{record['val_loss']:.4f} ({record['wall_seconds']:.1f} s)", flush=True)
+def run_all(runs, settings, dataset, path, sid, workers=1):
+    """Train `runs`, appending each record to the results file as the run finishes. workers > 1:
+    that many runs at once, each in its own process with one thread. The runs are independent,
+    and a model this small cannot keep two cores busy by itself."""
+    if workers > 1 and len(runs) > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        futures = [pool.submit(train_run_in_worker, run, settings) for run in runs]
+        records = (future.result() for future in as_completed(futures))
+    else:
+        pool, records = None, (train_run(run, settings, dataset) for run in runs)
+    try:
+        for i, record in enumerate(records, 1):
+            append_result(path, dict(record, settings_id=sid))
+            print(f"[{i}/{len(runs)}] {record['key']:32s} N={record['N']:>8,} D={record['tokens']:>10,} "
+                  f"loss {record['val_loss']:.4f} ({record['wall_seconds']:.1f} s)", flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def train_run_in_worker(run, settings):
+    """train_run in a worker process: one thread, and the dataset opened from the cache (memory-
+    mapped, so every worker reads the same file instead of receiving a copy)."""
+    torch.set_num_threads(1)
+    dataset = data.prepare_dataset(settings["corpus"], settings["tokenizer"], settings.get("data_dir"),
+                                   settings.get("cache_dir"), verbose=False)
+    return train_run(run, settings, dataset)
+
+
+def makespan(seconds, workers):
+    """Wall time of jobs taking `seconds` on `workers` processes, each job going to the worker
+    that frees up first, longest first (as run_all is given them)."""
+    loads = [0.0] * max(1, workers)
+    for s in sorted(seconds, reverse=True):
+        loads[loads.index(min(loads))] += s
+    return max(loads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -870,6 +902,8 @@ class ScalingConfig:
     n_boot: int = knob(200, "bootstrap resamples for the intervals", "[10, inf)")
     seed: int = knob(1337, "seed of the grid's runs; the repeats use +1 and +2", "[0, inf)")
     threads: Optional[int] = knob(None, "torch CPU threads (None: the preset's; cpu: 1)", "[1, inf)")
+    workers: Optional[int] = knob(None, "runs trained at once, each in its own process with one thread "
+                                        "(None: one per CPU core for a CPU sweep, 1 on a GPU)", "[1, inf)")
 
 
 def main(argv=None):
@@ -901,14 +935,17 @@ def main(argv=None):
                                    settings.get("cache_dir"))
     setup = make_setup(preset, settings, train_clm.padded_vocab_size(dataset.enc.n_vocab),
                        len(dataset.train), args.seed)
-    if not sweep(setup, dataset, out_dir, args.dry_run, args.n_boot):
+    on_cpu = plumbing.pick_device(settings.get("device", "auto")).type == "cpu"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = args.workers or (cores if on_cpu else 1)
+    if not sweep(setup, dataset, out_dir, args.dry_run, args.n_boot, workers):
         return None
     report = report_and_plot(load_results(path), out_dir, args.n_boot, args.seed)
     print(f"wall time: {(time.perf_counter() - start) / 60:.1f} min in all")
     return report
 
 
-def sweep(setup, dataset, out_dir, dry_run, n_boot):
+def sweep(setup, dataset, out_dir, dry_run, n_boot, workers=1):
     """Plan, probe, train what the results file lacks, then the held-out run. False on a dry run."""
     preset, path = setup.preset, os.path.join(out_dir, "results.jsonl")
     plan = plan_sweep(setup)
@@ -937,12 +974,16 @@ def sweep(setup, dataset, out_dir, dry_run, n_boot):
     pending = todo + ([plan_holdout(setup)] if need_holdout else [])
     t0 = time.perf_counter()
     timing = probe(pending, setup.settings, dataset)
-    train_s, fit_s = predict_seconds(pending, timing), 0.15 * n_boot
-    print(f"probe ({time.perf_counter() - t0:.0f} s): {len(pending)} run(s) to train, predicted wall time "
-          f"{(train_s + fit_s) / 60:.1f} min (training {train_s / 60:.1f}, fits ~{fit_s / 60:.1f})", flush=True)
+    todo.sort(key=lambda r: -predict_seconds([r], timing))           # longest first: packs best
+    train_s = makespan([predict_seconds([r], timing) for r in todo], workers)
+    train_s += predict_seconds(pending[len(todo):], timing)          # the held-out run comes after
+    fit_s = 0.15 * n_boot
+    print(f"probe ({time.perf_counter() - t0:.0f} s): {len(pending)} run(s) to train, {workers} at a time; "
+          f"predicted wall time {(train_s + fit_s) / 60:.1f} min (training {train_s / 60:.1f}, fits "
+          f"~{fit_s / 60:.1f})", flush=True)
     if dry_run:
         return False
-    run_all(todo, setup.settings, dataset, path, sid)
+    run_all(todo, setup.settings, dataset, path, sid, workers)
     if need_holdout:
         grid = [r for r in load_results(path, sid) if r["role"] == "grid"]
         C, N, D, L = columns(grid)

@@ -191,3 +191,15 @@ def test_bootstrap_with_distinct_budgets_gives_intervals_of_nonzero_width(capsys
     assert "one pool" in capsys.readouterr().out
     alphas = [b["law"]["alpha"] for b in boots]
     assert len(boots) >= 15 and max(alphas) - min(alphas) > 1e-3
+
+
+def test_parallel_runs_give_exactly_the_sequential_results(corpus_file, tmp_path):
+    """Each run is seeded and single-threaded, so two worker processes must reproduce the
+    one-process sweep to the last bit, only in another order."""
+    losses = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        scaling.main(["--preset", "tiny", "--corpus", corpus_file, "--out-dir", str(out), "--n-boot", "10",
+                      "--workers", str(workers)])
+        losses[workers] = {r["key"]: r["val_loss"] for r in scaling.load_results(str(out / "results.jsonl"))}
+    assert len(losses[1]) == 4 and losses[2] == losses[1]
