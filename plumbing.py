@@ -501,7 +501,10 @@ def setup_distributed(device_name="auto"):
 
 
 def teardown_distributed(dist):
+    """Wait for every rank, then close the group: a rank that tears gloo down while another still
+    talks to it can abort ("terminate called without an active exception")."""
     if dist["world_size"] > 1:
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
