@@ -101,9 +101,11 @@ def measure_training(spec):
     """Time spec["steps"] training steps after spec["warmup"] untimed ones; returns a row (dict).
     With spec["reference"] (a path to nanoGPT's model.py) the row is nanoGPT's, see measure_reference.
 
-    The step is train_clm.train()'s: the same optimiser (make_optimizer), autocast and gradient
-    scaler (precision_context), micro-batch loop (accumulate_gradients), clipping and loss read-out,
-    on random windows of a random token stream drawn by data.get_batch, the training data path.
+    The step is train_clm.train()'s: the same optimiser (make_optimizer, with AdamW for every
+    parameter, as nanoGPT's step: Muon's extra work per step is a trade of its own, measured in
+    RESULTS.md), autocast and gradient scaler (precision_context), micro-batch loop
+    (accumulate_gradients), clipping and loss read-out, on random windows of a random token
+    stream drawn by data.get_batch, the training data path.
     """
     device = plumbing.pick_device(spec["device"])
     if spec.get("threads"):
@@ -122,7 +124,7 @@ def measure_training(spec):
                                n_embd=cfg.n_embd, attention=cfg.attention,
                                alibi=cfg.alibi)      # as train_clm.py trains: its default
     model = Transformer(model_config).to(device)
-    optimizer = train_clm.make_optimizer(model, cfg, device, cfg.muon_lr)
+    optimizer = train_clm.make_optimizer(model, cfg, device)      # AdamW, as nanoGPT's step
     autocast, scaler = plumbing.precision_context(device, spec["precision"])
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
