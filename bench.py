@@ -47,6 +47,8 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -55,7 +57,7 @@ import data
 import plumbing
 import train_clm
 from model import ModelConfig, Transformer
-from plumbing import UserError
+from plumbing import UserError, knob
 
 # Model shapes, named layers x width. The first three are the shapes of the README's comparison
 # with nanoGPT: its README's CPU example (shakespeare_char, 4 layers, width 128, 64-token context,
@@ -375,40 +377,37 @@ def peak_lines(rows):
 # ----------------------------------------------------------------------------------------------
 # The command line.
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke test: shape 2x32, 3 timed steps, "
-                        "no compile, the tokenizer on the first 200k characters, and every row in this "
-                        "process (seconds instead of minutes; peak memory is then cumulative)")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file")
-    parser.add_argument("--shapes", default="4x128,6x384,8x512,preset:cpu",
-                        help=f"comma-separated: {', '.join(SHAPES)}, preset:NAME (a train_clm.py preset), "
-                        f"or layers/heads/width/block/batch/vocab")
-    parser.add_argument("--precisions", default="auto", help="comma-separated fp32,bf16,fp16; auto: "
-                        "fp32,bf16 on a CPU, plus fp16 on CUDA")
-    parser.add_argument("--attention", default="fast,explicit", help="comma-separated fast,explicit,auto "
-                        "(auto: model.SelfAttention picks one of the two)")
-    parser.add_argument("--compile", choices=("no", "yes", "both"), default="both",
-                        help="torch.compile the model: without, with, or a row for each")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row, at least")
-    parser.add_argument("--repeats", type=int, default=1, help="measure every row this many times, "
-                        "round-robin; the table shows the median and the range")
-    parser.add_argument("--min-seconds", type=float, default=3.0, help="time each row for at least "
-                        "this long, running more than --steps steps if needed")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--threads", default="0", help="comma-separated torch thread counts, a row for "
-                        "each (0: PyTorch's default, one per core)")
-    parser.add_argument("--reference", metavar="MODEL_PY", help="also measure nanoGPT, side by side: the "
-                        "path of model.py in your clone of https://github.com/karpathy/nanoGPT (its rows "
-                        "say attention 'nanoGPT'; trained by its own step, see measure_reference)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--corpus", default="pydocs", help="corpus for the tokenizer measurement")
-    parser.add_argument("--tokenizer", default="bpe:4096", help="tokenizer to train and time ('none': skip)")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $PTFT_DATA_DIR)")
-    parser.add_argument("--cache-dir", default=None, help="cache folder (default: $PTFT_CACHE_DIR or ~/.cache/ptft)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)            # internal: one row, as JSON
-    return parser
+@dataclass
+class BenchConfig:
+    json: Optional[str] = knob(None, "also write the rows to this JSON file")
+    shapes: str = knob("4x128,6x384,8x512,preset:cpu", f"comma-separated: {', '.join(SHAPES)}, preset:NAME "
+                       "(a train_clm.py preset), or layers/heads/width/block/batch/vocab")
+    precisions: str = knob("auto", "comma-separated fp32,bf16,fp16; auto: fp32,bf16 on a CPU, plus fp16 on CUDA")
+    attention: str = knob("fast,explicit", "comma-separated fast,explicit,auto (auto: model.SelfAttention "
+                                           "picks one of the two)")
+    compile: str = knob("both", "torch.compile the model: no, yes, or both (a row for each)")
+    steps: int = knob(10, "timed training steps per row, at least", "[1, inf)")
+    repeats: int = knob(1, "measure every row this many times, round-robin; the table shows the median "
+                           "and the range", "[1, inf)")
+    min_seconds: float = knob(3.0, "time each row for at least this long, running more than --steps steps "
+                                   "if needed", "[0, inf)")
+    warmup: int = knob(3, "untimed steps first (compilation happens here)", "[0, inf)")
+    threads: str = knob("0", "comma-separated torch thread counts, a row for each (0: PyTorch's default, "
+                             "one per core)")
+    reference: Optional[str] = knob(None, "also measure nanoGPT, side by side: the path of model.py in your "
+                                          "clone of https://github.com/karpathy/nanoGPT (its rows say "
+                                          "attention 'nanoGPT'; trained by its own step, see measure_reference)")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N or mps")
+    corpus: str = knob("pydocs", "corpus for the tokenizer measurement")
+    tokenizer: str = knob("bpe:4096", "tokenizer to train and time ('none': skip)")
+    data_dir: Optional[str] = knob(None, "data folder (None: $PTFT_DATA_DIR)")
+    cache_dir: Optional[str] = knob(None, "cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
+
+
+# quick: a smoke test, seconds instead of minutes: shape 2x32, 3 timed steps, no compile, the
+# tokenizer on the first 200k characters, and every row in this process (peak memory is then
+# cumulative).
+BENCH_PRESETS = {"full": {}, "quick": dict(shapes="2x32", steps=3, warmup=1, compile="no", min_seconds=0.0)}
 
 
 def split_list(text, allowed, what):
@@ -420,14 +419,18 @@ def split_list(text, allowed, what):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.child:                                     # inside a fresh process: measure one row
-        print(json.dumps(measure_training(json.loads(args.child))))
+    parser = plumbing.build_parser(__doc__.split("\n")[0], BenchConfig, BENCH_PRESETS, default_preset="full")
+    parser.add_argument("--quick", action="store_true", help="the same as --preset quick")
+    parser.add_argument("--child", help=argparse.SUPPRESS)            # internal: one row, as JSON
+    parsed = parser.parse_args(argv)
+    if parsed.child:                                   # inside a fresh process: measure one row
+        print(json.dumps(measure_training(json.loads(parsed.child))))
         return
-    if args.quick:
-        args.shapes, args.steps, args.warmup, args.compile, args.min_seconds = "2x32", 3, 1, "no", 0.0
-    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.min_seconds < 0:
-        raise UserError("--steps and --repeats must be >= 1, --warmup and --min-seconds >= 0")
+    parsed.preset = "quick" if parsed.quick else parsed.preset
+    args = plumbing.config_from_args(parsed, BenchConfig, BENCH_PRESETS)
+    quick = parsed.preset == "quick"
+    if args.compile not in ("no", "yes", "both"):
+        raise UserError(f"--compile {args.compile!r}: use no, yes or both")
     device = plumbing.pick_device(args.device)
     shapes = [parse_shape(s.strip()) for s in args.shapes.split(",") if s.strip()]
     precisions = (default_precisions(device) if args.precisions == "auto"
@@ -443,7 +446,7 @@ def main(argv=None):
           f"load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else '?'} at the start\n", flush=True)
     rows = []
     if args.tokenizer != "none":
-        rows.append(measure_tokenizer(args.corpus, args.tokenizer, 200_000 if args.quick else None,
+        rows.append(measure_tokenizer(args.corpus, args.tokenizer, 200_000 if quick else None,
                                       args.data_dir, args.cache_dir))
     if args.reference:
         load_reference(args.reference)                 # a bad path fails now, not in every row
@@ -458,7 +461,7 @@ def main(argv=None):
     # lands on every configuration alike instead of on one of them.
     for repeat in range(args.repeats):
         for spec in specs:
-            row = run_isolated(spec) if not args.quick else measure_training(dict(spec, isolated=False))
+            row = run_isolated(spec) if not quick else measure_training(dict(spec, isolated=False))
             rows.append(dict(row, repeat=repeat))
             print(f"  {spec['shape_name']} {spec['precision']} {spec['attention']} compiled={spec['compiled']} "
                   f"threads={spec['threads']}: "
