@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import pickle
 import platform
@@ -25,6 +26,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -80,13 +82,13 @@ def fail_in_one_line(message):
     sys.exit(2)
 
 
-def build_parser(description, config_class, presets, epilog=None):
+def build_parser(description, config_class, presets, epilog=None, default_preset="cpu"):
     """An argparse parser with one flag per field of config_class (--lr, --max-iters, ...), with
     --preset first; a flag given on the command line overrides the preset."""
     parser = argparse.ArgumentParser(description=description, epilog=epilog,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = fail_in_one_line
-    parser.add_argument("--preset", default="cpu", help=f"named settings: {', '.join(presets)}; "
+    parser.add_argument("--preset", default=default_preset, help=f"named settings: {', '.join(presets)}; "
                         "any flag below overrides the preset")
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
@@ -882,9 +884,33 @@ def model_from_checkpoint(checkpoint):
 # ----------------------------------------------------------------------------------------------
 # 6. Logs and plots.
 
-def append_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def append_jsonl(path, record, durable=False):
+    """Append one JSON line. A line cut by a writer that was killed is closed first, so that it
+    cannot swallow this record; durable=True also flushes the line to disk (a sweep's results,
+    each of which may have cost minutes)."""
+    with open(path, "a+b") as f:                      # "a": every write goes to the end
+        cut = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+        f.write((b"\n" if cut else b"") + json.dumps(record).encode() + b"\n")
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path):
+    """The records of a JSONL file (none if it does not exist); a last line cut by a killed
+    writer is skipped with a note, not fatal."""
+    records = []
+    if not os.path.exists(path):
+        return records
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"note: {path} line {number} is incomplete (a run killed while writing); ignored")
+    return records
 
 
 class Meter:
@@ -1020,6 +1046,30 @@ def check_results_dir(out_dir, overwrite, names):
     check_writable_folder(out_dir)
 
 
+def in_processes(function, items, workers):
+    """function(item) for every item, in `workers` fresh processes at once, yielding the results as
+    they finish (workers <= 1: one after another, here). `spawn` starts each worker as a new
+    interpreter: a forked copy of a process that has run PyTorch's thread pools can deadlock."""
+    if workers <= 1 or len(items) <= 1:
+        yield from map(function, items)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        for future in as_completed([pool.submit(function, item) for item in items]):
+            yield future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def makespan(seconds, workers):
+    """Wall time of jobs taking `seconds` on `workers` processes, each job going to the worker
+    that frees up first, longest first (the order to submit them in)."""
+    loads = [0.0] * max(1, workers)
+    for s in sorted(seconds, reverse=True):
+        loads[loads.index(min(loads))] += s
+    return max(loads)
+
+
 def run_sweep(plan, run, path, settings):
     """Run every (method, size, seed) of `plan` through run(method, size, seed) -> result dict,
     appending a record to the JSONL file at `path` as each run finishes: a sweep that is stopped
@@ -1037,7 +1087,7 @@ def run_sweep(plan, run, path, settings):
         record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"],
                       test=result["test"], trainable=result.get("trainable"), lr=result.get("lr"),
                       seconds=result.get("seconds"))
-        append_jsonl(path, record)
+        append_jsonl(path, record, durable=True)
         records.append(record)
         elapsed = time.perf_counter() - start
         print(f"[{i}/{len(todo)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
@@ -1048,11 +1098,7 @@ def run_sweep(plan, run, path, settings):
 
 def load_records(path, sid):
     """The records of one sweep (its id) from a JSONL file written as runs finish."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r.get("sweep_id") == sid]
+    return [r for r in read_jsonl(path) if r.get("sweep_id") == sid]
 
 
 def summarise(records, method, k, split="test", metric="accuracy"):

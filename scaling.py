@@ -62,10 +62,8 @@ import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Optional
 
@@ -620,70 +618,36 @@ def predict_seconds(runs, timing):
 
 
 def load_results(path, expected_id=None):
-    """The records in a results file; a last line cut by a killed sweep is skipped, not fatal."""
-    records = []
-    if not os.path.exists(path):
-        return records
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"note: {path} line {number} is incomplete (a run killed while writing); ignored")
-    if expected_id is not None:
-        other = {r.get("settings_id") for r in records} - {expected_id}
-        if other:
-            raise UserError(f"{path} holds runs made with other settings (preset, corpus, tokenizer or "
-                            f"training knobs); use another --out-dir or move that file away")
+    """The records in a results file (plumbing.read_jsonl), refused if made with other settings."""
+    records = plumbing.read_jsonl(path)
+    if expected_id is not None and {r.get("settings_id") for r in records} - {expected_id}:
+        raise UserError(f"{path} holds runs made with other settings (preset, corpus, tokenizer or "
+                        f"training knobs); use another --out-dir or move that file away")
     return records
-
-
-def append_result(path, record):
-    """One line per finished run, flushed to disk at once: what is written survives a kill. A line
-    cut by an earlier kill is closed first, so it cannot swallow this record."""
-    cut = os.path.exists(path) and os.path.getsize(path) > 0 and open(path, "rb").read()[-1:] != b"\n"
-    with open(path, "a") as f:
-        f.write(("\n" if cut else "") + json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def run_all(runs, settings, dataset, path, sid, workers=1):
     """Train `runs`, appending each record to the results file as the run finishes. workers > 1:
     that many runs at once, each in its own process with one thread. The runs are independent,
     and a model this small cannot keep two cores busy by itself."""
-    if workers > 1 and len(runs) > 1:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        futures = [pool.submit(train_run_in_worker, run, settings) for run in runs]
-        records = (future.result() for future in as_completed(futures))
+    if workers > 1:
+        records = plumbing.in_processes(train_run_in_worker, [(run, settings) for run in runs], workers)
     else:
-        pool, records = None, (train_run(run, settings, dataset) for run in runs)
-    try:
-        for i, record in enumerate(records, 1):
-            append_result(path, dict(record, settings_id=sid))
-            print(f"[{i}/{len(runs)}] {record['key']:32s} N={record['N']:>8,} D={record['tokens']:>10,} "
-                  f"loss {record['val_loss']:.4f} ({record['wall_seconds']:.1f} s)", flush=True)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        records = (train_run(run, settings, dataset) for run in runs)
+    for i, record in enumerate(records, 1):
+        plumbing.append_jsonl(path, dict(record, settings_id=sid), durable=True)
+        print(f"[{i}/{len(runs)}] {record['key']:32s} N={record['N']:>8,} D={record['tokens']:>10,} "
+              f"loss {record['val_loss']:.4f} ({record['wall_seconds']:.1f} s)", flush=True)
 
 
-def train_run_in_worker(run, settings):
+def train_run_in_worker(job):
     """train_run in a worker process: one thread, and the dataset opened from the cache (memory-
     mapped, so every worker reads the same file instead of receiving a copy)."""
+    run, settings = job
     torch.set_num_threads(1)
     dataset = data.prepare_dataset(settings["corpus"], settings["tokenizer"], settings.get("data_dir"),
                                    settings.get("cache_dir"), verbose=False)
     return train_run(run, settings, dataset)
-
-
-def makespan(seconds, workers):
-    """Wall time of jobs taking `seconds` on `workers` processes, each job going to the worker
-    that frees up first, longest first (as run_all is given them)."""
-    loads = [0.0] * max(1, workers)
-    for s in sorted(seconds, reverse=True):
-        loads[loads.index(min(loads))] += s
-    return max(loads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -975,7 +939,7 @@ def sweep(setup, dataset, out_dir, dry_run, n_boot, workers=1):
     t0 = time.perf_counter()
     timing = probe(pending, setup.settings, dataset)
     todo.sort(key=lambda r: -predict_seconds([r], timing))           # longest first: packs best
-    train_s = makespan([predict_seconds([r], timing) for r in todo], workers)
+    train_s = plumbing.makespan([predict_seconds([r], timing) for r in todo], workers)
     train_s += predict_seconds(pending[len(todo):], timing)          # the held-out run comes after
     fit_s = 0.15 * n_boot
     print(f"probe ({time.perf_counter() - t0:.0f} s): {len(pending)} run(s) to train, {workers} at a time; "

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+import plumbing
 import scaling
 from plumbing import UserError
 from model import ModelConfig, Transformer
@@ -167,7 +168,7 @@ def test_micro_sweep_writes_jsonl_resumes_and_replots(corpus_file, tmp_path, mon
     scaling.main(argv)
     assert "incomplete" in capsys.readouterr().out
     assert results.read_text().startswith(before)
-    scaling.append_result(str(results), dict(records[0], key="appended"))   # the cut line is closed
+    plumbing.append_jsonl(str(results), dict(records[0], key="appended"))   # the cut line is closed
     assert [r["key"] for r in scaling.load_results(str(results))][-1] == "appended"
     scaling.main(argv + ["--plot-only"])
     assert os.path.getsize(out / "loss_vs_compute.png") > 1000
