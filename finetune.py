@@ -36,19 +36,28 @@ Modes: which parameters move.
               instead of in * out. After training, W = W0 + (alpha / r) B A is one plain matrix
               again (merge_lora): the same outputs at no extra cost at inference.
 
+Prompting (--mode prompt): the third route to a task, next to full and parameter-efficient
+fine-tuning, and the only one with no gradient step. A causal body reads K labelled examples
+written out as text, then the query, and the class whose word it finds likeliest next wins
+(GPT-3, Brown et al. 2020). It is unique to causal bodies, and it needs scale: section 6.
+
 What is measured: accuracy and macro-F1 (the mean of per-class F1, which a classifier that always
 says "ham" cannot fake on imbalanced spam) on dev and test; a bag-of-words logistic regression on
-the same examples, so a reader sees what the Transformer buys; forgetting, the body's own
-pretraining validation loss before and after fine-tuning; and --sweep, test accuracy against the
-number of labels for scratch, CLM, MLM and LoRA, 3+ seeds each.
+the same examples, so a reader sees what the Transformer buys, and the majority class, the floor;
+forgetting, the body's own pretraining validation loss before and after fine-tuning; and --sweep,
+test accuracy against the number of labels for scratch, CLM, MLM, LoRA and prompting, 3+ seeds.
 
-Read in this order: 1. inputs and pooling; 2. the classifier, the modes and LoRA; 3. bodies
-(pretrained or scratch); 4. the fine-tuning loop and its metrics; 5. the bag-of-words baseline;
-6. forgetting; 7. one run; 8. the sweep; 9. the command line.
+Bodies: a checkpoint of train_clm.py or train_mlm.py, or GPT-2 itself (`--checkpoint gpt2`, or a
+Hugging Face GPT-2 folder), read by plumbing.load_checkpoint into the same format.
+
+Read in this order: 0. labelled sets; 1. inputs and pooling; 2. the classifier, the modes and
+LoRA; 3. bodies (pretrained or scratch); 4. the fine-tuning loop and its metrics; 5. the
+bag-of-words baseline; 6. prompting; 7. forgetting; 8. one run; 9. the sweep; 10. the command line.
 
     python finetune.py --checkpoint out/clm/ckpt.pt --n-train 256          # CLM, full fine-tuning
     python finetune.py --checkpoint out/clm/ckpt.pt --init scratch         # same shape, random
     python finetune.py --checkpoint out/mlm/ckpt.pt --mode lora --forgetting
+    python finetune.py --checkpoint out/clm/ckpt.pt --mode prompt --shots 4  # no gradient step
     python finetune.py --sweep --clm out/clm/ckpt.pt --mlm out/mlm/ckpt.pt # the paradigm in a picture
 """
 import copy
