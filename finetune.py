@@ -237,6 +237,10 @@ def pool(h, attention_mask, how):
 # 2. The classifier, the modes, and LoRA.
 
 class Classifier(nn.Module):
+    """The pretrained body, a pooling rule and one new linear layer, the head: (B, T) ids ->
+    (B, K) class scores. The head is the only part that starts from nothing; it is what even a
+    frozen body trains."""
+
     def __init__(self, body: Transformer, n_classes, pooling):
         super().__init__()
         self.body = body
@@ -430,21 +434,26 @@ def resolved(cfg):
 
 
 def n_steps(cfg, n_examples):
+    """--epochs passes over the labels, but at least --min-steps: 32 labels are 2 steps a pass."""
     return max(cfg.min_steps, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
 
 
 def classification_loss(classifier, batch):
+    """Cross-entropy of the true class: the same loss as pretraining, over K classes, not V tokens."""
     logits = classifier(batch["idx"], batch["attention_mask"])                 # (B, K)
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
 def make_batch(sequences, labels, pad_id, device):
+    """Token id lists and labels -> the tensors one step needs, on the device."""
     idx, attention_mask = collate(sequences, pad_id)
     return dict(idx=idx.to(device), attention_mask=attention_mask.to(device),
                 labels=torch.tensor(labels, dtype=torch.long, device=device))
 
 
 def pick_precision(classifier, sequences, labels, pad_id, cfg, device):
+    """--precision, or with auto the faster of fp32 and bf16 on this classifier (measured once per
+    machine and shape, plumbing.choose_precision)."""
     if cfg.precision != "auto":
         return cfg.precision
     batch = make_batch(sequences[:cfg.batch_size], labels[:cfg.batch_size], pad_id, device)
@@ -707,6 +716,7 @@ def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
 # 8. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
 
 def load_task(name, n_train, seed, data_dir=None, cache_dir=None):
+    """The labelled set, and the training examples of this run: all, or a balanced seeded K."""
     labelled = load_labelled(name, data_dir, cache_dir)
     train = subsample_balanced(labelled.train, n_train, seed) if n_train else labelled.train
     return labelled, train
@@ -745,6 +755,8 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
 
 
 def single_run(args, cfg):
+    """One body on one task: fine-tuned (or prompted), scored beside bag-of-words and the majority
+    class, with forgetting if asked; results.json and the curve go to --out-dir."""
     plumbing.check_results_dir(args.out_dir, args.overwrite, ("results.json", "curve.png"))
     device = plumbing.pick_device(cfg.device)
     checkpoint = None
@@ -823,6 +835,7 @@ def baseline_of(method, methods):
 
 
 def parse_sizes(text, n_available):
+    """--sizes 32,128,all -> [32, 128, n_available], capped at the training split, sorted."""
     sizes = set()
     for item in text.split(","):
         item = item.strip()
