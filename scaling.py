@@ -54,7 +54,7 @@ Read in this order: 1. counting; 2. the fits; 3. the closed-form optimum and wha
 Chinchilla's constants; 4. the sweep (presets, plan, probe, runs, resume); 5. the report and
 plots; 6. the command line.
 
-    python scaling.py                    # the cpu preset: the whole study, ~13 minutes on 2 cores
+    python scaling.py                    # the cpu preset: the whole study, minutes on 2 cores (RESULTS.md)
     python scaling.py --dry-run          # the plan and the predicted wall time, nothing trained
     python scaling.py --plot-only        # refit and replot from runs/scaling-cpu/results.jsonl
 """
@@ -402,7 +402,7 @@ class SweepPreset:
 
 
 SWEEP_PRESETS = {
-    # The default: ~13 minutes on 2 CPU cores (README). Byte tokens (vocab 260, padded to 320)
+    # The default: minutes on 2 CPU cores (timed in RESULTS.md). Byte tokens (vocab 260, padded to 320)
     # keep the head small. ONE layer, width 16 to 144 (8k to 295k parameters): two-layer models
     # learn induction heads at a seed-dependent moment (Olsson et al. 2022), a sudden drop no
     # smooth law fits. Training is limited by steps at ~1e11 FLOPs, so: short context (64), small
@@ -873,7 +873,7 @@ class ScalingConfig:
 def main(argv=None):
     presets = dict.fromkeys(SWEEP_PRESETS, {})       # a preset here is a SweepPreset, chosen by name
     parser = plumbing.build_parser(__doc__.split("\n")[0], ScalingConfig, presets, epilog=(
-        "presets: cpu (default), ~13 min on 2 CPU cores; gpu, ~1 h on one GPU (needs a bigger "
+        "presets: cpu (default), minutes on 2 CPU cores; gpu, ~1 h on one GPU (needs a bigger "
         "--corpus); tiny, a 2 x 2 smoke test"))
     parsed = parser.parse_args(argv)
     args, preset_name = plumbing.config_from_args(parsed, ScalingConfig, presets), parsed.preset

@@ -168,11 +168,11 @@ def test_generate_is_deterministic_greedy_and_refuses_bidirectional():
 
 def test_alibi_bias_is_the_distance_penalty_and_adds_no_weights():
     assert alibi_slopes(4).tolist() == [1 / 4, 1 / 16, 1 / 64, 1 / 256]          # Press et al. 2022
-    bias = attention_bias(None, 5, False, torch.device("cpu"), torch.float32, alibi_slopes(2))
-    assert bias.shape == (2, 5, 5)
+    bias = attention_bias(None, 5, False, torch.device("cpu"), torch.float32, alibi_slopes(2))[0]
+    assert bias.shape == (2, 5, 5)                      # (1, nh, T, T): 4-D, for the fast kernel
     assert bias[0, 1, 4].item() == -3 / 16 and bias[0, 4, 1].item() == -3 / 16   # symmetric |i - j|
     assert bias[1, 2, 2].item() == 0
-    causal = attention_bias(None, 5, True, torch.device("cpu"), torch.float32, alibi_slopes(2))
+    causal = attention_bias(None, 5, True, torch.device("cpu"), torch.float32, alibi_slopes(2))[0]
     assert causal[0, 1, 4].item() == float("-inf") and causal[0, 4, 1].item() == -3 / 16
     assert tiny(alibi=True).state_dict().keys() == tiny(alibi=False).state_dict().keys()
 
