@@ -3,13 +3,13 @@
 Nothing here teaches the pretrain-then-fine-tune idea; it is what any training script needs and
 what would otherwise bury the lesson: the command line and its checks, files and downloads,
 device and precision choice, MFU, distributed data parallel (DDP), run folders and checkpoints,
-logs and plots. The lesson files (model.py, data.py, train_clm.py, train_mlm.py, finetune.py,
-scaling.py) call into it by name, so a reader can take each call at its word and come here only
+logs, sweeps run in parallel processes, and plots. The lesson files (model.py, data.py,
+train_clm.py, train_mlm.py, finetune.py, scaling.py) call into it by name, so a reader can take each call at its word and come here only
 when curious about how.
 
 Sections: 1. errors and the command line; 2. files and downloads; 3. devices, precision and MFU;
-4. distributed data parallel; 5. run folders and checkpoints (the one format, the one reader);
-6. logs and plots.
+4. distributed data parallel; 5. run folders and checkpoints (the one format, the one reader,
+GPT-2's weights read into it); 6. logs, plots and sweeps.
 """
 import argparse
 import contextlib
@@ -743,8 +743,9 @@ CHECKPOINT_KEYS = {"model", "model_config", "kind", "tokenizer", "tokenizer_stat
 
 def load_checkpoint(path, kind=None, data_dir=None, cache_dir=None):
     """The one checkpoint reader. `gpt2`, or a Hugging Face GPT-2 folder, is read by gpt2_checkpoint
-    into the same format; data_dir and cache_dir are where to look for GPT-2's files. weights_only=True: only tensors, numbers, strings and containers
-    are unpickled, so a crafted file cannot run code. map_location='cpu': a checkpoint from a GPU
+    into the same format (data_dir and cache_dir: where to look for GPT-2's files). Our own
+    checkpoints: weights_only=True, so only tensors, numbers, strings and containers are
+    unpickled, and a crafted file cannot run code. map_location='cpu': a checkpoint from a GPU
     loads on any machine, and never onto a GPU that is already full. A checkpoint is a zip archive
     whose members each carry a CRC32; torch.load does not check them, so a flipped bit in a tensor
     would load silently: testzip() reads every member and checks it first. kind: "causal" or
