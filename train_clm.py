@@ -19,7 +19,8 @@ precision, MFU, DDP, checkpoint files, logs and plots) is called from plumbing.p
 Read in this order:
   1. TrainConfig and PRESETS: every knob, with its default, its allowed range and why.
   2. The CLM objective: how a batch is drawn and scored. train_mlm.py swaps exactly this part.
-  3. The optimiser and the learning-rate schedule (AdamW with decay groups, warmup + cosine).
+  3. The optimiser and the learning-rate schedule (AdamW with decay groups, warmup + cosine;
+     the default presets give the blocks' matrices to Muon instead, a lesson of its own: muon.py).
   4. train(): the loop; then accumulation and the optimiser step it calls.
   5. Sampling, and the command line.
 """
