@@ -605,6 +605,10 @@ def open_run(cfg, objective, dataset, make_model_config, load_dataset):
     if resume_from is not None:
         check_compatible(resume_from, dataset.enc, kind)
         check_same_model(resume_from, model_config, "--resume")
+        saved_muon = resume_from.get("train_config", {}).get("muon_lr", 0.0)
+        if (saved_muon > 0) != (cfg.muon_lr > 0):      # the optimiser's state would not fit
+            raise UserError(f"--resume: the run was saved with --muon-lr {saved_muon}, this one has "
+                            f"--muon-lr {cfg.muon_lr}; resume with the run's own optimiser settings")
     if start_from is not None:        # the weights bring their architecture; the shape flags do not apply
         check_compatible(start_from, dataset.enc, kind)
         model_config = ModelConfig(**{**start_from["model_config"], "dropout": cfg.dropout,

@@ -110,6 +110,8 @@ def test_resume_reproduces_the_uninterrupted_run(muon_lr, corpus_file, tmp_path,
     assert len(after_10(straight)) == 2
     assert after_10(resumed) == after_10(straight)
     assert resumed["val_loss"] == straight["val_loss"]
+    with pytest.raises(train_clm.UserError, match="--resume: the run was saved with --muon-lr"):
+        train(tiny_config(corpus_file, tmp_path / "a", max_iters=30, resume=True, muon_lr=0.02 - muon_lr))
 
 
 def test_sampling_is_deterministic_and_cli_refuses_bidirectional(corpus_file, tmp_path, capsys):
