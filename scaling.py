@@ -34,7 +34,8 @@ width our 3x extrapolation missed by 8-9%; with both rules, by 1.1%), the same v
 preset; smaller batches for the runs with few tokens), and at most ~4 epochs over the data
 (beyond that, repeated tokens are worth less than fresh ones, Muennighoff et al. 2023). A few
 configurations run with 3 seeds to measure the noise. Each finished run is appended to a JSONL
-file, so a killed sweep resumes where it stopped.
+file, so a killed sweep resumes where it stopped. The runs are independent, so on a CPU they train
+side by side, one process with one thread per core (--workers): the results do not change.
 
 How we fit (section 2), with numpy and torch only:
   approach 3  the law above, on all runs at once: Huber loss on log-loss residuals, starts from a
