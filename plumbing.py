@@ -756,9 +756,16 @@ def load_checkpoint(path, kind=None, data_dir=None, cache_dir=None):
     "bidirectional" when only one will do."""
     if path == "gpt2" or os.path.isdir(path):
         checkpoint = gpt2_checkpoint(path, data_dir, cache_dir)
-        if kind and kind != "causal":
-            raise UserError(f"{path} is GPT-2, a causal model, but a {kind} one is needed here")
-        return checkpoint
+    else:
+        checkpoint = read_checkpoint_file(path)
+    if kind and checkpoint["kind"] != kind:
+        raise UserError(f"{path} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
+                        f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
+    return checkpoint
+
+
+def read_checkpoint_file(path):
+    """A checkpoint file written by save_run, checked as load_checkpoint describes."""
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}; check the path")
     try:
@@ -786,9 +793,6 @@ def load_checkpoint(path, kind=None, data_dir=None, cache_dir=None):
     if missing:
         raise UserError(f"{path} is not a pretraining checkpoint (no {', '.join(sorted(missing))}); "
                         f"use a ckpt.pt written by train_clm.py or train_mlm.py")
-    if kind and checkpoint["kind"] != kind:
-        raise UserError(f"{path} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
-                        f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
     return checkpoint
 
 
@@ -814,8 +818,9 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
     if vocab_size != data.n_ordinary(enc) + 1:
         raise UserError(f"{folder}: {vocab_size} tokens, but GPT-2's tokenizer has "
                         f"{data.n_ordinary(enc) + 1}; use GPT-2's own config and weights")
-    try:   # the table grows to a multiple of 64, with room for our other specials (as train_clm)
-        model = Transformer.from_pretrained(folder, vocab_size=(enc.n_vocab + 63) // 64 * 64)
+    import train_clm    # here, not at the top: train_clm.py imports this module
+    try:   # the table grows to a multiple of 64, with room for our other specials
+        model = Transformer.from_pretrained(folder, vocab_size=train_clm.padded_vocab_size(enc.n_vocab))
     except (KeyError, RuntimeError, ValueError) as error:
         raise UserError(f"{folder} is not a GPT-2 model this code can read ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:160]})") from None
