@@ -650,22 +650,19 @@ def prompt_scores(body, enc, demos, words, texts, max_len, device, batch_size=32
     def text_ids(text):
         return enc.encode_ordinary(" " + " ".join(text.split()))[:budget]
     prefix = head + [t for text, y in demos for t in text_ids(text) + mid + word_ids[y] + sep]
+    queries = [prefix + text_ids(text) + mid for text in texts]           # encoded once per text
     pad, n_text = data.special_ids(enc)["pad"], data.n_ordinary(enc)
     body.eval().to(device)
     scores = torch.empty(len(texts), len(words))
     rows = [(i, c) for i in range(len(texts)) for c in range(len(words))]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        queries = [prefix + text_ids(texts[i]) + mid for i, _ in chunk]
-        T = max(len(q) + len(word_ids[c]) for q, (_, c) in zip(queries, chunk))
-        idx = torch.full((len(chunk), T), pad, dtype=torch.long)         # (B, T), right-padded
-        for row, (query, (_, c)) in enumerate(zip(queries, chunk)):
-            idx[row, :len(query) + len(word_ids[c])] = torch.tensor(query + word_ids[c])
+        idx, _ = collate([queries[i] + word_ids[c] for i, c in chunk], pad)  # (B, T), right-padded
         logits = body(idx.to(device))[0].float()                          # (B, T, V)
         logprobs = torch.log_softmax(logits[..., :n_text], dim=-1).cpu()  # over text tokens only
-        for row, (query, (i, c)) in enumerate(zip(queries, chunk)):
+        for row, (i, c) in enumerate(chunk):
             # the word's j-th token is predicted at the position just before it
-            at = torch.arange(len(query) - 1, len(query) - 1 + len(word_ids[c]))
+            at = torch.arange(len(queries[i]) - 1, len(queries[i]) - 1 + len(word_ids[c]))
             scores[i, c] = logprobs[row, at, word_ids[c]].sum()
     return scores
 

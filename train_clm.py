@@ -218,7 +218,8 @@ def make_optimizer(model, cfg, device, muon_lr=0.0):
     muon_lr > 0: the blocks' matrices go to Muon instead (muon.py), at muon_lr at the peak."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     hidden = [p for name, p in named if muon_lr > 0 and p.dim() == 2 and ".blocks." in f".{name}"]
-    rest = [p for _, p in named if all(p is not h for h in hidden)]
+    in_muon = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in in_muon]
     groups = [dict(params=[p for p in rest if p.dim() >= 2], weight_decay=cfg.weight_decay, lr_scale=1.0),
               dict(params=[p for p in rest if p.dim() < 2], weight_decay=0.0, lr_scale=1.0)]
     # The fused kernel updates all parameters in one pass: much less per-tensor overhead.
