@@ -192,3 +192,14 @@ def test_repeats_are_summarised_by_their_median_and_range():
     assert summary["tokens_per_s_range"] == (20_000.0, 30_000.0)
     assert "| 25,000 (20,000-30,000) |" in bench.format_table(rows)
     assert "| 25,000 |" in bench.format_table(rows[2:3])                    # one repeat: no range
+
+
+def test_a_cpu_device_flushes_subnormal_floats_to_zero():
+    """ALiBi's far-key scores underflow into subnormal floats in attention's backward, which x86
+    CPUs process slowly; pick_device turns on flush-to-zero so they become exact zeros."""
+    if not torch.set_flush_denormal(False):               # also undoes it, if an earlier test set it
+        pytest.skip("this CPU has no flush-to-zero mode")
+    tiny = torch.tensor([1e-39])                           # below fp32's smallest normal, 1.18e-38
+    assert tiny.mul(1.0).item() != 0.0                     # subnormals survive without the setting
+    plumbing.pick_device("cpu")
+    assert tiny.mul(1.0).item() == 0.0
