@@ -30,7 +30,7 @@ number; per character works the same way (Shannon 1951 measured English in bits 
 
 Read in this order: corpora, tokenizers (the BPE trainer is the lesson), encoded datasets, then
 batches and bits_per_unit. Where files come from (data dir, cache, download) is plumbing.py's
-business; BERT's masking lives in train_mlm.py and the labelled sets in finetune.py, beside the
+business; BERT's masking lives in train_mlm.py and the labelled sets in tasks.py, beside the
 code that uses them.
 """
 import ast

@@ -39,20 +39,24 @@ Modes: which parameters move.
 Prompting (--mode prompt): the third route to a task, next to full and parameter-efficient
 fine-tuning, and the only one with no gradient step. A causal body reads K labelled examples
 written out as text, then the query, and the class whose word it finds likeliest next wins
-(GPT-3, Brown et al. 2020). It is unique to causal bodies, and it needs scale: section 6.
+(GPT-3, Brown et al. 2020). It has a lesson of its own, prompting.py; this file runs it.
 
-What is measured: accuracy and macro-F1 (the mean of per-class F1, which a classifier that always
-says "ham" cannot fake on imbalanced spam) on dev and test; a bag-of-words logistic regression on
-the same examples, so a reader sees what the Transformer buys, and the majority class, the floor;
-forgetting, the body's own pretraining validation loss before and after fine-tuning; and --sweep,
+What is measured (the tasks, splits, scores and reference rows are tasks.py's): accuracy and
+macro-F1 on dev and test; a bag-of-words logistic regression on the same examples, so a reader
+sees what the Transformer buys, and the majority class, the floor; forgetting, the body's own pretraining validation loss before and after fine-tuning; and --sweep,
 test accuracy against the number of labels for scratch, CLM, MLM, LoRA and prompting, 3+ seeds.
+Read every number beside its two reference rows: above the majority class something was learned,
+above bag-of-words the Transformer earned its cost. With a few dozen labels one seed's subsample
+can swing accuracy by several points, which is why the sweep repeats every point over seeds and
+compares methods on the very same subsamples.
 
 Bodies: a checkpoint of train_clm.py or train_mlm.py, or GPT-2 itself (`--checkpoint gpt2`, or a
 Hugging Face GPT-2 folder), read by plumbing.load_checkpoint into the same format.
 
-Read in this order: 0. labelled sets; 1. inputs and pooling; 2. the classifier, the modes and
-LoRA; 3. bodies (pretrained or scratch); 4. the fine-tuning loop and its metrics; 5. the
-bag-of-words baseline; 6. prompting; 7. forgetting; 8. one run; 9. the sweep; 10. the command line.
+Read tasks.py first (labelled sets and how a classifier is scored), then in this order:
+1. inputs and pooling; 2. the classifier, the modes and LoRA; 3. bodies (pretrained or scratch);
+4. the fine-tuning loop; 5. forgetting; 6. one run; 7. the sweep; 8. the command line.
+prompting.py, the third route, comes after.
 
     python finetune.py --checkpoint out/clm/ckpt.pt --n-train 256          # CLM, full fine-tuning
     python finetune.py --checkpoint out/clm/ckpt.pt --init scratch         # same shape, random
@@ -65,11 +69,8 @@ import dataclasses
 import json
 import math
 import os
-import random
-import re
 import time
 import types
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -80,114 +81,12 @@ import torch.nn.functional as F
 
 import data
 import plumbing
+import prompting
+import tasks
 import train_clm
 import train_mlm
 from model import ModelConfig, Transformer
 from plumbing import UserError, knob
-
-
-# ----------------------------------------------------------------------------------------------
-# 0. Labelled sets: (text, label) pairs in train, dev and test splits.
-
-@dataclass
-class LabelledSet:
-    name: str
-    train: list        # [(text, label id)]
-    dev: list
-    test: list
-    label_names: list  # label id -> name
-
-
-def read_tsv(path, label_first=False):
-    """[(text, label string)] from `text<TAB>label` lines (`label<TAB>text` if label_first).
-    Blank lines are skipped; any other line without both parts is an error naming its number."""
-    rows, bad = [], []
-    for number, line in enumerate(plumbing.read_text(path).split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        if label_first:
-            label, tab, text = line.partition("\t")
-        else:
-            text, tab, label = line.rpartition("\t")  # last column is the label; text may hold tabs
-        if not (tab and text.strip() and label.strip()):
-            bad.append(number)
-        elif not rows and is_header(text, label):
-            continue              # a header line names the columns: it is not an example
-        rows.append((text.strip(), label.strip()))
-    if bad:
-        raise UserError(f"{path}: malformed line(s) {', '.join(map(str, bad[:5]))}"
-                        f"{' ...' if len(bad) > 5 else ''}; each line must be "
-                        f"{'label<TAB>text' if label_first else 'text<TAB>label'}, both non-empty")
-    if not rows:
-        raise UserError(f"{path} has no rows; add text<TAB>label lines")
-    return rows
-
-
-def is_header(text, label):
-    """`text<TAB>label` (or `sentence<TAB>label`, as GLUE's files begin): column names, not data."""
-    return (text.strip().lower() in ("text", "sentence", "message", "sms")
-            and label.strip().lower() in ("label", "labels", "class", "category"))
-
-
-def stratified_split(rows, name, seed=0):
-    """No official split: 80/10/10 within each class (seeded), so every split keeps the class mix."""
-    label_names = sorted({label for _, label in rows})
-    if len(label_names) < 2:
-        raise UserError(f"{name}: only one label ({label_names[0]}); a classifier needs at least two")
-    rng, splits = random.Random(seed), {"train": [], "dev": [], "test": []}
-    for k, label in enumerate(label_names):
-        examples = [(text, k) for text, lab in rows if lab == label]
-        rng.shuffle(examples)
-        n_train, n_dev = round(0.8 * len(examples)), round(0.1 * len(examples))
-        splits["train"] += examples[:n_train]
-        splits["dev"] += examples[n_train:n_train + n_dev]
-        splits["test"] += examples[n_train + n_dev:]
-    if not (splits["dev"] and splits["test"]):
-        raise UserError(f"{name}: {len(rows)} rows are too few for an 80/10/10 split; add more rows")
-    for examples in splits.values():
-        rng.shuffle(examples)
-    return LabelledSet(name, label_names=label_names, **splits)
-
-
-def load_labelled(name, data_dir=None, cache_dir=None):
-    """"pydocs-topic" (offline), "sst2", "sms-spam", or a path to a text<TAB>label .tsv file."""
-    if name == "pydocs-topic":
-        stored = json.loads(data.pydocs_paths(cache_dir)[1].read_text("utf-8"))
-        return LabelledSet(name, *([tuple(e) for e in stored[s]] for s in ("train", "dev", "test")),
-                           label_names=stored["label_names"])
-    if name == "sst2":  # the official split (Socher et al. 2013, sentence level): labels 0/1
-        splits = {}
-        for split in ("train", "dev", "test"):
-            path = plumbing.obtain_data_file(f"sst2/{split}.tsv", data_dir, cache_dir)
-            rows = read_tsv(path)
-            if any(label not in ("0", "1") for _, label in rows):
-                raise UserError(f"{path}: labels must be 0 or 1; use the original SST-2 files")
-            splits[split] = [(text, int(label)) for text, label in rows]
-        return LabelledSet(name, label_names=["negative", "positive"], **splits)
-    if name == "sms-spam":  # UCI SMS Spam Collection (Almeida & Hidalgo 2011): ham|spam<TAB>text
-        path = plumbing.obtain_data_file("sms_spam/SMSSpamCollection", data_dir, cache_dir)
-        return stratified_split(read_tsv(path, label_first=True), name)
-    if Path(name).is_file():
-        return stratified_split(read_tsv(name), name)
-    raise UserError(f"unknown labelled set {name!r} (or no such file); use pydocs-topic, sst2, "
-                    f"sms-spam, or a path to a text<TAB>label .tsv file")
-
-
-def subsample_balanced(examples, k, seed=0):
-    """k examples, as equal as possible across classes (round robin over shuffled classes)."""
-    if not 1 <= k <= len(examples):
-        raise UserError(f"cannot take {k} examples from {len(examples)}; use 1 <= --n-train <= {len(examples)}")
-    rng = random.Random(seed)
-    by_label = [[e for e in examples if e[1] == label] for label in sorted({e[1] for e in examples})]
-    for group in by_label:
-        rng.shuffle(group)
-    picked, i = [], 0
-    while len(picked) < k:
-        picked += [group[i] for group in by_label if i < len(group)][:k - len(picked)]
-        i += 1
-    rng.shuffle(picked)
-    return picked
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +97,7 @@ def encode_texts(enc, texts, max_len, cls_first):
     as they were pretrained (train_mlm.py puts CLS first); causal models read the text alone."""
     prefix = [data.special_ids(enc)["cls"]] if cls_first else []
     eot = data.special_ids(enc)["eot"]
+    # An empty text becomes one end-of-text token: every row needs a position for the head to read.
     return [((prefix + ids)[:max_len] or [eot]) for ids in enc.encode_ordinary_batch(list(texts))]
 
 
@@ -206,18 +106,6 @@ def encode_examples(enc, examples, max_len, body):
     max_len = min(max_len, body.config.block_size)
     texts, labels = [t for t, _ in examples], [y for _, y in examples]
     return encode_texts(enc, texts, max_len, not body.config.causal), labels
-
-
-def collate(sequences, pad_id):
-    """Right-pad to the longest sequence: idx (B, T) and attention_mask (B, T), 1 = real token.
-    Padding to the batch's longest, not to max_len, keeps short texts cheap."""
-    T = max(len(s) for s in sequences)
-    idx = torch.full((len(sequences), T), pad_id, dtype=torch.long)          # (B, T)
-    attention_mask = torch.zeros((len(sequences), T), dtype=torch.long)      # (B, T)
-    for row, ids in enumerate(sequences):
-        idx[row, :len(ids)] = torch.tensor(ids)
-        attention_mask[row, :len(ids)] = 1
-    return idx, attention_mask
 
 
 def pool(h, attention_mask, how):
@@ -250,6 +138,8 @@ class Classifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, idx, attention_mask):
+        # The body runs exactly as in pretraining, minus its language-model head: the head that
+        # predicted V tokens is dropped, and this K-way one reads the pooled vector instead.
         h = self.body.hidden_states(idx, attention_mask)                     # (B, T, C)
         return self.head(pool(h, attention_mask, self.pooling))              # (B, K)
 
@@ -321,6 +211,7 @@ def apply_mode(classifier, cfg):
         parameter.requires_grad = (cfg.mode == "full" or
                                    (cfg.mode == "lora" and name.rsplit(".", 1)[-1] in ("A", "B")))
     if cfg.mode == "last-k":
+        # The top blocks and the final LayerNorm, whose output is what the head reads.
         for module in [*body.blocks[-cfg.last_k:], body.final_norm]:
             module.requires_grad_(True)
     return classifier
@@ -336,6 +227,10 @@ def parameter_counts(classifier):
 
 # ----------------------------------------------------------------------------------------------
 # 3. Bodies: a pretrained checkpoint, or the same architecture from random weights.
+#
+# The experiment's control: "scratch" is the same architecture, the same tokenizer and the same
+# fine-tuning recipe, with only the weights random. A gap between the two rows is what pretraining
+# put into the weights, and nothing else.
 
 def read_checkpoint(path, data_dir=None, cache_dir=None):
     """A pretraining checkpoint, gpt2 or a GPT-2 folder (plumbing's one reader: data only,
@@ -378,10 +273,14 @@ def make_classifier(body, n_classes, cfg):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Fine-tuning and its metrics.
+# 4. Fine-tuning.
 
 @dataclass
 class FinetuneConfig:
+    """The knobs of one fine-tuning run; every other flag of finetune.py says which body, which task
+    or where to write. The defaults are BERT's fine-tuning recipe scaled down (Devlin et al. 2019,
+    appendix A.3: a few epochs at a small peak rate, warmup, weight decay 0.01, beta2 0.999), with
+    the cosine decay of the pretraining loop in place of BERT's linear one."""
     mode: str = knob("full", "full, last-k, frozen (head only) or lora: which parameters train; or prompt: "
                              "none, the body reads --shots labelled examples in its prompt")
     shots: int = knob(4, "with --mode prompt: demonstrations per prompt, balanced and seeded", "[0, inf)")
@@ -446,14 +345,15 @@ def classification_loss(classifier, batch):
 
 def make_batch(sequences, labels, pad_id, device):
     """Token id lists and labels -> the tensors one step needs, on the device."""
-    idx, attention_mask = collate(sequences, pad_id)
+    idx, attention_mask = tasks.collate(sequences, pad_id)
     return dict(idx=idx.to(device), attention_mask=attention_mask.to(device),
                 labels=torch.tensor(labels, dtype=torch.long, device=device))
 
 
 def pick_precision(classifier, sequences, labels, pad_id, cfg, device):
     """--precision, or with auto the faster of fp32 and bf16 on this classifier (measured once per
-    machine and shape, plumbing.choose_precision)."""
+    machine and shape, plumbing.choose_precision): bf16 is several times faster on a CPU with
+    matrix units for it and slower on one without, so it is measured, not assumed."""
     if cfg.precision != "auto":
         return cfg.precision
     batch = make_batch(sequences[:cfg.batch_size], labels[:cfg.batch_size], pad_id, device)
@@ -462,31 +362,19 @@ def pick_precision(classifier, sequences, labels, pad_id, cfg, device):
 
 @torch.no_grad()
 def predict(classifier, sequences, pad_id, device, autocast, batch_size=64):
-    """Predicted class per sequence. Sorted by length, so each batch pads little."""
+    """Predicted class per sequence. Sorted by length, so each batch pads little. eval() turns
+    dropout off, so the same inputs always get the same predictions."""
     classifier.eval()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     predictions = torch.empty(len(sequences), dtype=torch.long)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        idx, attention_mask = collate([sequences[i] for i in rows], pad_id)
+        idx, attention_mask = tasks.collate([sequences[i] for i in rows], pad_id)
         with autocast():
             logits = classifier(idx.to(device), attention_mask.to(device))     # (B, K)
         predictions[rows] = logits.argmax(dim=-1).cpu()
     classifier.train()
     return predictions
-
-
-def classification_metrics(predictions, labels):
-    """Accuracy and macro-F1: F1_k = 2 TP / (2 TP + FP + FN) per class, averaged over the classes
-    that occur (in labels or predictions), so a minority class counts as much as a majority one."""
-    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
-    f1s = []
-    for k in torch.unique(torch.cat([predictions, labels])).tolist():
-        tp = ((predictions == k) & (labels == k)).sum().item()
-        fp = ((predictions == k) & (labels != k)).sum().item()
-        fn = ((predictions != k) & (labels == k)).sum().item()
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return dict(accuracy=(predictions == labels).float().mean().item(), macro_f1=sum(f1s) / len(f1s))
 
 
 def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev=None, log=print):
@@ -500,6 +388,8 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     optimizer = train_clm.make_optimizer(classifier, cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     batch_size = min(cfg.batch_size, len(train_sequences))
+    # Dev accuracy at eval_points evenly spaced steps: the curve that shows when a run has converged
+    # (or, from a random body, that it has not).
     eval_at = {round(steps * (i + 1) / cfg.eval_points) for i in range(cfg.eval_points)} if dev else set()
     order, history, start = [], [], time.perf_counter()
     classifier.train()
@@ -517,7 +407,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
         train_clm.optimizer_step(classifier, optimizer, scaler, cfg.grad_clip)
         record = dict(step=step, train_loss=loss.item(), lr=lr, seconds=time.perf_counter() - start)
         if step in eval_at:
-            record.update({f"dev_{k}": v for k, v in classification_metrics(
+            record.update({f"dev_{k}": v for k, v in tasks.classification_metrics(
                 predict(classifier, dev[0], pad_id, device, autocast), dev[1]).items()})
             log(f"step {step:5d}/{steps} | train loss {record['train_loss']:.4f} | dev accuracy "
                 f"{record['dev_accuracy']:.3f} | dev macro-F1 {record['dev_macro_f1']:.3f} | "
@@ -527,166 +417,13 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. The reference row: bag-of-words logistic regression on the same examples.
+# 5. Forgetting: the body's own pretraining loss, before and after fine-tuning.
 
-WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-
-def bag_of_words(texts, vocabulary):
-    """(N, V) sparse features: log(1 + count) per known word, each row scaled to unit length
-    (sublinear tf with cosine normalisation: Manning et al. 2008, ch. 6)."""
-    rows, cols, values = [], [], []
-    for row, text in enumerate(texts):
-        counts = Counter(w for w in WORD.findall(text.lower()) if w in vocabulary)
-        norm = math.sqrt(sum(math.log1p(c) ** 2 for c in counts.values())) or 1.0
-        for word, count in counts.items():
-            rows.append(row), cols.append(vocabulary[word]), values.append(math.log1p(count) / norm)
-    return torch.sparse_coo_tensor([rows, cols], values, (len(texts), len(vocabulary)),
-                                   dtype=torch.float64, check_invariants=True)
-
-
-def fit_logistic(features, labels, n_classes, l2):
-    """Multinomial logistic regression, mean cross-entropy + l2/2 |W|^2, with L-BFGS: the problem
-    is convex, so this is the optimum, not one run of a noisy optimiser."""
-    weights = torch.zeros(features.size(1) + 1, n_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        logits = torch.sparse.mm(features, weights[:-1]) + weights[-1]        # (N, K), last row = bias
-        loss = F.cross_entropy(logits, labels) + 0.5 * l2 * weights[:-1].pow(2).sum()
-        loss.backward()
-        return loss
-    optimizer.step(closure)
-    return weights.detach()
-
-
-def bag_of_words_baseline(train, dev, test, n_classes, l2_grid=(1e-2, 1e-3, 1e-4, 1e-5)):
-    """Vocabulary from the training texts only; the l2 strength with the best dev accuracy (ties go
-    to the stronger one, tried first). Tuning on dev gives the baseline its best shot, so what the
-    Transformer buys is not overstated."""
-    vocabulary = {w: i for i, w in enumerate(sorted({w for t, _ in train for w in WORD.findall(t.lower())}))}
-    splits = {name: (bag_of_words([t for t, _ in examples], vocabulary),
-                     torch.tensor([y for _, y in examples])) for name, examples in
-              (("train", train), ("dev", dev), ("test", test))}
-    best = None
-    for l2 in l2_grid:
-        weights = fit_logistic(*splits["train"], n_classes, l2)
-        scores = {name: classification_metrics(
-            (torch.sparse.mm(x, weights[:-1]) + weights[-1]).argmax(-1), y)
-            for name, (x, y) in splits.items() if name != "train"}
-        if best is None or scores["dev"]["accuracy"] > best["dev"]["accuracy"]:
-            best = dict(scores, l2=l2, vocabulary=len(vocabulary))
-    return best
-
-
-def majority_baseline(train, dev, test):
-    """Always the most frequent training label: the floor that any learning must clear (on a test
-    set that is 58% one class, 0.58 accuracy means nothing has been learned)."""
-    majority = Counter(y for _, y in train).most_common(1)[0][0]
-    return {name: classification_metrics([majority] * len(examples), [y for _, y in examples])
-            for name, examples in (("dev", dev), ("test", test))}
-
-
-# ----------------------------------------------------------------------------------------------
-# 6. Prompting: the third route to a task, with no gradient step at all (GPT-3, Brown et al. 2020).
-#
-# A causal body continues text. Show it K labelled examples ("demonstrations") as text, then the
-# query, and ask which class's word (its verbalizer) is the likelier continuation:
-#
-#     Text: <demonstration 1>\nLabel: positive\n\n ... Text: <query>\nLabel:   -> " negative"?
-#
-#     prediction = argmax_y  log p(verbalizer(y) | prompt)     (summed over the word's tokens)
-#
-# Nothing trains; the K demonstrations are the only labels used (K = 0: zero-shot). In-context
-# learning appears with scale (Brown et al. 2020; Wei et al. 2022 call it emergent): a body of a
-# few million parameters, pretrained for minutes, is expected near chance, and the README shows it.
-
-def verbalizers(labelled, spec=None):
-    """The word each class is scored by, in label order: the class names, or --verbalizers
-    LABEL=WORD,... for a task whose names are codes ("0", "ham"). A leading space: it follows ':'."""
-    words = {name: name for name in labelled.label_names}
-    for item in (spec.split(",") if spec else []):
-        label, _, word = item.partition("=")
-        if label.strip() not in words or not word.strip():
-            raise UserError(f"--verbalizers: {item!r} is not LABEL=WORD with LABEL one of "
-                            f"{', '.join(labelled.label_names)}")
-        words[label.strip()] = word.strip()
-    return [" " + words[name] for name in labelled.label_names]
-
-
-def demonstrations(train, shots, seed):
-    """K training examples, balanced over classes and seeded, in shuffled order (all of one class
-    last would pull the answer towards it: Zhao et al. 2021)."""
-    return subsample_balanced(train, shots, seed) if shots else []
-
-
-PROMPT_PIECES = ("Text:", "\nLabel:", "\n\nText:")
-
-
-def text_budget(body, enc, shots, words, max_len):
-    """Tokens per text such that shots + 1 texts, their labels and the template fit the body."""
-    head, mid, sep = (len(enc.encode_ordinary(piece)) for piece in PROMPT_PIECES)
-    longest_word = max(len(enc.encode_ordinary(w)) for w in words)
-    return min(max_len, (body.config.block_size - head) // (shots + 1) - mid - sep - longest_word)
-
-
-@torch.no_grad()
-def prompt_scores(body, enc, demos, words, texts, max_len, device, batch_size=32):
-    """log p(word of class c | prompt for text i), shape (N, K). Each row is prefix + query + one class's word:
-        prefix = "Text:" + (" <demo>" "\nLabel:" " <its word>" "\n\nText:") per demonstration
-        query  = " <text>" "\nLabel:"
-    The pieces meet where GPT-2's split pattern always cuts (before a space or a newline that
-    follows a non-space), so encoding them apart gives exactly the tokens of the whole prompt, and
-    texts can be cut in tokens to fit the body's positions. The prefix is encoded once and shared
-    by every row; the model has no KV cache, so each row recomputes it (cheap at these sizes)."""
-    head, mid, sep = (enc.encode_ordinary(piece) for piece in PROMPT_PIECES)
-    word_ids = [enc.encode_ordinary(w) for w in words]
-    budget = text_budget(body, enc, len(demos), words, max_len)
-    if budget < 1:
-        raise UserError(f"{len(demos)} demonstrations do not fit the body's {body.config.block_size} "
-                        f"positions; use fewer --shots")
-
-    def text_ids(text):
-        return enc.encode_ordinary(" " + " ".join(text.split()))[:budget]
-    prefix = head + [t for text, y in demos for t in text_ids(text) + mid + word_ids[y] + sep]
-    queries = [prefix + text_ids(text) + mid for text in texts]           # encoded once per text
-    pad, n_text = data.special_ids(enc)["pad"], data.n_ordinary(enc)
-    body.eval().to(device)
-    scores = torch.empty(len(texts), len(words))
-    rows = [(i, c) for i in range(len(texts)) for c in range(len(words))]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        idx, _ = collate([queries[i] + word_ids[c] for i, c in chunk], pad)  # (B, T), right-padded
-        logits = body(idx.to(device))[0].float()                          # (B, T, V)
-        logprobs = torch.log_softmax(logits[..., :n_text], dim=-1).cpu()  # over text tokens only
-        for row, (i, c) in enumerate(chunk):
-            # the word's j-th token is predicted at the position just before it
-            at = torch.arange(len(queries[i]) - 1, len(queries[i]) - 1 + len(word_ids[c]))
-            scores[i, c] = logprobs[row, at, word_ids[c]].sum()
-    return scores
-
-
-def prompt_run(body, enc, labelled, cfg, device):
-    """Prompting's 'run': demonstrations from the training split, dev and test scored."""
-    if not body.config.causal:
-        raise UserError("--mode prompt needs a causal (CLM) body: a bidirectional one was never "
-                        "trained to continue text; use train_clm.py's checkpoint or gpt2")
-    start = time.perf_counter()
-    words = verbalizers(labelled, cfg.verbalizers)
-    demos = demonstrations(labelled.train, cfg.shots, cfg.seed)
-    result = dict(shots=cfg.shots, verbalizers=words, trainable=0, total=body.num_params(False))
-    for split in ("dev", "test"):
-        texts, labels = [t for t, _ in getattr(labelled, split)], [y for _, y in getattr(labelled, split)]
-        predictions = prompt_scores(body, enc, demos, words, texts, cfg.max_len, device).argmax(dim=-1)
-        result[split] = classification_metrics(predictions, labels)
-    result["seconds"] = time.perf_counter() - start
-    return result
-
-
-# ----------------------------------------------------------------------------------------------
-# 7. Forgetting: the body's own pretraining loss, before and after fine-tuning.
-
+# Fine-tuning moves every weight of the body towards the task (full mode); how much of what the body
+# learned in pretraining does it lose? Measured directly: the pretraining objective's own
+# validation loss on the body, before and after. The frozen mode cannot forget (the body does not
+# move); LoRA can move it only along a low-rank update, and forgot less than full fine-tuning in the
+# README's measurement.
 PRETRAINING_OBJECTIVES = {"clm": train_clm.CLM, "mlm": train_mlm.MLM}
 
 
@@ -710,12 +447,12 @@ def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
+# 6. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
 
 def load_task(name, n_train, seed, data_dir=None, cache_dir=None):
     """The labelled set, and the training examples of this run: all, or a balanced seeded K."""
-    labelled = load_labelled(name, data_dir, cache_dir)
-    train = subsample_balanced(labelled.train, n_train, seed) if n_train else labelled.train
+    labelled = tasks.load_labelled(name, data_dir, cache_dir)
+    train = tasks.subsample_balanced(labelled.train, n_train, seed) if n_train else labelled.train
     return labelled, train
 
 
@@ -736,12 +473,14 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
                   seconds=history[-1]["seconds"], history=history, pooling=classifier.pooling)
     for split in ("dev", "test"):
         predictions = predict(classifier, encoded[split][0], pad_id, device, autocast)
-        result[split] = classification_metrics(predictions, encoded[split][1])
+        result[split] = tasks.classification_metrics(predictions, encoded[split][1])
     if forgetting:
         result["pretraining_loss"] = dict(before=before, after=forgetting(classifier.body))
-    if cfg.mode == "lora":        # the merged model must be the same function
+    # LoRA's promise is a plain model after training (W = W0 + (alpha / r) B A, no extra cost at
+    # inference): check it on real inputs, and keep the largest difference in the results.
+    if cfg.mode == "lora":
         merged = merge_lora(copy.deepcopy(classifier)).eval()
-        idx, attention_mask = collate(encoded["dev"][0][:64], pad_id)
+        idx, attention_mask = tasks.collate(encoded["dev"][0][:64], pad_id)
         classifier.eval()
         with torch.no_grad():
             unmerged_logits = classifier(idx.to(device), attention_mask.to(device))
@@ -768,6 +507,7 @@ def single_run(args, cfg):
     else:
         body, enc = scratch_from_flags(args, cfg.seed)
         source = f"random weights, --preset {args.preset} shape, tokenizer {args.tokenizer}"
+    # Forgetting needs a pretrained body that moves, and the text it was pretrained on.
     if args.forgetting and (checkpoint is None or args.init == "scratch" or cfg.mode == "prompt"):
         raise UserError("--forgetting compares a pretrained body before and after training; pass "
                         "--checkpoint with --init pretrained and a mode that trains")
@@ -784,7 +524,7 @@ def single_run(args, cfg):
     print(f"body: {source} ({'causal' if body.config.causal else 'bidirectional'}, "
           f"{body.num_params(non_embedding=False):,} parameters); mode {cfg.mode}")
     if cfg.mode == "prompt":
-        result = prompt_run(body, enc, labelled, cfg, device)
+        result = prompting.prompt_run(body, enc, labelled, cfg, device)
         print(f"prompting: {cfg.shots} demonstrations per prompt, classes scored by the words "
               f"{result['verbalizers']}, no training step, {result['seconds']:.1f}s")
     else:
@@ -792,8 +532,9 @@ def single_run(args, cfg):
         print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
               f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
               f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
-    baseline = bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-    majority = majority_baseline(train, labelled.dev, labelled.test)
+    # Two reference rows on the same labels: the score to beat and the floor.
+    baseline = tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+    majority = tasks.majority_baseline(train, labelled.dev, labelled.test)
     label = f"prompted ({cfg.shots} shots)" if cfg.mode == "prompt" else f"fine-tuned ({args.init}, {cfg.mode})"
     plumbing.print_results(result, baseline, majority, label)
     if args.out_dir:
@@ -811,7 +552,7 @@ def single_run(args, cfg):
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. The sweep: test accuracy against the number of labels.
+# 7. The sweep: test accuracy against the number of labels.
 
 # method -> (which checkpoint, init, mode). LoRA adapts the CLM body. Each pretrained method is
 # compared with random weights in its own architecture (mask, shape, pooling), which is not the
@@ -860,32 +601,38 @@ def sweep(args, cfg):
         print(f"skipping {', '.join(skipped)}: no --mlm checkpoint given")
     if not methods:
         raise UserError("--methods: nothing left to run; give --mlm CKPT or other methods")
-    labelled = load_labelled(args.task, args.data_dir, args.cache_dir)
+    labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
 
     def body_for(method, seed):
+        """A fresh body for each run: fine-tuning changes it in place, and scratch is seeded."""
         which, init, _ = SWEEP_METHODS[method]
         checkpoint, enc = checkpoints[which]
         return body_from(checkpoint, init, seed), enc
 
     def run(method, k, seed):
+        """One point of the curve: `method` with k labels (prompting: k demonstrations)."""
         if method == "bow":
-            train = subsample_balanced(labelled.train, k, seed)
-            return bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+            train = tasks.subsample_balanced(labelled.train, k, seed)
+            return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
         body, enc = body_for(method, seed)
         run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2], shots=k)
         if method == "prompt":
-            return prompt_run(body, enc, labelled, run_cfg, device)
-        train = subsample_balanced(labelled.train, k, seed)
+            return prompting.prompt_run(body, enc, labelled, run_cfg, device)
+        train = tasks.subsample_balanced(labelled.train, k, seed)
         return run_one(body, enc, labelled, train, run_cfg, device, log=lambda *a: None)[0]
 
+    # The plan: every (method, labels, seed) point; bag-of-words is a row at every size, beside the
+    # Transformers trained on the very same subsample (same size, same seed).
     plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if m != "prompt"]
     if "prompt" in methods:
+        # Prompting's "labels" are the demonstrations in its prompt: its rows are at PROMPT_SHOTS,
+        # as many of them as fit the body's positions, beside the fine-tuning rows of equal size.
         body, enc = body_for("prompt", cfg.seed)
-        words = verbalizers(labelled, cfg.verbalizers)
-        shots = [k for k in PROMPT_SHOTS if text_budget(body, enc, k, words, cfg.max_len) >= 1]
+        words = prompting.verbalizers(labelled, cfg.verbalizers)
+        shots = [k for k in PROMPT_SHOTS if prompting.text_budget(body, enc, k, words, cfg.max_len) >= 1]
         if len(shots) < len(PROMPT_SHOTS):
             print(f"prompting: only {shots} demonstrations fit the body's {body.config.block_size} positions")
         plan += [("prompt", k, s) for k in shots for s in seeds]
@@ -901,14 +648,14 @@ def sweep(args, cfg):
 
 
 # ----------------------------------------------------------------------------------------------
-# 10. The command line.
+# 8. The command line.
 
 def export_text(args):
     """A labelled set's TRAINING texts without labels, one per line: in-domain text to pretrain on
     (domain-adaptive pretraining, Gururangan et al. 2020). Dev and test are never exported."""
     if not args.output:
         raise UserError("--export-text needs -o FILE (where to write the text)")
-    labelled = load_labelled(args.export_text, args.data_dir, args.cache_dir)
+    labelled = tasks.load_labelled(args.export_text, args.data_dir, args.cache_dir)
     text = "\n".join(" ".join(t.split()) for t, _ in labelled.train) + "\n"
     plumbing.write_atomic(args.output, text.encode("utf-8"))
     print(f"wrote {len(labelled.train):,} {args.export_text} training texts "
@@ -917,6 +664,7 @@ def export_text(args):
 
 
 def main(argv=None):
+    """One run (the default), the sweep (--sweep) or a text export (--export-text)."""
     parser = plumbing.build_parser(__doc__.split("\n")[0], FinetuneConfig, train_clm.PRESETS, epilog=(
         "--preset only sets the shape of a scratch model when no --checkpoint gives one. Without "
         "--checkpoint, --init scratch builds the tokenizer from --corpus/--tokenizer."))

@@ -4,8 +4,8 @@ Nothing here teaches the pretrain-then-fine-tune idea; it is what any training s
 what would otherwise bury the lesson: the command line and its checks, files and downloads,
 device and precision choice, MFU, distributed data parallel (DDP), run folders and checkpoints,
 logs, sweeps run in parallel processes, and plots. The lesson files (model.py, data.py,
-train_clm.py, train_mlm.py, finetune.py, scaling.py) call into it by name, so a reader can take each call at its word and come here only
-when curious about how.
+train_clm.py, train_mlm.py, tasks.py, finetune.py, prompting.py, scaling.py) call into it by
+name, so a reader can take each call at its word and come here only when curious about how.
 
 Sections: 1. errors and the command line; 2. files and downloads; 3. devices, precision and MFU;
 4. distributed data parallel; 5. run folders and checkpoints (the one format, the one reader,

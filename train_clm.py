@@ -404,6 +404,9 @@ def load_dataset(cfg, start_from=None, verbose=True):
 # 5. Sampling, and the command line.
 
 def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50, seed=0):
+    """The prompt and its continuation, drawn token by token from the model's own predictions
+    (model.generate): temperature below 1 sharpens them, top-k cuts the long tail of unlikely
+    tokens. Seeded, so one checkpoint, prompt and seed always give the same text."""
     model.eval()
     ids = enc.encode_ordinary(prompt) or [data.special_ids(enc)["eot"]]
     idx = torch.tensor([ids], dtype=torch.long, device=device)

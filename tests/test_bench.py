@@ -10,7 +10,6 @@ import torch
 
 import bench
 import plumbing
-import train_clm
 from plumbing import UserError
 from model import ModelConfig, Transformer
 

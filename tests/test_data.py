@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
-import finetune  # noqa: E402
+import tasks  # noqa: E402
 import plumbing  # noqa: E402
 
 UNICODE = "naïve café, 日本語のテキスト, emoji 🙂🚀, tabs\tand\nnew\r\nlines,   runs  of   spaces \n\n\t x² _under_score"
@@ -289,50 +289,50 @@ def test_bits_per_unit_by_hand():
 def test_tsv_labelled_set_split_and_label_mapping(tmp_path):
     rows = [f"text number {i}\t{'spam' if i % 3 == 0 else 'ham'}" for i in range(60)]
     (tmp_path / "set.tsv").write_text("\n".join(rows) + "\n\n")
-    ls = finetune.load_labelled(str(tmp_path / "set.tsv"))
+    ls = tasks.load_labelled(str(tmp_path / "set.tsv"))
     assert ls.label_names == ["ham", "spam"]
     assert (len(ls.train), len(ls.dev), len(ls.test)) == (48, 6, 6)
     everything = ls.train + ls.dev + ls.test
     assert sorted(t for t, _ in everything) == sorted(r.split("\t")[0] for r in rows)
     assert all(ls.label_names[k] == ("spam" if int(t.split()[-1]) % 3 == 0 else "ham") for t, k in everything)
     assert Counter(k for _, k in ls.dev) == {0: 4, 1: 2}  # stratified: the 2:1 mix in every split
-    assert finetune.load_labelled(str(tmp_path / "set.tsv")) == ls  # seeded
+    assert tasks.load_labelled(str(tmp_path / "set.tsv")) == ls  # seeded
 
 
 def test_malformed_tsv_names_file_and_lines(tmp_path):
     (tmp_path / "bad.tsv").write_text("good row\t1\nno tab here\n\t0\ntext only\t\nfine\t0\n")
     with pytest.raises(data.UserError, match=r"bad\.tsv: malformed line\(s\) 2, 3, 4;"):
-        finetune.load_labelled(str(tmp_path / "bad.tsv"))
+        tasks.load_labelled(str(tmp_path / "bad.tsv"))
     with pytest.raises(data.UserError, match="unknown labelled set 'imdb'.*sst2"):
-        finetune.load_labelled("imdb")
+        tasks.load_labelled("imdb")
 
 
 def test_sst2_and_sms_spam_from_the_data_dir(tmp_path):
     for split in ("train", "dev", "test"):
         (tmp_path / "sst2").mkdir(exist_ok=True)
         (tmp_path / "sst2" / f"{split}.tsv").write_text(f"a fine {split} film\t1\na dull one\t0\n")
-    sst2 = finetune.load_labelled("sst2", data_dir=tmp_path)
+    sst2 = tasks.load_labelled("sst2", data_dir=tmp_path)
     assert sst2.label_names == ["negative", "positive"] and sst2.dev == [("a fine dev film", 1), ("a dull one", 0)]
     (tmp_path / "sms_spam").mkdir()
     messages = [f"ham\thi there {i}" for i in range(30)] + [f"spam\tWIN a prize {i}" for i in range(10)]
     (tmp_path / "sms_spam" / "SMSSpamCollection").write_text("\n".join(messages))
-    sms = finetune.load_labelled("sms-spam", data_dir=tmp_path)
+    sms = tasks.load_labelled("sms-spam", data_dir=tmp_path)
     assert sms.label_names == ["ham", "spam"] and Counter(k for _, k in sms.test) == {0: 3, 1: 1}
     with pytest.raises(data.UserError, match=r"sst2/train\.tsv not found"):
-        finetune.load_labelled("sst2", data_dir=tmp_path / "sms_spam")
+        tasks.load_labelled("sst2", data_dir=tmp_path / "sms_spam")
     with pytest.raises(data.UserError, match="is not a directory"):
-        finetune.load_labelled("sst2", data_dir=tmp_path / "no_such_dir")
+        tasks.load_labelled("sst2", data_dir=tmp_path / "no_such_dir")
 
 
 def test_subsample_balanced():
     examples = [(f"a{i}", 0) for i in range(50)] + [(f"b{i}", 1) for i in range(5)] + [(f"c{i}", 2) for i in range(50)]
-    picked = finetune.subsample_balanced(examples, 30, seed=3)
+    picked = tasks.subsample_balanced(examples, 30, seed=3)
     assert Counter(k for _, k in picked) == {0: 13, 1: 5, 2: 12} or Counter(k for _, k in picked) == {0: 12, 1: 5, 2: 13}
     assert len(set(picked)) == 30 and set(picked) <= set(examples)
-    assert picked == finetune.subsample_balanced(examples, 30, seed=3)
-    assert Counter(k for _, k in finetune.subsample_balanced(examples, 9, seed=0)) == {0: 3, 1: 3, 2: 3}
+    assert picked == tasks.subsample_balanced(examples, 30, seed=3)
+    assert Counter(k for _, k in tasks.subsample_balanced(examples, 9, seed=0)) == {0: 3, 1: 3, 2: 3}
     with pytest.raises(data.UserError, match="--n-train"):
-        finetune.subsample_balanced(examples, 1000)
+        tasks.subsample_balanced(examples, 1000)
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +343,7 @@ def pydocs_cache(tmp_path_factory):
 def test_pydocs_topic_is_balanced_disjoint_and_held_out_of_pretraining(pydocs_cache):
     corpus = data.load_corpus("pydocs", cache_dir=pydocs_cache)
     assert len(corpus.text) > 1_000_000 and "asyncio" in corpus.text
-    topics = finetune.load_labelled("pydocs-topic", cache_dir=pydocs_cache)
+    topics = tasks.load_labelled("pydocs-topic", cache_dir=pydocs_cache)
     assert len(topics.label_names) == 6
     splits = {s: getattr(topics, s) for s in ("train", "dev", "test")}
     for split, examples in splits.items():

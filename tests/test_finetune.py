@@ -17,6 +17,8 @@ import torch.nn.functional as F
 import data
 import plumbing
 import finetune
+import tasks
+import prompting
 import train_clm
 import train_mlm
 from conftest import generated_text
@@ -47,12 +49,12 @@ def separable_set(n=240, seed=0):
     examples = [(" ".join(rng.choice(words[i % 2]) for _ in range(rng.randint(2, 6))), i % 2)
                 for i in range(n)]
     cut1, cut2 = int(0.6 * n), int(0.8 * n)
-    return finetune.LabelledSet("separable", examples[:cut1], examples[cut1:cut2], examples[cut2:],
+    return tasks.LabelledSet("separable", examples[:cut1], examples[cut1:cut2], examples[cut2:],
                             label_names=["animal", "colour"])
 
 
 def padded_batch(texts, cls_first=False):
-    return finetune.collate(finetune.encode_texts(ENC, texts, 64, cls_first), PAD)
+    return tasks.collate(finetune.encode_texts(ENC, texts, 64, cls_first), PAD)
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -173,16 +175,16 @@ def test_tiny_model_fine_tunes_to_high_accuracy_on_a_separable_task():
     result, _ = finetune.run_one(tiny_body(), ENC, labelled, labelled.train, tiny_config(min_steps=60),
                                  DEVICE, log=lambda *a: None)
     assert result["test"]["accuracy"] >= 0.95 and result["test"]["macro_f1"] >= 0.95
-    baseline = finetune.bag_of_words_baseline(labelled.train, labelled.dev, labelled.test, 2)
+    baseline = tasks.bag_of_words_baseline(labelled.train, labelled.dev, labelled.test, 2)
     assert baseline["test"]["accuracy"] == 1.0
 
 
 def test_accuracy_and_macro_f1_by_hand():
     # gold 0 0 1 1, predicted 0 1 1 1: F1(0) = 2*1/(2+0+1) = 2/3, F1(1) = 2*2/(4+1+0) = 4/5
-    metrics = finetune.classification_metrics(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]))
+    metrics = tasks.classification_metrics(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 1]))
     assert metrics["accuracy"] == 0.75
     assert metrics["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
-    always_majority = finetune.classification_metrics([0] * 10, [0] * 9 + [1])
+    always_majority = tasks.classification_metrics([0] * 10, [0] * 9 + [1])
     assert always_majority["accuracy"] == pytest.approx(0.9)
     assert always_majority["macro_f1"] == pytest.approx((18 / 19) / 2)     # F1(1) = 0
 
@@ -254,7 +256,7 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     assert "0 runs to do" in capsys.readouterr().out
 
     finetune.main(["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")])
-    labelled = finetune.load_labelled(pretrained["tsv"])
+    labelled = tasks.load_labelled(pretrained["tsv"])
     assert (tmp_path / "train.txt").read_text().splitlines() == [t for t, _ in labelled.train]
 
 
@@ -267,7 +269,7 @@ def test_prompt_scores_are_the_log_probability_of_each_word_after_the_whole_prom
     body = Transformer(ModelConfig(vocab_size=320, block_size=256, n_layer=2, n_head=2, n_embd=32)).eval()
     demos, words = [("the cat sees the river.", 1), ("my friend likes  the book.", 0)], [" person", " animal"]
     texts = ["a dog reads a letter.", "the teacher paints\tthe garden and the river."]
-    scores = finetune.prompt_scores(body, enc, demos, words, texts, 64, torch.device("cpu"), batch_size=3)
+    scores = prompting.prompt_scores(body, enc, demos, words, texts, 64, torch.device("cpu"), batch_size=3)
     n_text = data.n_ordinary(enc)
     for i, query in enumerate(texts):
         for c, word in enumerate(words):
@@ -293,7 +295,7 @@ def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pret
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "needs a causal" in err and err.count("\n") == 1
     with pytest.raises(data.UserError, match="--verbalizers"):
-        finetune.verbalizers(finetune.load_labelled(pretrained["tsv"]), "robot=beep")
+        prompting.verbalizers(tasks.load_labelled(pretrained["tsv"]), "robot=beep")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -34,6 +34,7 @@ import torch
 
 import data
 import finetune
+import tasks
 import plumbing
 import train_clm
 from conftest import generated_text
@@ -381,7 +382,7 @@ def test_malformed_label_file_names_the_line_in_finetune(good_run, tmp_path, cap
     labels = tmp_path / "labels.tsv"
     labels.write_text("a fine sentence\t1\nanother one\t0\nno label on this line\nlast\t1\n")
     with pytest.raises(UserError, match=r"labels\.tsv: malformed line\(s\) 3;"):
-        finetune.load_labelled(str(labels))
+        tasks.load_labelled(str(labels))
     with pytest.raises(SystemExit) as exit_info:
         plumbing.run_cli(lambda: finetune.main(["--task", str(labels), "--checkpoint",
                                                  str(good_run["run"] / "ckpt.pt"), "--device", "cpu",
@@ -550,7 +551,7 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
 def test_a_header_line_is_skipped_not_made_a_class(tmp_path):
     tsv = tmp_path / "set.tsv"
     tsv.write_text("text\tlabel\n" + "".join(f"example {i}\t{'ab'[i % 2]}\n" for i in range(40)))
-    labelled = finetune.load_labelled(str(tsv))
+    labelled = tasks.load_labelled(str(tsv))
     assert labelled.label_names == ["a", "b"]
 
 
