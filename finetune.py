@@ -43,8 +43,9 @@ written out as text, then the query, and the class whose word it finds likeliest
 
 What is measured (the tasks, splits, scores and reference rows are tasks.py's): accuracy and
 macro-F1 on dev and test; a bag-of-words logistic regression on the same examples, so a reader
-sees what the Transformer buys, and the majority class, the floor; forgetting, the body's own pretraining validation loss before and after fine-tuning; and --sweep,
-test accuracy against the number of labels for scratch, CLM, MLM, LoRA and prompting, 3+ seeds.
+sees what the Transformer buys, and the majority class, the floor; forgetting, the body's own
+pretraining validation loss before and after fine-tuning; and --sweep, test accuracy against the
+number of labels for scratch, CLM, MLM, LoRA and prompting, 3+ seeds.
 Read every number beside its two reference rows: above the majority class something was learned,
 above bag-of-words the Transformer earned its cost. With a few dozen labels one seed's subsample
 can swing accuracy by several points, which is why the sweep repeats every point over seeds and
