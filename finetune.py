@@ -535,7 +535,7 @@ def single_run(args, cfg):
               f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
     # Two reference rows on the same labels: the score to beat and the floor.
     baseline = tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-    majority = tasks.majority_baseline(train, labelled.dev, labelled.test)
+    majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)
     label = f"prompted ({cfg.shots} shots)" if cfg.mode == "prompt" else f"fine-tuned ({args.init}, {cfg.mode})"
     plumbing.print_results(result, baseline, majority, label)
     if args.out_dir:

@@ -239,8 +239,10 @@ def bag_of_words_baseline(train, dev, test, n_classes, l2_grid=(1e-2, 1e-3, 1e-4
 
 
 def majority_baseline(train, dev, test):
-    """Always the most frequent training label: the floor that any learning must clear (on a test
-    set that is 58% one class, 0.58 accuracy means nothing has been learned)."""
+    """Always the most frequent label of `train`: the floor that any learning must clear (on a test
+    set that is 58% one class, 0.58 accuracy means nothing has been learned). Pass the whole
+    training split, not a run's K examples: a balanced subsample has no majority, and its tie
+    would pick a class by chance."""
     majority = Counter(y for _, y in train).most_common(1)[0][0]
     return {name: classification_metrics([majority] * len(examples), [y for _, y in examples])
             for name, examples in (("dev", dev), ("test", test))}

@@ -283,6 +283,19 @@ def test_prompt_scores_are_the_log_probability_of_each_word_after_the_whole_prom
             assert scores[i, c].item() == pytest.approx(expected, abs=1e-4)
 
 
+def test_majority_row_is_the_whole_training_splits_most_common_class(pretrained, tmp_path):
+    """A balanced subsample of an imbalanced task has no majority: the floor must still be the class
+    that is common in the task (here 3 in 4 rows), whatever the seed, not a tie broken by chance."""
+    rows = [f"the river {'sees' if i % 4 else 'likes'} a cat.\t{'common' if i % 4 else 'rare'}"
+            for i in range(160)]
+    (tmp_path / "skewed.tsv").write_text("\n".join(rows) + "\n")
+    for seed in ("0", "1", "2"):
+        finetune.main(["--checkpoint", pretrained["clm"][0], "--task", str(tmp_path / "skewed.tsv"),
+                       "--n-train", "8", "--seed", seed, *quick_flags(tmp_path / seed)])
+        record = json.loads((tmp_path / seed / "results.json").read_text())
+        assert record["majority_class"]["test"]["accuracy"] == pytest.approx(0.75)
+
+
 def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pretrained, tmp_path, capsys):
     finetune.main(["--checkpoint", pretrained["clm"][0], "--task", pretrained["tsv"], "--mode", "prompt",
                    "--shots", "0", "--verbalizers", "animal=beast", "--out-dir", str(tmp_path / "p")])
