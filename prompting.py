@@ -75,7 +75,7 @@ def prompt_scores(body, enc, demos, words, texts, max_len, device, batch_size=32
                         f"positions; use fewer --shots")
 
     def text_ids(text):
-        # Whitespace collapsed, as in the test's whole-string prompt; then cut to the budget.
+        # Whitespace collapsed, so a text's own line breaks cannot pass for the template's.
         return enc.encode_ordinary(" " + " ".join(text.split()))[:budget]
     prefix = head + [t for text, y in demos for t in text_ids(text) + mid + word_ids[y] + sep]
     queries = [prefix + text_ids(text) + mid for text in texts]           # encoded once per text
