@@ -278,8 +278,8 @@ def make_classifier(body, n_classes, cfg):
 
 @dataclass
 class FinetuneConfig:
-    """The knobs of one fine-tuning run; every other flag of finetune.py says which body, which task
-    or where to write. The defaults are BERT's fine-tuning recipe scaled down (Devlin et al. 2019,
+    """The knobs of one fine-tuning run; finetune.py's other flags choose the body, the task, the
+    sweep and where to write. The defaults are BERT's fine-tuning recipe scaled down (Devlin et al. 2019,
     appendix A.3: a few epochs at a small peak rate, warmup, weight decay 0.01, beta2 0.999), with
     the cosine decay of the pretraining loop in place of BERT's linear one."""
     mode: str = knob("full", "full, last-k, frozen (head only) or lora: which parameters train; or prompt: "

@@ -184,8 +184,8 @@ def classification_metrics(predictions, labels):
 #    majority class.
 
 # The classic baseline of text classification, and a strong one with few labels: every word is a
-# feature, its order is thrown away. If a pretrained Transformer cannot beat it, the pretraining
-# bought nothing for this task. A word is a run of letters and digits, with an apostrophe suffix
+# feature, its order is thrown away. If a fine-tuned Transformer cannot beat it, the Transformer
+# and its pretraining bought nothing for this task. A word is a run of letters and digits, with an apostrophe suffix
 # kept ("don't", "it's"): negations matter for sentiment.
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
