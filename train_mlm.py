@@ -347,7 +347,7 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
                                    cache_dir or saved["cache_dir"], verbose=False)
     plumbing.check_compatible(mlm_ckpt, dataset.enc, "bidirectional")
     plumbing.check_compatible(clm_ckpt, dataset.enc, "causal")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = plumbing.pick_device("auto")
     mlm = plumbing.model_from_checkpoint(mlm_ckpt).to(device).eval()
     clm = plumbing.model_from_checkpoint(clm_ckpt).to(device).eval()
     length = mlm.config.block_size - 1
