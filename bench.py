@@ -114,8 +114,6 @@ def measure_training(spec):
         torch.set_num_threads(spec["threads"])
     if spec.get("reference"):
         return measure_reference(spec, device)
-    if device.type == "cpu":
-        plumbing.keep_freed_memory()                 # as train() does on a CPU
     shape = spec["shape"]
     cfg = train_clm.TrainConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
                                 block_size=shape["block_size"], batch_size=shape["batch_size"],
