@@ -29,12 +29,11 @@ probability the model gives the text), so dividing by the byte count gives a tok
 number; per character works the same way (Shannon 1951 measured English in bits per character).
 
 Read in this order: corpora, tokenizers (the BPE trainer is the lesson), encoded datasets, then
-batches and bits_per_unit. Where files come from (data dir, cache, download) is plumbing.py's
-business; BERT's masking lives in train_mlm.py and the labelled sets in tasks.py, beside the
-code that uses them.
+batches and bits_per_unit. Where files come from (data dir, cache, download) and the file
+format of a tokenizer's ranks are plumbing.py's business; BERT's masking lives in train_mlm.py
+and the labelled sets in tasks.py, beside the code that uses them.
 """
 import ast
-import base64
 import hashlib
 import json
 import math
@@ -53,7 +52,8 @@ import numpy as np
 import tiktoken
 import torch
 
-from plumbing import UserError, fingerprint, obtain_data_file, read_text, resolve_cache_dir, write_atomic
+from plumbing import (UserError, fingerprint, obtain_data_file, parse_ranks, ranks_text, read_text,
+                      resolve_cache_dir, write_atomic)
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|mask|>", "<|cls|>", "<|pad|>")  # ids n_ordinary + 0..3
 # GPT-2's pre-tokenization pattern, as tiktoken writes it (r50k_base): the possessive `++` and the
@@ -229,30 +229,6 @@ def special_ids(enc):
 def n_ordinary(enc):
     """Number of ordinary (mergeable) tokens; the specials are the ids right after them."""
     return special_ids(enc)["eot"]
-
-
-def ranks_text(ranks):
-    """tiktoken's ranks format: one `base64(token bytes) rank` line per token, by rank."""
-    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1]))
-
-
-def parse_ranks(text, source):
-    """The inverse of ranks_text, checked: ranks 0..n-1 including all 256 single bytes. (We do not
-    use tiktoken.load.load_tiktoken_bpe: it keeps a hidden copy in /tmp/data-gym-cache keyed by the
-    file's path and serves that stale copy when the file at the same path changes.)"""
-    ranks = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-        except ValueError:
-            raise UserError(f"{source} line {number} is not 'base64-token rank'; "
-                            f"replace it with a valid tiktoken ranks file") from None
-    if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
-        raise UserError(f"{source}: ranks must be 0..n-1 and include all 256 single bytes; "
-                        f"replace it with a valid tiktoken ranks file")
-    return ranks
 
 
 def tokenizer_state(enc):
@@ -441,14 +417,6 @@ def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbo
               f"{(meta['train_bytes'] + meta['val_bytes']) / max(n_tokens, 1):.2f} bytes/token"
               f"{' (cached)' if cached else ''}")
     return Dataset(arrays["train"], arrays["val"], enc, meta["corpus"], meta)
-
-
-def check_fits(dataset, block_size):
-    """A window needs block_size + 1 tokens (inputs plus the shifted targets)."""
-    for split, tokens in (("validation", dataset.val), ("training", dataset.train)):
-        if len(tokens) < block_size + 1:
-            raise UserError(f"corpus too short: {len(tokens)} {split} tokens, need at least "
-                            f"block_size+1 = {block_size + 1}; use a larger corpus or a smaller --block-size")
 
 
 # ----------------------------------------------------------------------------- batches and the metric

@@ -12,6 +12,7 @@ Sections: 1. errors and the command line; 2. files and downloads; 3. devices, pr
 GPT-2's weights read into it); 6. logs, plots and sweeps.
 """
 import argparse
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -33,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, padded_vocab_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +272,31 @@ def obtain_data_file(name, data_dir=None, cache_dir=None, also=(), sources=SOURC
                         f"({type(e).__name__}: {e}); put the file in a data directory and pass "
                         f"--data-dir DIR or set PTFT_DATA_DIR") from None
     return dest
+
+
+def ranks_text(ranks):
+    """tiktoken's ranks format: one `base64(token bytes) rank` line per token, by rank."""
+    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1]))
+
+
+def parse_ranks(text, source):
+    """The inverse of ranks_text, checked: ranks 0..n-1 including all 256 single bytes. (We do not
+    use tiktoken.load.load_tiktoken_bpe: it keeps a hidden copy in /tmp/data-gym-cache keyed by the
+    file's path and serves that stale copy when the file at the same path changes.)"""
+    ranks = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise UserError(f"{source} line {number} is not 'base64-token rank'; "
+                            f"replace it with a valid tiktoken ranks file") from None
+    if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
+        raise UserError(f"{source}: ranks must be 0..n-1 and include all 256 single bytes; "
+                        f"replace it with a valid tiktoken ranks file")
+    return ranks
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,7 +608,26 @@ class Run:
     log: object                        # print on rank 0 unless --quiet, else a no-op
 
 
-def open_run(cfg, objective, dataset, make_model_config, load_dataset):
+def make_model_config(cfg, enc, causal):
+    """The model's shape from a run's knobs (TrainConfig's), its vocabulary padded (model.py)."""
+    try:
+        return ModelConfig(vocab_size=padded_vocab_size(enc.n_vocab), block_size=cfg.block_size,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                           bias=cfg.bias, causal=causal, attention=cfg.attention,
+                           alibi=cfg.alibi, init_std=cfg.init_std)
+    except ValueError as error:
+        raise UserError(f"invalid model settings: {error}") from None
+
+
+def load_dataset(cfg, start_from=None, verbose=True):
+    """cfg's corpus, encoded with cfg's tokenizer, or with the tokenizer of the checkpoint that
+    --init-from continues (its weights only mean something with its own vocabulary)."""
+    import data         # here, not at the top: data.py imports this module
+    tokenizer = data.tokenizer_from_state(start_from["tokenizer_state"]) if start_from else cfg.tokenizer
+    return data.prepare_dataset(cfg.corpus, tokenizer, cfg.data_dir, cfg.cache_dir, verbose=verbose)
+
+
+def open_run(cfg, objective, dataset):
     """Every input of a pretraining run checked, on every rank, before anything in --out-dir is
     created, changed or deleted: a run refused for bad input leaves an existing run exactly as it
     was, even with --overwrite. Returns a Run; only then is --out-dir prepared."""
@@ -606,7 +651,7 @@ def open_run(cfg, objective, dataset, make_model_config, load_dataset):
         start_from = load_checkpoint(cfg.init_from, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir)
     if dataset is None:
         dataset = load_dataset(cfg, start_from, verbose=master and not cfg.quiet)
-    data.check_fits(dataset, cfg.block_size)
+    check_fits(dataset, cfg.block_size)
     model_config = make_model_config(cfg, dataset.enc, objective.causal)
     kind = "causal" if objective.causal else "bidirectional"
     if resume_from is not None:
@@ -630,6 +675,14 @@ def open_run(cfg, objective, dataset, make_model_config, load_dataset):
     out_dir = prepare_out_dir(cfg, resume_from["history"] if resume_from else []) if master else None
     log = print if (master and not cfg.quiet) else (lambda *a, **k: None)
     return Run(cfg, dist, device, dataset, model_config, resume_from, start_from, out_dir, log)
+
+
+def check_fits(dataset, block_size):
+    """A window needs block_size + 1 tokens (inputs plus the shifted targets)."""
+    for split, tokens in (("validation", dataset.val), ("training", dataset.train)):
+        if len(tokens) < block_size + 1:
+            raise UserError(f"corpus too short: {len(tokens)} {split} tokens, need at least "
+                            f"block_size+1 = {block_size + 1}; use a larger corpus or a smaller --block-size")
 
 
 def restore(run, model, optimizer, batch_generator):
@@ -771,6 +824,17 @@ def load_checkpoint(path, kind=None, data_dir=None, cache_dir=None):
     return checkpoint
 
 
+def load_with_tokenizer(path, kind=None, data_dir=None, cache_dir=None):
+    """(checkpoint, tokenizer): load_checkpoint's, with the tokenizer it was trained with rebuilt
+    and checked to be the saved one, for the scripts that use a model without training it further."""
+    import data
+    checkpoint = load_checkpoint(path, kind, data_dir, cache_dir)
+    checkpoint.pop("optimizer", None)                # only a resumed run needs it: free the memory
+    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
+    check_compatible(checkpoint, enc)
+    return checkpoint, enc
+
+
 def read_checkpoint_file(path):
     """A checkpoint file written by save_run, checked as load_checkpoint describes."""
     if not os.path.exists(path):
@@ -825,9 +889,8 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
     if vocab_size != data.n_ordinary(enc) + 1:
         raise UserError(f"{folder}: {vocab_size} tokens, but GPT-2's tokenizer has "
                         f"{data.n_ordinary(enc) + 1}; use GPT-2's own config and weights")
-    import train_clm    # here, not at the top: train_clm.py imports this module
     try:   # the table grows to a multiple of 64, with room for our other specials
-        model = Transformer.from_pretrained(folder, vocab_size=train_clm.padded_vocab_size(enc.n_vocab))
+        model = Transformer.from_pretrained(folder, vocab_size=padded_vocab_size(enc.n_vocab))
     except (KeyError, RuntimeError, ValueError) as error:
         raise UserError(f"{folder} is not a GPT-2 model this code can read ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:160]})") from None

@@ -67,7 +67,7 @@ def data_dir(reference, tmp_path_factory):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(folder / name, root / "gpt2" / name)
     ranks = data.train_bpe(generated_text(), 299)
-    (root / "gpt2" / "gpt2.tiktoken").write_text(data.ranks_text(ranks))
+    (root / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(ranks))
     return root
 
 
