@@ -56,7 +56,7 @@ import torch
 import data
 import plumbing
 import train_clm
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, padded_vocab_size
 from plumbing import UserError, knob
 
 # Model shapes, named layers x width. The first three are the shapes of the README's comparison
@@ -119,7 +119,7 @@ def measure_training(spec):
                                 block_size=shape["block_size"], batch_size=shape["batch_size"],
                                 attention=spec["attention"], device=spec["device"])
     torch.manual_seed(0)
-    model_config = ModelConfig(vocab_size=train_clm.padded_vocab_size(shape["vocab_size"]),
+    model_config = ModelConfig(vocab_size=padded_vocab_size(shape["vocab_size"]),
                                block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                                n_embd=cfg.n_embd, attention=cfg.attention,
                                alibi=cfg.alibi)      # as train_clm.py trains: its default

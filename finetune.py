@@ -258,7 +258,7 @@ def scratch_from_flags(args, seed):
     shape = train_clm.TrainConfig(**{**train_clm.PRESETS[args.preset], "corpus": args.corpus,
                                      "tokenizer": args.tokenizer})
     torch.manual_seed(seed)
-    model_config = train_clm.make_model_config(shape, dataset.enc, args.kind == "causal")
+    model_config = plumbing.make_model_config(shape, dataset.enc, args.kind == "causal")
     return Transformer(model_config), dataset.enc
 
 

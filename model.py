@@ -77,6 +77,12 @@ class ModelConfig:
             raise ValueError(f"gelu must be 'erf' or 'tanh', got {self.gelu!r}")
 
 
+def padded_vocab_size(n_vocab, multiple=64):
+    """Round the embedding table up to a multiple of 64: matrix shapes that are multiples of 64
+    run markedly faster on GPUs (nanoGPT: 50257 -> 50304). The extra rows are never targets."""
+    return ((n_vocab + multiple - 1) // multiple) * multiple
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention: the only place where `causal` matters.
 

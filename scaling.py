@@ -62,7 +62,7 @@ import data
 import plumbing
 import scaling_laws
 import train_clm
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, padded_vocab_size
 from plumbing import UserError, knob
 
 # ----------------------------------------------------------------------------------------------
@@ -630,7 +630,7 @@ def main(argv=None):
                                    "data_dir", "cache_dir") if getattr(args, k) is not None}}
     dataset = data.prepare_dataset(settings["corpus"], settings["tokenizer"], settings.get("data_dir"),
                                    settings.get("cache_dir"))
-    setup = make_setup(preset, settings, train_clm.padded_vocab_size(dataset.enc.n_vocab),
+    setup = make_setup(preset, settings, padded_vocab_size(dataset.enc.n_vocab),
                        len(dataset.train), args.seed)
     on_cpu = plumbing.pick_device(settings.get("device", "auto")).type == "cpu"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -37,7 +37,7 @@ import torch
 import data
 import muon
 import plumbing
-from model import ModelConfig, Transformer
+from model import Transformer
 from plumbing import UserError, knob
 
 
@@ -50,10 +50,8 @@ class TrainConfig:
     # data
     corpus: str = knob("pydocs", "pydocs (embedded, default), shakespeare, or a path to .txt file(s)")
     tokenizer: str = knob("bpe:4096", "gpt2, bytes, or bpe:N (a BPE with N tokens trained on the corpus)")
-    data_dir: Optional[str] = knob(None, "folder searched for data files before the network "
-                                         "(default: $PTFT_DATA_DIR)")
-    cache_dir: Optional[str] = knob(None, "cache for tokenizers, encoded data and measured speeds "
-                                          "(default: $PTFT_CACHE_DIR or ~/.cache/ptft)")
+    data_dir: Optional[str] = knob(None, "folder searched for data files first (None: $PTFT_DATA_DIR)")
+    cache_dir: Optional[str] = knob(None, "tokenizer, data and speed cache (None: $PTFT_CACHE_DIR, ~/.cache/ptft)")
     # model (see model.ModelConfig)
     n_layer: int = knob(4, "Transformer blocks", "[1, inf)")
     n_head: int = knob(4, "attention heads per block", "[1, inf)")
@@ -94,9 +92,8 @@ class TrainConfig:
     seed: int = knob(1337, "random seed (same seed + same device = same losses on CPU)", "[0, inf)")
     out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing)")
     resume: bool = knob(False, "continue the run saved in --out-dir")
-    init_from: Optional[str] = knob(None, "start from this checkpoint (or gpt2) and pretrain it further on "
-                                          "--corpus (domain-adaptive pretraining); a new run: fresh "
-                                          "optimiser and schedule; its weights bring their shape and "
+    init_from: Optional[str] = knob(None, "pretrain this checkpoint (or gpt2) further on --corpus, a new run "
+                                          "(domain-adaptive pretraining); its weights bring their shape and "
                                           "tokenizer, so the model flags do not apply")
     overwrite: bool = knob(False, "replace a run already saved in --out-dir")
     quiet: bool = knob(False, "print only errors and the final summary")
@@ -161,8 +158,7 @@ def clm_loss(model, batch):
 def fixed_windows(tokens, block_size, n_windows):
     """Evenly spaced windows over the whole split, so every evaluation sees the same text and
     covers all of it (n_windows=None: every non-overlapping window)."""
-    stride = block_size
-    starts = np.arange(0, len(tokens) - block_size, stride)    # a window needs block_size + 1 tokens
+    starts = np.arange(0, len(tokens) - block_size, block_size)  # a window needs block_size + 1 tokens
     if n_windows is not None and n_windows < len(starts):
         starts = starts[np.linspace(0, len(starts) - 1, n_windows).round().astype(int)]
     return [np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts]
@@ -181,20 +177,14 @@ def clm_eval_batches(tokens, cfg, dataset, n_batches, device):
 
 def clm_metrics(model, batches, dataset):
     """Validation loss as the mean over every scored token (batches may differ in size), and the
-    same loss in bits per byte and per character."""
+    same loss in bits per byte and per character of the validation text (data.bits_per_unit)."""
     total, count = 0.0, 0
     for batch in batches:
         total += clm_loss(model, batch).item() * batch["targets"].numel()
         count += batch["targets"].numel()
-    val_loss = total / count
-    return dict(val_loss=val_loss, **unit_metrics(val_loss, dataset))
-
-
-def unit_metrics(nats_per_token, dataset):
-    """Loss in bits per byte and per character of the validation text (see data.bits_per_unit)."""
-    meta = dataset.meta
-    return dict(val_bpb=data.bits_per_unit(nats_per_token, meta["n_val_tokens"], meta["val_bytes"]),
-                val_bpc=data.bits_per_unit(nats_per_token, meta["n_val_tokens"], meta["val_chars"]))
+    val_loss, meta = total / count, dataset.meta
+    return dict(val_loss=val_loss, val_bpb=data.bits_per_unit(val_loss, meta["n_val_tokens"], meta["val_bytes"]),
+                val_bpc=data.bits_per_unit(val_loss, meta["n_val_tokens"], meta["val_chars"]))
 
 
 def clm_finish(model, dataset, cfg, device):
@@ -258,7 +248,7 @@ def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
     the trained model. Used by the command line below, by train_mlm.py and by scaling.py."""
     # Set up. One call checks every input (flags, corpus, checkpoints, --out-dir) on every rank
     # before anything in --out-dir is created, changed or deleted.
-    run = plumbing.open_run(cfg, objective, dataset, make_model_config, load_dataset)
+    run = plumbing.open_run(cfg, objective, dataset)
     device, dataset, dist = run.device, run.dataset, run.dist
     torch.manual_seed(cfg.seed)                           # same seed on every rank: same init
     model = Transformer(run.model_config).to(device)
@@ -374,29 +364,6 @@ def optimizer_step(model, optimizer, scaler, grad_clip):
     optimizer.zero_grad(set_to_none=True)
 
 
-def make_model_config(cfg, enc, causal):
-    try:
-        return ModelConfig(vocab_size=padded_vocab_size(enc.n_vocab), block_size=cfg.block_size,
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                           bias=cfg.bias, causal=causal, attention=cfg.attention,
-                           alibi=cfg.alibi, init_std=cfg.init_std)
-    except ValueError as error:
-        raise UserError(f"invalid model settings: {error}") from None
-
-
-def padded_vocab_size(n_vocab, multiple=64):
-    """Round the embedding table up to a multiple of 64: matrix shapes that are multiples of 64
-    run markedly faster on GPUs (nanoGPT: 50257 -> 50304). The extra rows are never targets."""
-    return ((n_vocab + multiple - 1) // multiple) * multiple
-
-
-def load_dataset(cfg, start_from=None, verbose=True):
-    """cfg's corpus, encoded with cfg's tokenizer, or with the tokenizer of the checkpoint that
-    --init-from continues (its weights only mean something with its own vocabulary)."""
-    tokenizer = data.tokenizer_from_state(start_from["tokenizer_state"]) if start_from else cfg.tokenizer
-    return data.prepare_dataset(cfg.corpus, tokenizer, cfg.data_dir, cfg.cache_dir, verbose=verbose)
-
-
 # ----------------------------------------------------------------------------------------------
 # 5. Sampling, and the command line.
 
@@ -413,18 +380,6 @@ def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50
     return prompt + enc.decode(out[0, len(ids):].tolist())
 
 
-def sample_from_checkpoint(args):
-    checkpoint = plumbing.load_checkpoint(args.sample, data_dir=getattr(args, "data_dir", None),
-                                          cache_dir=getattr(args, "cache_dir", None))
-    if checkpoint["kind"] != "causal":
-        raise UserError(f"{args.sample} holds a bidirectional (masked-LM) model, which cannot generate "
-                        f"text left to right; use train_mlm.py --fill for it")
-    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-    model = plumbing.model_from_checkpoint(checkpoint)
-    print(sample(model, enc, args.prompt, args.num_tokens, torch.device("cpu"), args.temperature,
-                 args.top_k, args.seed))
-
-
 def main(argv=None):
     parser = plumbing.build_parser(__doc__.split("\n")[0], TrainConfig, PRESETS)
     parser.add_argument("--sample", metavar="CKPT", help="don't train: generate text from this checkpoint "
@@ -434,9 +389,13 @@ def main(argv=None):
     plumbing.add_flag(parser, "--temperature", 0.8, "with --sample: softmax temperature", "(0, inf)")
     plumbing.add_flag(parser, "--top-k", 50, "with --sample: keep the k likeliest tokens", "[1, inf)")
     args = parser.parse_args(argv)
-    if args.sample:
-        args.seed = getattr(args, "seed", 0)
-        return sample_from_checkpoint(args)
+    if args.sample:                 # no training: a causal checkpoint continues --prompt
+        checkpoint, enc = plumbing.load_with_tokenizer(args.sample, "causal", getattr(args, "data_dir", None),
+                                                       getattr(args, "cache_dir", None))
+        model = plumbing.model_from_checkpoint(checkpoint)
+        print(sample(model, enc, args.prompt, args.num_tokens, torch.device("cpu"), args.temperature,
+                     args.top_k, getattr(args, "seed", 0)))
+        return
     cfg = plumbing.config_from_args(args, TrainConfig, PRESETS)
     start = time.perf_counter()
     result = train(cfg, CLM)

@@ -160,7 +160,7 @@ def test_frozen_parameters_do_not_change(mode):
 
 def test_lora_r8_trains_under_5_percent_of_the_cpu_preset_model():
     shape = train_clm.TrainConfig(**train_clm.PRESETS["cpu"])
-    body = Transformer(train_clm.make_model_config(shape, types.SimpleNamespace(n_vocab=4100), True))
+    body = Transformer(plumbing.make_model_config(shape, types.SimpleNamespace(n_vocab=4100), True))
     for targets in finetune.LORA_TARGETS:
         trainable, total = finetune.parameter_counts(
             make_classifier(body, 6, tiny_config(mode="lora", lora_r=8, lora_targets=targets)))
