@@ -1112,6 +1112,37 @@ def print_results(result, baseline, majority, label):
         print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
 
 
+def print_fills(enc, tokens, predictions, truth=None):
+    """train_mlm.py's fill-in-the-blank output: the text with numbered blanks, the top-k tokens for
+    each blank (with the true token when known), and the text with every blank filled by its top-1."""
+    import data
+    mask_id, n_ord = data.special_ids(enc)["mask"], data.n_ordinary(enc)
+    spell = lambda ids: enc.decode([t for t in ids if t < n_ord])          # drops [CLS] and [PAD]
+    segments = [[]]                                                         # the text between blanks
+    for t in tokens:
+        if t == mask_id:
+            segments.append([])
+        else:
+            segments[-1].append(t)
+    print("input: " + "".join(spell(segment) + (f"[MASK {i + 1}]" if i < len(predictions) else "")
+                              for i, segment in enumerate(segments)))
+    for i, choices in enumerate(predictions):
+        answer = f"   (truth {spell([truth[i]])!r})" if truth else ""
+        print(f"  blank {i + 1}: " + " | ".join(f"{spell([t])!r} {p:.2f}" for t, p in choices) + answer)
+    best = iter(choices[0][0] for choices in predictions)
+    print("top-1: " + spell([next(best) if t == mask_id else t for t in tokens]))
+
+
+def print_comparison(result):
+    """train_mlm.py --compare-causal's output: the two accuracies with their standard errors."""
+    se = lambda p: 100 * (p * (1 - p) / result["n"]) ** 0.5                  # binomial standard error
+    print(f"blanked middle token of {result['n']:,} validation windows: {result['left']} tokens on the "
+          f"left, {result['right']} on the right (seen only by the bidirectional model)")
+    for name, label in (("bidirectional", "bidirectional (MLM)"), ("causal", "causal (CLM, left context only)")):
+        print(f"{label} accuracy: {100 * result[name]:.1f}% (+/- {se(result[name]):.1f})")
+    print(f"unigram baseline: {100 * result['unigram']:.1f}%")
+
+
 def check_results_dir(out_dir, overwrite, names):
     """Refuse, before any work, an --out-dir that is a file or that already holds results (unless
     --overwrite): a second run must not silently replace the first run's files."""

@@ -41,13 +41,11 @@ from train_clm import PRESETS, Objective, TrainConfig, fixed_windows, train
 @dataclass
 class MLMConfig(TrainConfig):
     out_dir: Optional[str] = knob("out/mlm", "where checkpoint, log and plot go ('' to save nothing)")
-    mask_prob: float = knob(0.15, "fraction of the text tokens selected for prediction (BERT: 0.15; "
-                                  "Wettig et al. 2022 find 0.4 better; the cpu preset uses 0.4)",
-                            "(0, 1]")
+    mask_prob: float = knob(0.15, "fraction of the text tokens selected for prediction (BERT: 0.15; the "
+                                  "cpu preset: 0.4, as Wettig et al. 2022)", "(0, 1]")
     mask_draw: str = knob("fixed", "fixed: exactly round(mask_prob * n) tokens per sequence (static "
                                    "shapes); bernoulli: each token independently")
-    short_seq_prob: float = knob(0.1, "fraction of sequences cut to a random shorter length and padded "
-                                      "(BERT's 0.1)", "[0, 1]")
+    short_seq_prob: float = knob(0.1, "share of sequences cut short and padded (BERT's 0.1)", "[0, 1]")
 
     def __post_init__(self):
         if self.mask_draw not in ("fixed", "bernoulli"):
@@ -57,14 +55,10 @@ class MLMConfig(TrainConfig):
                             f"got {self.block_size}")
 
 
-# What differs in the presets: the cpu preset. A masked LM learns to use its context more slowly
-# than a causal LM (see model.alibi_slopes), and within the causal cpu preset's wall-clock budget it
-# did best shallow and wide, on shorter windows, with more of each window masked (Wettig et al.
-# 2022's finding, at our scale: more predictions per window, and a harder task that forces the
-# model to use its context). The runs behind the choice are listed in RESULTS.md. Block 64 costs the
-# fine-tuning nothing: finetune.py reads 64 tokens per text. AdamW alone, at GPT-2's init: Muon
-# raised the accuracy here too, but its fixed cost per step weighs more on these cheaper steps and
-# it cost more wall time than it saved (RESULTS.md).
+# What differs in the presets: the cpu preset. In the causal preset's wall-clock budget a masked LM
+# did best shallow and wide, on shorter windows (finetune.py reads 64 tokens per text anyway), with
+# more of each window masked (Wettig et al. 2022's finding, at our scale), and with AdamW alone:
+# Muon's fixed cost per step weighs more on these cheaper steps. The runs are in RESULTS.md.
 MLM_PRESETS = dict(PRESETS, cpu=dict(PRESETS["cpu"], n_layer=2, n_embd=192, n_head=6, block_size=64,
                                      batch_size=32, mask_prob=0.4, max_iters=1150, eval_interval=230,
                                      lr=2e-3, min_lr=2e-4, muon_lr=0.0, init_std=0.02))
@@ -95,20 +89,14 @@ def mask_tokens(idx, enc, mask_prob, generator, draw="fixed", corruption=(0.8, 0
 
     Two ways to select, `draw`:
       "fixed"      exactly max(1, round(mask_prob * n)) of a sequence's n ordinary tokens, as BERT's
-                   own create_pretraining_data.py does. Every full-length sequence then yields the
-                   same number of predictions, so with no short sequences the sparse LM head sees one
-                   (N, C) shape every step, and torch.compile compiles once instead of recompiling or
-                   falling back to dynamic shapes.
+                   create_pretraining_data.py: full-length sequences all yield as many predictions,
+                   so the sparse LM head sees one (N, C) shape and torch.compile compiles once.
       "bernoulli"  each ordinary token independently with probability mask_prob (Hugging Face's
-                   DataCollatorForLanguageModeling): N varies from batch to batch. A sequence that drew
-                   none gets one random position: on sequences of n tokens this adds about
-                   (1 - mask_prob)^n / n to the rate: nothing at n = 127, 0.85 at n = 1.
-    Both select mask_prob of the tokens on average. The masking rate itself is a choice, not a law:
-    Wettig et al. 2022 ("Should You Mask 15% in Masked Language Modeling?") find 40% beats 15% for
-    BERT-large, that 80% still keeps about 95% of fine-tuning quality, and that the best rate grows
-    with model size: a higher rate corrupts more context (a harder task) but also scores more
-    predictions per sequence (more learning signal per step), and they revisit the 80/10/10 split
-    in that light. 15% stays the default of --mask-prob; the cpu preset uses 0.4.
+                   DataCollatorForLanguageModeling), so N varies. A sequence that drew none gets one
+                   random position, which adds about (1 - mask_prob)^n / n to the rate at length n.
+    Both select mask_prob of the tokens on average. The rate is a choice, not a law: a higher one
+    hides more context (a harder task) but scores more predictions per sequence; Wettig et al. 2022
+    find 40% beats 15% for BERT-large. 15% stays the default of --mask-prob; the cpu preset uses 0.4.
     All randomness comes from the CPU `generator`, so a resumed run masks exactly as the first did.
     """
     B, T = idx.shape
@@ -148,13 +136,11 @@ def mlm_batch(windows, enc, mask_prob, generator, short_seq_prob=0.0, draw="fixe
         targets         the original token where selected, -100 elsewhere               (B, T)
         attention_mask  1 on [CLS] and the L text tokens, 0 on the padding              (B, T)
 
-    [CLS] at position 0 gives a fine-tuned classifier a slot to pool from (BERT's [CLS] pooling);
-    mean pooling over attention_mask works too. Where do sequences shorter than the block come
-    from? The corpus is one token stream (pydocs has no end-of-text tokens to cut at), so we follow
-    BERT's create_pretraining_data.py (short_seq_prob = 0.1): with probability short_seq_prob a
-    sequence keeps only a random length in [2, T] (counting [CLS]) and is padded on the right. A
-    model that never saw padding during pretraining would meet it for the first time at
-    fine-tuning, where sentences are short; 10% of short sequences costs little and avoids that.
+    [CLS] at position 0 gives a fine-tuned classifier a slot to pool from (BERT's [CLS] pooling).
+    Short sequences: the corpus is one token stream with no end-of-text tokens to cut at, so, as
+    BERT's create_pretraining_data.py, a share short_seq_prob (0.1) keeps only a random length in
+    [2, T] (counting [CLS]), padded on the right. A model that never saw padding in pretraining
+    would first meet it at fine-tuning, where sentences are short.
     """
     ids = data.special_ids(enc)
     B, T = windows.shape[0], windows.shape[1] + 1
@@ -185,13 +171,11 @@ def mlm_train_batch(tokens, cfg, dataset, generator, device):
 
 
 def mlm_loss(model, batch):
-    # Sparse prediction: the head (a C x vocab matrix product, then a softmax over the vocabulary)
-    # runs at the N selected positions only, not at all B*T. For the cpu preset below (C=192,
-    # vocab 4160, 2 layers, T=64) the head is 6*192*4160 = 4.8 MFLOP of the 10.4 MFLOP a position
-    # costs to train (model.flops_per_token); computing it at 40% of the positions saves 2.9 MFLOP,
-    # 28% of all training FLOPs (at BERT's 15%, 39%), and most of the (B, T, vocab) logits tensor
-    # (34 MB in fp32 per batch of 32).
-    # The loop's FLOP and MFU counts keep the dense figure, so that MLM and CLM curves share an axis.
+    # Sparse prediction: the head (a C x vocab matrix product and a softmax) runs at the N selected
+    # positions only, not at all B*T. In the cpu preset (C=192, vocab 4160) it is 4.8 of the 10.4
+    # MFLOP a position costs to train; at 40% of the positions that saves 28% of all training FLOPs,
+    # and most of the (B, T, vocab) logits. The loop's FLOP and MFU counts keep the dense figure, so
+    # that MLM and CLM curves share an axis.
     return model(batch["idx"], batch["targets"], batch["attention_mask"], only_scored=True)[1]
 
 
@@ -212,17 +196,12 @@ def mlm_eval_batches(tokens, cfg, dataset, n_batches, device):
             for chunks in zip(*(masked[name].split(cfg.batch_size) for name in masked))]  # (B, T) each
 
 
-def token_byte_lengths(enc):
-    """Bytes spelled by each ordinary token id: the denominator of bits per byte on masked tokens."""
-    return np.array([len(enc.decode_single_token_bytes(i)) for i in range(data.n_ordinary(enc))])
-
-
 def mlm_metrics(model, batches, dataset):
     """Masked-LM loss (nats per masked token), bits per byte of the masked tokens' own text,
     masked-token accuracy (top-1 among ordinary tokens, the only possible answers), and the
     unigram baseline: the accuracy of always answering the training split's most frequent token."""
     n_ord = data.n_ordinary(dataset.enc)
-    byte_lengths = token_byte_lengths(dataset.enc)
+    byte_lengths = np.array([len(dataset.enc.decode_single_token_bytes(i)) for i in range(n_ord)])
     most_frequent = int(np.bincount(dataset.train).argmax())      # one pass over the split: cheap
     nats = hits = unigram_hits = count = n_bytes = 0
     for batch in batches:
@@ -247,7 +226,7 @@ def mlm_finish(model, dataset, cfg, device):
     batch = mlm_batch(window[None], dataset.enc, VAL_MASK_PROB, generator, corruption=(1.0, 0.0))
     tokens, targets = batch["idx"][0].tolist(), batch["targets"][0]
     print("--- fill in the blanks (validation text, top 3 per blank) ---")
-    show_fills(dataset.enc, tokens, fill_blanks(model, dataset.enc, tokens, 3, device),
+    plumbing.print_fills(dataset.enc, tokens, fill_blanks(model, dataset.enc, tokens, 3, device),
                truth=targets[targets != -100].tolist())
 
 
@@ -298,39 +277,6 @@ def fill_blanks(model, enc, tokens, top_k, device):
     return [list(zip(ids.tolist(), ps.tolist())) for ids, ps in zip(top.indices, top.values)]
 
 
-def show_fills(enc, tokens, predictions, truth=None):
-    """Print the text with numbered blanks, the top-k tokens for each blank (with the true token
-    when known), and the text with every blank filled by its top-1."""
-    mask_id, n_ord = data.special_ids(enc)["mask"], data.n_ordinary(enc)
-    spell = lambda ids: enc.decode([t for t in ids if t < n_ord])          # drops [CLS] and [PAD]
-    segments = [[]]                                                         # the text between blanks
-    for t in tokens:
-        if t == mask_id:
-            segments.append([])
-        else:
-            segments[-1].append(t)
-    print("input: " + "".join(spell(segment) + (f"[MASK {i + 1}]" if i < len(predictions) else "")
-                              for i, segment in enumerate(segments)))
-    for i, choices in enumerate(predictions):
-        answer = f"   (truth {spell([truth[i]])!r})" if truth else ""
-        print(f"  blank {i + 1}: " + " | ".join(f"{spell([t])!r} {p:.2f}" for t, p in choices) + answer)
-    best = iter(choices[0][0] for choices in predictions)
-    print("top-1: " + spell([next(best) if t == mask_id else t for t in tokens]))
-
-
-def fill_from_checkpoint(path, text, top_k):
-    if top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {top_k}")
-    checkpoint = plumbing.load_checkpoint(path)
-    if checkpoint.get("kind") != "bidirectional":
-        raise UserError(f"{path} holds a causal model, which sees only the left of a blank; use a "
-                        f"checkpoint from train_mlm.py (or train_clm.py --sample for causal models)")
-    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-    model = plumbing.model_from_checkpoint(checkpoint)
-    tokens = encode_with_blanks(enc, text, model.config.block_size)
-    show_fills(enc, tokens, fill_blanks(model, enc, tokens, top_k, torch.device("cpu")))
-
-
 # ----------------------------------------------------------------------------------------------
 # The lesson: a blank in the middle, with and without the right-hand context.
 
@@ -379,17 +325,6 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
     return dict({name: count / n for name, count in hits.items()}, n=n, left=left, right=length - middle - 1)
 
 
-def print_comparison(result):
-    se = lambda p: 100 * (p * (1 - p) / result["n"]) ** 0.5                  # binomial standard error
-    print(f"blanked middle token of {result['n']:,} validation windows: {result['left']} tokens on the "
-          f"left, {result['right']} on the right (seen only by the bidirectional model)")
-    print(f"bidirectional (MLM) accuracy: {100 * result['bidirectional']:.1f}% "
-          f"(+/- {se(result['bidirectional']):.1f})")
-    print(f"causal (CLM, left context only) accuracy: {100 * result['causal']:.1f}% "
-          f"(+/- {se(result['causal']):.1f})")
-    print(f"unigram baseline: {100 * result['unigram']:.1f}%")
-
-
 # ----------------------------------------------------------------------------------------------
 # The command line.
 
@@ -404,10 +339,13 @@ def main(argv=None):
                         help="don't train: blank the middle token of validation windows and compare "
                              "top-1 accuracy of a causal and a bidirectional checkpoint")
     args = parser.parse_args(argv)
-    if args.fill:
-        return fill_from_checkpoint(args.fill, args.text, args.top_k)
+    if args.fill:                   # no training: a bidirectional checkpoint fills --text's blanks
+        checkpoint, enc = plumbing.load_with_tokenizer(args.fill, "bidirectional")
+        model = plumbing.model_from_checkpoint(checkpoint)
+        tokens = encode_with_blanks(enc, args.text, model.config.block_size)
+        return plumbing.print_fills(enc, tokens, fill_blanks(model, enc, tokens, args.top_k, torch.device("cpu")))
     if args.compare_causal:
-        return print_comparison(compare_causal(*args.compare_causal, getattr(args, "data_dir", None),
+        return plumbing.print_comparison(compare_causal(*args.compare_causal, getattr(args, "data_dir", None),
                                                getattr(args, "cache_dir", None)))
     cfg = plumbing.config_from_args(args, MLMConfig, MLM_PRESETS)
     start = time.perf_counter()
