@@ -17,11 +17,9 @@ Pooling: which vectors of h the head reads.
         The masked loss scores only the masked positions and CLS is never masked, so nothing the
         loss sees reads the final vector at CLS: its gradient is exactly zero for the whole of
         pretraining (a test checks this; BERT trains it with next-sentence prediction, which we
-        do not have). We first made the mean the default for that reason. Measured, CLS wins
-        after fine-tuning all the same (pydocs-topic, 256 labels, 3 seeds: 0.767 against 0.685
-        for the mean; README): the lower layers' CLS states are trained, since every token
-        attends to them, and fine-tuning needs only to teach the top layer to summarise into it.
-        From random weights it is the other way round (0.577 against 0.629).
+        do not have). Measured, CLS wins after fine-tuning all the same (RESULTS.md): the lower
+        layers' CLS states are trained, since every token attends to them, and fine-tuning needs
+        only to teach the top layer to summarise into it.
 
 Modes: which parameters move.
     full      everything: the strongest, and the one that can forget pretraining
@@ -36,23 +34,19 @@ Modes: which parameters move.
               instead of in * out. After training, W = W0 + (alpha / r) B A is one plain matrix
               again (merge_lora): the same outputs at no extra cost at inference.
 
-Prompting (--mode prompt): the third route to a task, next to full and parameter-efficient
-fine-tuning, and the only one with no gradient step. A causal body reads K labelled examples
-written out as text, then the query, and the class whose word it finds likeliest next wins
-(GPT-3, Brown et al. 2020). It has a lesson of its own, prompting.py; this file runs it.
+Prompting (--mode prompt), the third route to a task and the only one with no gradient step
+(GPT-3, Brown et al. 2020), has a lesson of its own, prompting.py; this file runs it.
 
 What is measured (the tasks, splits, scores and reference rows are tasks.py's): accuracy and
-macro-F1 on dev and test; a bag-of-words logistic regression on the same examples, so a reader
-sees what the Transformer buys, and the majority class, the floor; forgetting, the body's own
-pretraining validation loss before and after fine-tuning; and --sweep, test accuracy against the
-number of labels for scratch, CLM, MLM, LoRA and prompting, 3+ seeds.
-Read every number beside its two reference rows: above the majority class something was learned,
-above bag-of-words the Transformer earned its cost. With a few dozen labels one seed's subsample
-can swing accuracy by several points, which is why the sweep repeats every point over seeds and
-compares methods on the very same subsamples.
+macro-F1 on dev and test, each read beside the majority class (above it, something was learned)
+and a bag-of-words logistic regression on the same examples (above it, the Transformer earned its
+cost); forgetting, the body's own pretraining validation loss before and after fine-tuning; and
+--sweep, test accuracy against the number of labels for scratch, CLM, MLM, LoRA and prompting,
+every point over 3+ seeds on the very same subsamples, since with a few dozen labels one seed's
+draw can swing accuracy by several points.
 
 Bodies: a checkpoint of train_clm.py or train_mlm.py, or GPT-2 itself (`--checkpoint gpt2`, or a
-Hugging Face GPT-2 folder), read by plumbing.load_checkpoint into the same format.
+Hugging Face GPT-2 folder), read by plumbing's one checkpoint reader into the same format.
 
 Read tasks.py first (labelled sets and how a classifier is scored), then in this order:
 1. inputs and pooling; 2. the classifier, the modes and LoRA; 3. bodies (pretrained or scratch);
@@ -67,7 +61,6 @@ prompting.py, the third route, comes after.
 """
 import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -100,13 +93,6 @@ def encode_texts(enc, texts, max_len, cls_first):
     eot = data.special_ids(enc)["eot"]
     # An empty text becomes one end-of-text token: every row needs a position for the head to read.
     return [((prefix + ids)[:max_len] or [eot]) for ids in enc.encode_ordinary_batch(list(texts))]
-
-
-def encode_examples(enc, examples, max_len, body):
-    """[(text, label)] -> (token id lists, labels), the way `body` reads them."""
-    max_len = min(max_len, body.config.block_size)
-    texts, labels = [t for t, _ in examples], [y for _, y in examples]
-    return encode_texts(enc, texts, max_len, not body.config.causal), labels
 
 
 def pool(h, attention_mask, how):
@@ -197,10 +183,9 @@ MODES = ("full", "last-k", "frozen", "lora", "prompt")
 
 
 def apply_mode(classifier, cfg):
-    """Set requires_grad for cfg.mode (inserting LoRA first); the optimiser gets only these."""
+    """Set requires_grad for cfg.mode, a known one (resolved), inserting LoRA first; the optimiser
+    gets only these."""
     body = classifier.body
-    if cfg.mode not in MODES:
-        raise UserError(f"unknown mode {cfg.mode!r}; use {', '.join(MODES)}")
     if cfg.mode == "last-k" and not 1 <= cfg.last_k <= body.config.n_layer:
         raise UserError(f"--last-k {cfg.last_k}: the model has {body.config.n_layer} blocks; "
                         f"use 1 <= --last-k <= {body.config.n_layer}")
@@ -232,16 +217,6 @@ def parameter_counts(classifier):
 # The experiment's control: "scratch" is the same architecture, the same tokenizer and the same
 # fine-tuning recipe, with only the weights random. A gap between the two rows is what pretraining
 # put into the weights, and nothing else.
-
-def read_checkpoint(path, data_dir=None, cache_dir=None):
-    """A pretraining checkpoint, gpt2 or a GPT-2 folder (plumbing's one reader: data only,
-    checked), and its tokenizer."""
-    checkpoint = plumbing.load_checkpoint(path, data_dir=data_dir, cache_dir=cache_dir)
-    checkpoint.pop("optimizer", None)                          # not needed here: free the memory
-    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-    plumbing.check_compatible(checkpoint, enc)                # the rebuilt vocabulary is the saved one
-    return checkpoint, enc
-
 
 def body_from(checkpoint, init, seed):
     """The checkpoint's weights, or (init="scratch") random weights in exactly its architecture:
@@ -285,8 +260,7 @@ class FinetuneConfig:
     mode: str = knob("full", "full, last-k, frozen (head only) or lora: which parameters train; or prompt: "
                              "none, the body reads --shots labelled examples in its prompt")
     shots: int = knob(4, "with --mode prompt: demonstrations per prompt, balanced and seeded", "[0, inf)")
-    verbalizers: Optional[str] = knob(None, "with --mode prompt: LABEL=WORD,... the word each class is "
-                                            "scored by (None: the class names)")
+    verbalizers: Optional[str] = knob(None, "with --mode prompt: LABEL=WORD,... (None: the class names)")
     last_k: int = knob(2, "with --mode last-k: how many top blocks train", "[1, inf)")
     lora_r: int = knob(8, "LoRA rank r", "[1, inf)")
     lora_alpha: float = knob(16.0, "LoRA alpha: the update is scaled by alpha / r", "(0, inf)")
@@ -294,8 +268,7 @@ class FinetuneConfig:
     pooling: str = knob("auto", "auto (last for causal, cls for bidirectional), last, mean or cls")
     n_train: Optional[int] = knob(None, "train on K labelled examples, balanced and seeded (None: all "
                                         "of the train split)", "[1, inf)")
-    max_len: int = knob(64, "tokens per text, longer texts are cut (64 keeps a docstring's summary "
-                            "and more; 128 costs twice as much)", "[2, inf)")
+    max_len: int = knob(64, "tokens per text, longer ones are cut (64 keeps a docstring's summary)", "[2, inf)")
     epochs: float = knob(3.0, "passes over the labelled training examples", "(0, inf)")
     min_steps: int = knob(50, "at least this many steps, so that tiny label sets still train", "[1, inf)")
     batch_size: int = knob(16, "examples per step", "[1, inf)")
@@ -307,17 +280,15 @@ class FinetuneConfig:
     beta1: float = knob(0.9, "AdamW beta1", "[0, 1)")
     beta2: float = knob(0.999, "AdamW beta2 (BERT's; short runs need no 0.95)", "[0, 1)")
     grad_clip: float = knob(1.0, "clip the global gradient norm to this (0: off)", "[0, inf)")
-    eval_points: int = knob(5, "dev evaluations during training, for the curve (0: only at the end)",
-                            "[0, inf)")
+    eval_points: int = knob(5, "dev evaluations during training, for the curve (0: at the end only)", "[0, inf)")
     seed: int = knob(0, "seed for the subsample, the head, LoRA, scratch weights and batch order", "[0, inf)")
     device: str = knob("auto", "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
     precision: str = knob("auto", "auto (time fp32 and bf16 on this model, keep the faster), fp32 or bf16")
 
 
-# Default peak learning rates, picked on pydocs-topic dev accuracy (256 labels, 3 seeds, a small
-# pretrained body: 2 layers, width 128). For full fine-tuning 1e-3 was the best of 5e-4, 1e-3, 2e-3
-# for a random body; a pretrained one did a little better at 2e-3. Both share 1e-3, so the choice
-# errs against pretraining, never for it. New parameters alone (head; LoRA's A and B) take larger steps.
+# Default peak learning rates, picked on pydocs-topic dev accuracy (RESULTS.md). Full fine-tuning
+# uses a random body's best, 1e-3, for both (a pretrained one did a little better at 2e-3), so the
+# choice errs against pretraining. New parameters alone (head; LoRA's A and B) take larger steps.
 DEFAULT_LR = {"full": 1e-3, "last-k": 1e-3, "frozen": 1e-2, "lora": 5e-3}
 
 
@@ -351,16 +322,6 @@ def make_batch(sequences, labels, pad_id, device):
                 labels=torch.tensor(labels, dtype=torch.long, device=device))
 
 
-def pick_precision(classifier, sequences, labels, pad_id, cfg, device):
-    """--precision, or with auto the faster of fp32 and bf16 on this classifier (measured once per
-    machine and shape, plumbing.choose_precision): bf16 is several times faster on a CPU with
-    matrix units for it and slower on one without, so it is measured, not assumed."""
-    if cfg.precision != "auto":
-        return cfg.precision
-    batch = make_batch(sequences[:cfg.batch_size], labels[:cfg.batch_size], pad_id, device)
-    return plumbing.choose_precision(classifier, classification_loss, batch, device)
-
-
 @torch.no_grad()
 def predict(classifier, sequences, pad_id, device, autocast, batch_size=64):
     """Predicted class per sequence. Sorted by length, so each batch pads little. eval() turns
@@ -384,7 +345,10 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     cosine, ending exactly at the last step). Returns (history, precision)."""
     cfg = resolved(cfg)
     steps = n_steps(cfg, len(train_sequences))
-    precision = pick_precision(classifier, train_sequences, train_labels, pad_id, cfg, device)
+    precision = cfg.precision
+    if precision == "auto":     # bf16 is far faster on some CPUs and slower on others: measured, once
+        probe = make_batch(train_sequences[:cfg.batch_size], train_labels[:cfg.batch_size], pad_id, device)
+        precision = plumbing.choose_precision(classifier, classification_loss, probe, device)
     autocast, scaler = plumbing.precision_context(device, precision)
     optimizer = train_clm.make_optimizer(classifier, cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -450,19 +414,16 @@ def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
 # ----------------------------------------------------------------------------------------------
 # 6. One run: body -> classifier -> fine-tune -> metrics, baseline, forgetting.
 
-def load_task(name, n_train, seed, data_dir=None, cache_dir=None):
-    """The labelled set, and the training examples of this run: all, or a balanced seeded K."""
-    labelled = tasks.load_labelled(name, data_dir, cache_dir)
-    train = tasks.subsample_balanced(labelled.train, n_train, seed) if n_train else labelled.train
-    return labelled, train
-
-
 def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None):
-    """Fine-tune `body` on `train` and score it on dev and test. forgetting: an optional function
-    model -> pretraining validation loss. Returns (a dict of results, the classifier)."""
+    """Fine-tune `body` on `train` and score it on dev and test (--mode prompt: prompting.py's run,
+    no training). forgetting: an optional function model -> pretraining validation loss. Returns
+    (a dict of results, the classifier)."""
     cfg = resolved(cfg)
-    encoded = {name: encode_examples(enc, examples, cfg.max_len, body)
-               for name, examples in (("train", train), ("dev", labelled.dev), ("test", labelled.test))}
+    if cfg.mode == "prompt":
+        return prompting.prompt_run(body, enc, labelled, cfg, device), None
+    max_len, cls_first = min(cfg.max_len, body.config.block_size), not body.config.causal
+    encoded = {split: (encode_texts(enc, [t for t, _ in examples], max_len, cls_first), [y for _, y in examples])
+               for split, examples in (("train", train), ("dev", labelled.dev), ("test", labelled.test))}
     classifier = make_classifier(body, len(labelled.label_names), cfg).to(device)
     trainable, total = parameter_counts(classifier)
     before = forgetting(classifier.body) if forgetting else None
@@ -498,7 +459,7 @@ def single_run(args, cfg):
     device = plumbing.pick_device(cfg.device)
     checkpoint = None
     if args.checkpoint:
-        checkpoint, enc = read_checkpoint(args.checkpoint, args.data_dir, args.cache_dir)
+        checkpoint, enc = plumbing.load_with_tokenizer(args.checkpoint, None, args.data_dir, args.cache_dir)
         body = body_from(checkpoint, args.init, cfg.seed)
         source = f"{checkpoint.get('objective', '?')} checkpoint {args.checkpoint}"
         source = source if args.init == "pretrained" else f"random weights shaped like {source}"
@@ -508,47 +469,31 @@ def single_run(args, cfg):
     else:
         body, enc = scratch_from_flags(args, cfg.seed)
         source = f"random weights, --preset {args.preset} shape, tokenizer {args.tokenizer}"
-    # Forgetting needs a pretrained body that moves, and the text it was pretrained on.
-    if args.forgetting and (checkpoint is None or args.init == "scratch" or cfg.mode == "prompt"):
-        raise UserError("--forgetting compares a pretrained body before and after training; pass "
-                        "--checkpoint with --init pretrained and a mode that trains")
-    if args.forgetting and "train_config" not in checkpoint:
-        raise UserError(f"--forgetting needs the body's pretraining text, which {args.checkpoint} does "
-                        f"not name; use a checkpoint from train_clm.py or train_mlm.py")
-    labelled, train = load_task(args.task, cfg.n_train, cfg.seed, args.data_dir, args.cache_dir)
-    forgetting = None
-    if args.forgetting:
-        forgetting = pretraining_eval(checkpoint, device, args.data_dir, args.cache_dir)
+    # Forgetting needs a pretrained body that moves, and the text it was pretrained on (gpt2's is unknown).
+    if args.forgetting and (checkpoint is None or args.init == "scratch" or cfg.mode == "prompt"
+                            or "train_config" not in checkpoint):
+        raise UserError("--forgetting compares a pretrained body on its own pretraining text before and after "
+                        "training; pass --checkpoint from train_clm.py or train_mlm.py, --init pretrained "
+                        "and a mode that trains")
+    labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
+    train = tasks.subsample_balanced(labelled.train, cfg.n_train, cfg.seed) if cfg.n_train else labelled.train
+    forgetting = pretraining_eval(checkpoint, device, args.data_dir, args.cache_dir) if args.forgetting else None
     print(f"task {args.task}: {len(labelled.label_names)} classes, {len(train)} train"
           f"{' (balanced subsample)' if cfg.n_train else ''} / {len(labelled.dev)} dev / "
           f"{len(labelled.test)} test")
     print(f"body: {source} ({'causal' if body.config.causal else 'bidirectional'}, "
           f"{body.num_params(non_embedding=False):,} parameters); mode {cfg.mode}")
-    if cfg.mode == "prompt":
-        result = prompting.prompt_run(body, enc, labelled, cfg, device)
-        print(f"prompting: {cfg.shots} demonstrations per prompt, classes scored by the words "
-              f"{result['verbalizers']}, no training step, {result['seconds']:.1f}s")
-    else:
-        result, _ = run_one(body, enc, labelled, train, cfg, device, forgetting=forgetting)
-        print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
-              f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
-              f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
+    result, _ = run_one(body, enc, labelled, train, cfg, device, forgetting=forgetting)
     # Two reference rows on the same labels: the score to beat and the floor.
     baseline = tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
     majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)
     label = f"prompted ({cfg.shots} shots)" if cfg.mode == "prompt" else f"fine-tuned ({args.init}, {cfg.mode})"
     plumbing.print_results(result, baseline, majority, label)
     if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
-        record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init,
-                      config=dataclasses.asdict(cfg), **result, bag_of_words=baseline,
-                      majority_class=majority)
-        with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-            json.dump(record, f, indent=1)
-        if "history" in result:                            # prompting has no curve
-            plumbing.plot_curve(result["history"], os.path.join(args.out_dir, "curve.png"),
-                       f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels")
-        print(f"saved results in {args.out_dir}")
+        plumbing.save_results(args.out_dir, dict(task=args.task, checkpoint=args.checkpoint, init=args.init,
+                              config=dataclasses.asdict(cfg), **result, bag_of_words=baseline,
+                              majority_class=majority),
+                              f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels")
     return result, baseline
 
 
@@ -562,15 +507,6 @@ SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrain
                  "scratch-mlm": ("mlm", "scratch", "full"), "mlm": ("mlm", "pretrained", "full"),
                  "lora": ("clm", "pretrained", "lora"), "prompt": ("clm", "pretrained", "prompt")}
 PROMPT_SHOTS = (0, 1, 4, 8)   # prompting's rows: its "labels" are the demonstrations in the prompt
-
-
-def baseline_of(method, methods):
-    """The scratch run in the same architecture as `method`, if it is among `methods` (None for a
-    scratch method itself)."""
-    which, init, _ = SWEEP_METHODS[method]
-    if init == "scratch":
-        return None
-    return next((m for m in methods if SWEEP_METHODS[m][:2] == (which, "scratch")), None)
 
 
 def parse_sizes(text, n_available):
@@ -590,12 +526,9 @@ def sweep(args, cfg):
     device = plumbing.pick_device(cfg.device)
     if not args.clm:
         raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
-    checkpoints = {which: read_checkpoint(path, args.data_dir, args.cache_dir)
+    checkpoints = {which: plumbing.load_with_tokenizer(path, None, args.data_dir, args.cache_dir)
                    for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
-    methods = [m.strip() for m in args.methods.split(",")]
-    unknown = [m for m in methods if m not in SWEEP_METHODS]
-    if unknown:
-        raise UserError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(SWEEP_METHODS)}")
+    methods = plumbing.parse_choices(args.methods, SWEEP_METHODS, "--methods")
     skipped = [m for m in methods if SWEEP_METHODS[m][0] not in checkpoints]
     methods = [m for m in methods if m not in skipped]
     if skipped:
@@ -620,9 +553,7 @@ def sweep(args, cfg):
             return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
         body, enc = body_for(method, seed)
         run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2], shots=k)
-        if method == "prompt":
-            return prompting.prompt_run(body, enc, labelled, run_cfg, device)
-        train = tasks.subsample_balanced(labelled.train, k, seed)
+        train = [] if method == "prompt" else tasks.subsample_balanced(labelled.train, k, seed)
         return run_one(body, enc, labelled, train, run_cfg, device, log=lambda *a: None)[0]
 
     # The plan: every (method, labels, seed) point; bag-of-words is a row at every size, beside the
@@ -643,26 +574,15 @@ def sweep(args, cfg):
                 args.clm, args.mlm, dataclasses.asdict(cfg)]
     print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, seeds {list(seeds)}")
     records = plumbing.run_sweep(plan, run, os.path.join(args.out_dir, "sweep.jsonl"), settings)
-    baselines = {m: baseline_of(m, methods) for m in methods if m != "prompt"}
-    print(plumbing.write_sweep_report(records, ["bow"] + methods, sizes, labelled, baselines, args.out_dir))
+    # Each pretrained method's gain is read against scratch in its own architecture.
+    twin = {m: next((s for s in methods if SWEEP_METHODS[s][:2] == (SWEEP_METHODS[m][0], "scratch")), None)
+            for m in methods if m != "prompt" and SWEEP_METHODS[m][1] == "pretrained"}
+    print(plumbing.write_sweep_report(records, ["bow"] + methods, sizes, labelled, twin, args.out_dir))
     print(f"saved {args.out_dir}/sweep.jsonl, sweep.md and sweep.png")
 
 
 # ----------------------------------------------------------------------------------------------
 # 8. The command line.
-
-def export_text(args):
-    """A labelled set's TRAINING texts without labels, one per line: in-domain text to pretrain on
-    (domain-adaptive pretraining, Gururangan et al. 2020). Dev and test are never exported."""
-    if not args.output:
-        raise UserError("--export-text needs -o FILE (where to write the text)")
-    labelled = tasks.load_labelled(args.export_text, args.data_dir, args.cache_dir)
-    text = "\n".join(" ".join(t.split()) for t, _ in labelled.train) + "\n"
-    plumbing.write_atomic(args.output, text.encode("utf-8"))
-    print(f"wrote {len(labelled.train):,} {args.export_text} training texts "
-          f"({len(text.encode()) / 1e6:.2f} MB) to {args.output}; pretrain on it with: "
-          f"python train_clm.py --corpus {args.output}")
-
 
 def main(argv=None):
     """One run (the default), the sweep (--sweep) or a text export (--export-text)."""
@@ -700,8 +620,13 @@ def main(argv=None):
                        help="write TASK's training texts (no labels) to -o FILE")
     group.add_argument("-o", "--output", metavar="FILE", help="with --export-text: the text file to write")
     args = parser.parse_args(argv)
-    if args.export_text:
-        return export_text(args)
+    if args.export_text:        # in-domain text to pretrain on (domain-adaptive pretraining)
+        if not args.output:
+            raise UserError("--export-text needs -o FILE (where to write the text)")
+        text = tasks.training_text(args.export_text, args.data_dir, args.cache_dir)
+        plumbing.write_atomic(args.output, text.encode("utf-8"))
+        return print(f"wrote {text.count(chr(10)):,} training texts ({len(text.encode()) / 1e6:.2f} MB) to "
+                     f"{args.output}; pretrain on it with: python train_clm.py --corpus {args.output}")
     # --preset names a scratch shape (train_clm.PRESETS), not fine-tuning settings: nothing to merge.
     cfg = plumbing.config_from_args(args, FinetuneConfig, dict.fromkeys(train_clm.PRESETS, {}))
     if args.sweep:

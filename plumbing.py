@@ -104,6 +104,15 @@ def build_parser(description, config_class, presets, epilog=None, default_preset
     return parser
 
 
+def parse_choices(text, allowed, flag):
+    """'a, b' -> ['a', 'b'], each one of `allowed`, else one UserError that lists them."""
+    items = [item.strip() for item in text.split(",")]
+    unknown = [item for item in items if item not in allowed]
+    if unknown:
+        raise UserError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return items
+
+
 def add_flag(parser, flag, default, help, within=None, type=None, **kw):
     """One more flag, outside the config dataclass, with the same interval check as a knob."""
     kind = type or (float if isinstance(default, float) else int if isinstance(default, int) and
@@ -631,7 +640,6 @@ def open_run(cfg, objective, dataset):
     """Every input of a pretraining run checked, on every rank, before anything in --out-dir is
     created, changed or deleted: a run refused for bad input leaves an existing run exactly as it
     was, even with --overwrite. Returns a Run; only then is --out-dir prepared."""
-    import data         # here, not at the top: data.py imports this module
     check_knobs(cfg)
     if not (cfg.max_iters or cfg.max_tokens or cfg.max_seconds):
         raise UserError("no budget: give --max-iters, --max-tokens or --max-seconds")
@@ -1098,7 +1106,15 @@ def plot_curve(history, path, title):
 
 
 def print_results(result, baseline, majority, label):
-    """finetune.py's table: the run beside its two reference rows, then forgetting and LoRA checks."""
+    """finetune.py's report: how the run went, the run beside its two reference rows, then the
+    forgetting and LoRA checks."""
+    if "verbalizers" in result:
+        print(f"prompting: {result['shots']} demonstrations per prompt, classes scored by the words "
+              f"{result['verbalizers']}, no training step, {result['seconds']:.1f}s")
+    else:
+        print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
+              f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
+              f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
     print(f"{'':34s} {'dev acc':>8s} {'dev F1':>8s} {'test acc':>9s} {'test F1':>8s}")
     for name, row in ((label, result), ("bag-of-words logistic regression", baseline),
                       ("majority class (always one label)", majority)):
@@ -1141,6 +1157,14 @@ def print_comparison(result):
     for name, label in (("bidirectional", "bidirectional (MLM)"), ("causal", "causal (CLM, left context only)")):
         print(f"{label} accuracy: {100 * result[name]:.1f}% (+/- {se(result[name]):.1f})")
     print(f"unigram baseline: {100 * result['unigram']:.1f}%")
+
+
+def save_results(out_dir, record, curve_title):
+    """finetune.py's results.json, and curve.png when the run has a training history."""
+    write_atomic(os.path.join(out_dir, "results.json"), json.dumps(record, indent=1).encode())
+    if "history" in record:
+        plot_curve(record["history"], os.path.join(out_dir, "curve.png"), curve_title)
+    print(f"saved results in {out_dir}")
 
 
 def check_results_dir(out_dir, overwrite, names):

@@ -148,6 +148,12 @@ def subsample_balanced(examples, k, seed=0):
     return picked
 
 
+def training_text(name, data_dir=None, cache_dir=None):
+    """A labelled set's TRAINING texts without labels, one per line: in-domain text to pretrain on
+    (domain-adaptive pretraining, Gururangan et al. 2020). Dev and test are never included."""
+    return "".join(" ".join(text.split()) + "\n" for text, _ in load_labelled(name, data_dir, cache_dir).train)
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. A batch of texts of different lengths.
 

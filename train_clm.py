@@ -38,7 +38,7 @@ import data
 import muon
 import plumbing
 from model import Transformer
-from plumbing import UserError, knob
+from plumbing import knob
 
 
 # ----------------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def snapshot(classifier):
 
 def train_a_little(classifier, steps=15, **overrides):
     labelled = separable_set()
-    sequences, labels = finetune.encode_examples(ENC, labelled.train, 64, classifier.body)
+    sequences = finetune.encode_texts(ENC, [t for t, _ in labelled.train], 64, not classifier.body.config.causal)
+    labels = [y for _, y in labelled.train]
     finetune.finetune(classifier, sequences, labels,
                       tiny_config(min_steps=steps, epochs=0, **overrides), PAD, DEVICE, log=lambda *a: None)
 

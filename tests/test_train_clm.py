@@ -110,7 +110,7 @@ def test_resume_reproduces_the_uninterrupted_run(muon_lr, corpus_file, tmp_path,
     assert len(after_10(straight)) == 2
     assert after_10(resumed) == after_10(straight)
     assert resumed["val_loss"] == straight["val_loss"]
-    with pytest.raises(train_clm.UserError, match="--resume: the run was saved with --muon-lr"):
+    with pytest.raises(plumbing.UserError, match="--resume: the run was saved with --muon-lr"):
         train(tiny_config(corpus_file, tmp_path / "a", max_iters=30, resume=True, muon_lr=0.02 - muon_lr))
 
 
@@ -125,7 +125,7 @@ def test_sampling_is_deterministic_and_cli_refuses_bidirectional(corpus_file, tm
     checkpoint = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
     checkpoint["kind"] = "bidirectional"
     torch.save(checkpoint, tmp_path / "bidi.pt")
-    with pytest.raises(train_clm.UserError, match="bidirectional"):
+    with pytest.raises(plumbing.UserError, match="bidirectional"):
         train_clm.main(["--sample", str(tmp_path / "bidi.pt")])
 
 
@@ -161,5 +161,5 @@ def test_init_from_continues_another_runs_weights_with_its_tokenizer(corpus_file
     assert plumbing.load_checkpoint(str(tmp_path / "fresh" / "ckpt.pt"))["tokenizer"] != start["tokenizer"]
     train(dataclasses.replace(cfg, n_layer=3, out_dir=str(tmp_path / "third")))
     assert plumbing.load_checkpoint(str(tmp_path / "third" / "ckpt.pt"))["model_config"]["n_layer"] == 2
-    with pytest.raises(train_clm.UserError, match=r"--block-size 64 is longer"):
+    with pytest.raises(plumbing.UserError, match=r"--block-size 64 is longer"):
         train(dataclasses.replace(cfg, block_size=64, out_dir=str(tmp_path / "fourth")))
