@@ -30,7 +30,8 @@ with known constants and on Chinchilla's published ones before it meets a real r
 
 Read in this order: 1. the fits (the Huber objective, the start grid, L-BFGS, approach 3, the
 frontier, approach 2, all three at once, the bootstrap); 2. the compute-optimal split in closed
-form and by brute force, and what rounding did to Chinchilla's constants.
+form and by brute force (under 6N, or under a grid's real cost per token), and what rounding did
+to Chinchilla's constants.
 """
 import math
 
@@ -313,3 +314,12 @@ def search_optimum(law, C, flops_per_token=lambda N: 6.0 * N, N_range=(1e2, 1e14
         lo, hi = np.log(N[best]) - 2 * step, np.log(N[best]) + 2 * step
     N_opt = float(N[best])
     return N_opt, float(C / flops_per_token(N_opt))
+
+
+def cost_per_token(ladder_counts):
+    """FLOPs per token as a function of N between the rungs of a ladder (log-log interpolation of
+    flops_per_token / N), so a fitted law can be minimised under our real cost, attention included."""
+    logN = np.log([n for n, _ in ladder_counts])
+    ratio = np.array([f / n for n, f in ladder_counts])
+    order = np.argsort(logN)
+    return lambda N: np.asarray(N) * np.interp(np.log(N), logN[order], ratio[order])
