@@ -509,17 +509,6 @@ SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrain
 PROMPT_SHOTS = (0, 1, 4, 8)   # prompting's rows: its "labels" are the demonstrations in the prompt
 
 
-def parse_sizes(text, n_available):
-    """--sizes 32,128,all -> [32, 128, n_available], capped at the training split, sorted."""
-    sizes = set()
-    for item in text.split(","):
-        item = item.strip()
-        if item != "all" and not (item.isdigit() and int(item) > 0):
-            raise UserError(f"--sizes: {item!r} is not a positive integer or 'all'; e.g. --sizes 32,128,all")
-        sizes.add(n_available if item == "all" else min(int(item), n_available))
-    return sorted(sizes)
-
-
 def sweep(args, cfg):
     """Every method at every size for --seeds seeds, beside bag-of-words; prompting at PROMPT_SHOTS
     demonstrations. Each pretrained method is compared with scratch in its own architecture."""
@@ -536,7 +525,7 @@ def sweep(args, cfg):
     if not methods:
         raise UserError("--methods: nothing left to run; give --mlm CKPT or other methods")
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
-    sizes = parse_sizes(args.sizes, len(labelled.train))
+    sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
 
@@ -562,11 +551,7 @@ def sweep(args, cfg):
     if "prompt" in methods:
         # Prompting's "labels" are the demonstrations in its prompt: its rows are at PROMPT_SHOTS,
         # as many of them as fit the body's positions, beside the fine-tuning rows of equal size.
-        body, enc = body_for("prompt", cfg.seed)
-        words = prompting.verbalizers(labelled, cfg.verbalizers)
-        shots = [k for k in PROMPT_SHOTS if prompting.text_budget(body, enc, k, words, cfg.max_len) >= 1]
-        if len(shots) < len(PROMPT_SHOTS):
-            print(f"prompting: only {shots} demonstrations fit the body's {body.config.block_size} positions")
+        shots = prompting.shots_that_fit(*body_for("prompt", cfg.seed), labelled, PROMPT_SHOTS, cfg)
         plan += [("prompt", k, s) for k in shots for s in seeds]
         sizes = sorted(set(sizes) | set(shots))
     # Records made with other settings (or from a checkpoint since rewritten) are never mixed in.

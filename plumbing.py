@@ -115,6 +115,17 @@ def parse_choices(text, allowed, flag):
     return items
 
 
+def parse_sizes(text, n_available):
+    """--sizes 32,128,all -> [32, 128, n_available], capped at n_available, sorted."""
+    sizes = set()
+    for item in text.split(","):
+        item = item.strip()
+        if item != "all" and not (item.isdigit() and int(item) > 0):
+            raise UserError(f"--sizes: {item!r} is not a positive integer or 'all'; e.g. --sizes 32,128,all")
+        sizes.add(n_available if item == "all" else min(int(item), n_available))
+    return sorted(sizes)
+
+
 def add_flag(parser, flag, default, help, within=None, type=None, **kw):
     """One more flag, outside the config dataclass, with the same interval check as a knob."""
     kind = type or (float if isinstance(default, float) else int if isinstance(default, int) and

@@ -14,8 +14,8 @@ a bidirectional one was never trained to continue text. In-context learning appe
 (Brown et al. 2020; Wei et al. 2022 call it emergent): a body of a few million parameters,
 pretrained for minutes, is expected near chance, and the README shows it.
 
-Read in this order: verbalizers (the word per class), demonstrations, text_budget (what fits in
-the body's positions), prompt_scores (the equation above), prompt_run (dev and test scored).
+Read in this order: verbalizers (the word per class), demonstrations, text_budget and
+shots_that_fit (what fits in the body's positions), prompt_scores (the equation above), prompt_run (dev and test scored).
 finetune.py runs it as a mode, and as rows of its sweep:
 
     python finetune.py --checkpoint out/clm/ckpt.pt --mode prompt --shots 4
@@ -56,6 +56,15 @@ def text_budget(body, enc, shots, words, max_len):
     head, mid, sep = (len(enc.encode_ordinary(piece)) for piece in PROMPT_PIECES)
     longest_word = max(len(enc.encode_ordinary(w)) for w in words)
     return min(max_len, (body.config.block_size - head) // (shots + 1) - mid - sep - longest_word)
+
+
+def shots_that_fit(body, enc, labelled, candidates, cfg):
+    """The numbers of demonstrations, among `candidates`, whose prompts leave the query a token."""
+    words = verbalizers(labelled, cfg.verbalizers)
+    shots = [k for k in candidates if text_budget(body, enc, k, words, cfg.max_len) >= 1]
+    if len(shots) < len(candidates):
+        print(f"prompting: only {shots} demonstrations fit the body's {body.config.block_size} positions")
+    return shots
 
 
 @torch.no_grad()

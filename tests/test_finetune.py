@@ -332,5 +332,5 @@ def test_user_errors_for_impossible_settings():
     with pytest.raises(data.UserError, match="needs a bidirectional"):
         make_classifier(tiny_body(), 2, tiny_config(pooling="cls"))
     with pytest.raises(data.UserError, match="--sizes"):
-        finetune.parse_sizes("32,abc", 100)
-    assert finetune.parse_sizes("32,128,all,4096", 100) == [32, 100]
+        plumbing.parse_sizes("32,abc", 100)
+    assert plumbing.parse_sizes("32,128,all,4096", 100) == [32, 100]
