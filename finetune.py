@@ -183,7 +183,7 @@ MODES = ("full", "last-k", "frozen", "lora", "prompt")
 
 
 def apply_mode(classifier, cfg):
-    """Set requires_grad for cfg.mode, a known one (resolved), inserting LoRA first; the optimiser
+    """Set requires_grad for cfg.mode (checked by resolved), inserting LoRA first; the optimiser
     gets only these."""
     body = classifier.body
     if cfg.mode == "last-k" and not 1 <= cfg.last_k <= body.config.n_layer:

@@ -3,13 +3,13 @@
 Nothing here teaches the pretrain-then-fine-tune idea; it is what any training script needs and
 what would otherwise bury the lesson: the command line and its checks, files and downloads,
 device and precision choice, MFU, distributed data parallel (DDP), run folders and checkpoints,
-logs, sweeps run in parallel processes, and plots. The lesson files (model.py, data.py,
-train_clm.py, train_mlm.py, tasks.py, finetune.py, prompting.py, scaling.py) call into it by
-name, so a reader can take each call at its word and come here only when curious about how.
+logs, printed reports, sweeps run in parallel processes, and plots. The lesson files (model.py,
+data.py, train_clm.py, train_mlm.py, tasks.py, finetune.py, prompting.py, scaling.py) call into
+it by name, so a reader can take each call at its word and come here only when curious about how.
 
-Sections: 1. errors and the command line; 2. files and downloads; 3. devices, precision and MFU;
-4. distributed data parallel; 5. run folders and checkpoints (the one format, the one reader,
-GPT-2's weights read into it); 6. logs, plots and sweeps.
+Sections: 1. errors and the command line; 2. files and downloads (and the tokenizer ranks file);
+3. devices, precision and MFU; 4. distributed data parallel; 5. run folders and checkpoints (the
+one format, the one reader, GPT-2's weights read into it); 6. logs, reports, plots and sweeps.
 """
 import argparse
 import base64
@@ -983,7 +983,7 @@ def model_from_checkpoint(checkpoint):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Logs and plots.
+# 6. Logs, printed reports, plots and sweeps.
 
 def append_jsonl(path, record, durable=False):
     """Append one JSON line. A line cut by a writer that was killed is closed first, so that it
