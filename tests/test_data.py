@@ -94,7 +94,6 @@ def test_bpe_is_deterministic_matches_definition_and_compresses():
     assert len(bpe.encode_ordinary(text)) < 0.6 * len(raw.encode_ordinary(text))
 
 
-
 def test_bpe_on_text_without_spaces_is_not_rescanned_every_merge(monkeypatch):
     """A DNA-like string is one pre-token; uncut, every merge would walk all of it, so the work
     would grow as merges x text. Count the tokens merge_pair walks (deterministic, unlike a timer):
