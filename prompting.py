@@ -15,7 +15,8 @@ a bidirectional one was never trained to continue text. In-context learning appe
 pretrained for minutes, is expected near chance, and the README shows it.
 
 Read in this order: verbalizers (the word per class), demonstrations, text_budget and
-shots_that_fit (what fits in the body's positions), prompt_scores (the equation above), prompt_run (dev and test scored).
+shots_that_fit (what fits in the body's positions), prompt_scores (the equation above),
+prompt_run (dev and test scored).
 finetune.py runs it as a mode, and as rows of its sweep:
 
     python finetune.py --checkpoint out/clm/ckpt.pt --mode prompt --shots 4

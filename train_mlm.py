@@ -344,14 +344,14 @@ def main(argv=None):
         model = plumbing.model_from_checkpoint(checkpoint)
         tokens = encode_with_blanks(enc, args.text, model.config.block_size)
         return plumbing.print_fills(enc, tokens, fill_blanks(model, enc, tokens, args.top_k, torch.device("cpu")))
-    if args.compare_causal:
-        return plumbing.print_comparison(compare_causal(*args.compare_causal, getattr(args, "data_dir", None),
-                                               getattr(args, "cache_dir", None)))
+    if args.compare_causal:         # no training: what the right-hand context is worth, measured
+        data_dir, cache_dir = getattr(args, "data_dir", None), getattr(args, "cache_dir", None)
+        return plumbing.print_comparison(compare_causal(*args.compare_causal, data_dir, cache_dir))
     cfg = plumbing.config_from_args(args, MLMConfig, MLM_PRESETS)
     start = time.perf_counter()
     result = train(cfg, MLM)
     plumbing.report(cfg, result, start, [f"masked-token accuracy: {100 * result['val_acc']:.1f}%",
-                                f"unigram baseline: {100 * result['unigram_acc']:.1f}%"])
+                                         f"unigram baseline: {100 * result['unigram_acc']:.1f}%"])
 
 
 if __name__ == "__main__":
