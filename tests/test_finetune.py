@@ -23,7 +23,7 @@ import train_clm
 import train_mlm
 from conftest import generated_text
 from finetune import FinetuneConfig, LoRALinear, make_classifier, merge_lora, pool
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, padded_vocab_size
 
 ENC = data.get_tokenizer("bytes")
 PAD = data.special_ids(ENC)["pad"]
@@ -235,6 +235,24 @@ def test_cli_single_runs_measure_forgetting(pretrained, tmp_path, capsys):
     assert runs["clm", "lora"]["trainable"] < runs["clm", "full"]["trainable"]
     assert runs["clm", "full"]["bag_of_words"]["test"]["accuracy"] > 0.5
     assert "forgetting: pretraining val loss" in capsys.readouterr().out
+
+
+def test_cli_scratch_without_a_checkpoint_builds_the_preset_shape_with_the_asked_tokenizer(pretrained, tmp_path):
+    """--init scratch with no --checkpoint: --preset gives the shape, --corpus/--tokenizer the vocabulary,
+    --kind the mask."""
+    corpus = str(tmp_path / "corpus.txt")
+    (tmp_path / "corpus.txt").write_text(generated_text())
+    finetune.main(["--init", "scratch", "--preset", "tiny", "--corpus", corpus, "--tokenizer", "bytes",
+                   "--kind", "bidirectional", "--task", pretrained["tsv"], "--cache-dir", str(tmp_path / "cache"),
+                   *quick_flags(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    tiny = train_clm.PRESETS["tiny"]
+    expected = Transformer(ModelConfig(vocab_size=padded_vocab_size(ENC.n_vocab), causal=False,
+                                       **{k: tiny[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}))
+    assert result["pooling"] == "cls"                                   # bidirectional: reads CLS
+    assert result["total"] == expected.num_params(non_embedding=False) + 2 * tiny["n_embd"] + 2   # + the head
+    with pytest.raises(data.UserError, match="--init pretrained needs --checkpoint"):
+        finetune.main(["--task", pretrained["tsv"], *quick_flags(tmp_path / "none")])
 
 
 def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_path, capsys):
