@@ -515,9 +515,9 @@ def sweep(args, cfg):
     device = plumbing.pick_device(cfg.device)
     if not args.clm:
         raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
+    methods = plumbing.parse_choices(args.methods, SWEEP_METHODS, "--methods")
     checkpoints = {which: plumbing.load_with_tokenizer(path, None, args.data_dir, args.cache_dir)
                    for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
-    methods = plumbing.parse_choices(args.methods, SWEEP_METHODS, "--methods")
     skipped = [m for m in methods if SWEEP_METHODS[m][0] not in checkpoints]
     methods = [m for m in methods if m not in skipped]
     if skipped:

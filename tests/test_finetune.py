@@ -251,8 +251,6 @@ def test_cli_scratch_without_a_checkpoint_builds_the_preset_shape_with_the_asked
                                        **{k: tiny[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}))
     assert result["pooling"] == "cls"                                   # bidirectional: reads CLS
     assert result["total"] == expected.num_params(non_embedding=False) + 2 * tiny["n_embd"] + 2   # + the head
-    with pytest.raises(data.UserError, match="--init pretrained needs --checkpoint"):
-        finetune.main(["--task", pretrained["tsv"], *quick_flags(tmp_path / "none")])
 
 
 def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_path, capsys):
@@ -334,6 +332,7 @@ def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pret
     (["--checkpoint", "no/such/ckpt.pt"], "no checkpoint at"),
     ([], "--init pretrained needs --checkpoint"),
     (["--sweep"], "--sweep needs --clm"),
+    (["--sweep", "--clm", "no/such/ckpt.pt", "--methods", "clm,bogus"], "--methods: unknown bogus; choose from"),
     (["--export-text", "sst2"], "needs -o FILE"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
