@@ -92,9 +92,9 @@ class TrainConfig:
     seed: int = knob(1337, "random seed (same seed + same device = same losses on CPU)", "[0, inf)")
     out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing)")
     resume: bool = knob(False, "continue the run saved in --out-dir")
-    init_from: Optional[str] = knob(None, "pretrain this checkpoint (or gpt2) further on --corpus, a new run "
-                                          "(domain-adaptive pretraining); its weights bring their shape and "
-                                          "tokenizer, so the model flags do not apply")
+    init_from: Optional[str] = knob(None, "pretrain this checkpoint (or gpt2) further on --corpus (domain-"
+                                          "adaptive pretraining), with a fresh optimiser and schedule; its "
+                                          "weights bring their shape and tokenizer: the model flags do not apply")
     overwrite: bool = knob(False, "replace a run already saved in --out-dir")
     quiet: bool = knob(False, "print only errors and the final summary")
     sample_tokens: int = knob(200, "tokens to sample at the end (causal models)", "[0, inf)")
