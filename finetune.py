@@ -490,10 +490,10 @@ def single_run(args, cfg):
     label = f"prompted ({cfg.shots} shots)" if cfg.mode == "prompt" else f"fine-tuned ({args.init}, {cfg.mode})"
     plumbing.print_results(result, baseline, majority, label)
     if args.out_dir:
-        plumbing.save_results(args.out_dir, dict(task=args.task, checkpoint=args.checkpoint, init=args.init,
-                              config=dataclasses.asdict(cfg), **result, bag_of_words=baseline,
-                              majority_class=majority),
-                              f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels")
+        record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init, config=dataclasses.asdict(cfg),
+                      **result, bag_of_words=baseline, majority_class=majority)
+        title = f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels"
+        plumbing.save_results(args.out_dir, record, title)
     return result, baseline
 
 
