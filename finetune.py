@@ -397,9 +397,7 @@ def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
     (the whole split: for a CLM checkpoint the 'before' number is the one train_clm.py printed)."""
     settings = types.SimpleNamespace(**checkpoint["train_config"])     # the run's saved flags
     objective = PRETRAINING_OBJECTIVES[checkpoint.get("objective", "clm")]
-    dataset = data.prepare_dataset(settings.corpus, settings.tokenizer, data_dir or settings.data_dir,
-                                   cache_dir or settings.cache_dir, verbose=False)
-    plumbing.check_compatible(checkpoint, dataset.enc, checkpoint["kind"])   # same text, same vocabulary
+    dataset = plumbing.pretraining_dataset(checkpoint, data_dir, cache_dir)   # same text, same vocabulary
     batches = objective.eval_batches(dataset.val, settings, dataset, None, device)  # fixed once
 
     def loss_of(model):

@@ -838,10 +838,15 @@ def load_checkpoint(path, kind=None, data_dir=None, cache_dir=None):
         checkpoint = gpt2_checkpoint(path, data_dir, cache_dir)
     else:
         checkpoint = read_checkpoint_file(path)
-    if kind and checkpoint["kind"] != kind:
-        raise UserError(f"{path} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
-                        f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
+    check_kind(checkpoint, kind, path)
     return checkpoint
+
+
+def check_kind(checkpoint, kind, name="this checkpoint"):
+    """kind: "causal" or "bidirectional" when only one will do (None: either)."""
+    if kind and checkpoint["kind"] != kind:
+        raise UserError(f"{name} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
+                        f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
 
 
 def load_with_tokenizer(path, kind=None, data_dir=None, cache_dir=None):
@@ -853,6 +858,17 @@ def load_with_tokenizer(path, kind=None, data_dir=None, cache_dir=None):
     enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
     check_compatible(checkpoint, enc)
     return checkpoint, enc
+
+
+def pretraining_dataset(checkpoint, data_dir=None, cache_dir=None):
+    """The dataset a checkpoint was pretrained on (its run's saved --corpus and --tokenizer; data_dir
+    and cache_dir, if given, say where to look instead), checked to give the checkpoint's vocabulary."""
+    import data
+    saved = checkpoint["train_config"]
+    dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved["data_dir"],
+                                   cache_dir or saved["cache_dir"], verbose=False)
+    check_compatible(checkpoint, dataset.enc)
+    return dataset
 
 
 def read_checkpoint_file(path):
@@ -930,10 +946,7 @@ def check_compatible(checkpoint, enc, kind=None):
                         f"({saved['n_vocab']} tokens, {saved['fingerprint']}), this run uses "
                         f"{identity['name']} ({identity['n_vocab']} tokens, {identity['fingerprint']}); "
                         f"use the same --corpus and --tokenizer")
-    if kind and checkpoint["kind"] != kind:
-        raise UserError(f"this checkpoint holds a {checkpoint['kind']} model, but a {kind} one is "
-                        f"needed here; use a checkpoint from "
-                        f"{'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
+    check_kind(checkpoint, kind)
 
 
 def check_same_model(checkpoint, model_config, flag):

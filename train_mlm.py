@@ -287,12 +287,10 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
     different token. The MLM reads [CLS] + the whole window with that token masked; the causal
     model reads the same tokens up to the blank and predicts the next one. Same left context, so
     any difference is what the right-hand context is worth. Returns a dict of top-1 accuracies."""
-    mlm_ckpt, clm_ckpt = plumbing.load_checkpoint(mlm_path), plumbing.load_checkpoint(clm_path)
-    saved = mlm_ckpt["train_config"]
-    dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved["data_dir"],
-                                   cache_dir or saved["cache_dir"], verbose=False)
-    plumbing.check_compatible(mlm_ckpt, dataset.enc, "bidirectional")
-    plumbing.check_compatible(clm_ckpt, dataset.enc, "causal")
+    mlm_ckpt = plumbing.load_checkpoint(mlm_path, "bidirectional")
+    clm_ckpt = plumbing.load_checkpoint(clm_path, "causal")
+    dataset = plumbing.pretraining_dataset(mlm_ckpt, data_dir, cache_dir)
+    plumbing.check_compatible(clm_ckpt, dataset.enc)                   # the same vocabulary, too
     device = plumbing.pick_device("auto")
     mlm = plumbing.model_from_checkpoint(mlm_ckpt).to(device).eval()
     clm = plumbing.model_from_checkpoint(clm_ckpt).to(device).eval()
