@@ -1379,8 +1379,7 @@ def plot_loss_vs_compute(ax, records, report):
 def plot_isoflop(ax, records, report):
     """Validation loss against N at each budget: the parabolas of approach 2 (solid), the law of
     approach 3 along the same rows (dotted), and the minima (x)."""
-    grid = [r for r in records if r["role"] == "grid"]
-    cost = scaling_laws.cost_per_token({(r["N"], r["flops_per_token"]) for r in records})
+    grid, cost = [r for r in records if r["role"] == "grid"], report["cost"]
     budgets = sorted({r["budget"] for r in grid})
     for i, budget in enumerate(budgets):
         colour = colormap("plasma", i / len(budgets))
@@ -1405,7 +1404,7 @@ def plot_optimal_size(axes, records, report):
     """Compute-optimal N and D against C: approach 2's minima and power laws, approach 3's optimum
     under our real cost per token, and the size the held-out run was given."""
     fits, ci, hold = report["fits"], report["ci"], report.get("holdout")
-    iso, cost = fits["iso"], scaling_laws.cost_per_token({(r["N"], r["flops_per_token"]) for r in records})
+    iso, cost = fits["iso"], report["cost"]
     rows = [r for r in iso["rows"] if r["inside"]]
     budgets = [r["budget"] for r in records if r["role"] == "grid"]
     C = np.geomspace(min(budgets) / 2, 2 * max(r["flops"] for r in records), 50)

@@ -406,7 +406,7 @@ def analyse(records, n_boot=200, seed=0, progress=False):
     law3 = [dict(C=c, N_opt=n, D_opt=d) for c in sorted(rows)
             for n, d in [scaling_laws.search_optimum(fits["law"], c, cost)]]
     report = dict(fits=fits, boots=boots, ci=ci, headline=scaling_laws.headline(fits), noise=seed_noise(grid),
-                  law3_optimum=law3, n_runs=len(grid), n_boot=len(boots))
+                  law3_optimum=law3, n_runs=len(grid), n_boot=len(boots), cost=cost)
     if holdout is not None:
         pred = float(scaling_laws.loss_law(fits["law"], holdout["N"], holdout["tokens"]))
         spread = np.array([scaling_laws.loss_law(b["law"], holdout["N"], holdout["tokens"]) for b in boots])
@@ -471,8 +471,9 @@ def print_report(report):
 
 
 def save_report(report, path):
-    """fits.json: the numbers the README quotes, at full precision (see the rounding note)."""
-    keep = {k: v for k, v in report.items() if k != "boots"}
+    """fits.json: the numbers the README quotes, at full precision (see the rounding note); not the
+    bootstrap's refits, nor the cost function the plots reuse."""
+    keep = {k: v for k, v in report.items() if k not in ("boots", "cost")}
     with open(path, "w") as f:
         json.dump(keep, f, indent=1, default=float)
 
