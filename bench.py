@@ -105,9 +105,10 @@ def measure_training(spec):
 
     The step is train_clm.train()'s: the same optimiser (make_optimizer, with AdamW for every
     parameter, as nanoGPT's step: Muon's extra work per step is a trade of its own, measured in
-    RESULTS.md), autocast and gradient scaler (precision_context), micro-batch loop
-    (accumulate_gradients), clipping and loss read-out, on random windows of a random token
-    stream drawn by data.get_batch, the training data path.
+    RESULTS.md), autocast and gradient scaler (precision_context), the forward pass to the loss,
+    backward, clipping and loss read-out (optimizer_step), on random windows of a random token
+    stream drawn by data.get_batch, the training data path. One micro-batch a step, as here
+    train() has grad_accum = 1.
     """
     device = plumbing.pick_device(spec["device"])
     if spec.get("threads"):
@@ -125,22 +126,18 @@ def measure_training(spec):
                                alibi=cfg.alibi)      # as train_clm.py trains: its default
     model = Transformer(model_config).to(device)
     optimizer = train_clm.make_optimizer(model, cfg, device)      # AdamW, as nanoGPT's step
-    autocast, scaler = plumbing.precision_context(device, spec["precision"])
+    autocast, scaler = train_clm.precision_context(device, spec["precision"])
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
     generator = torch.Generator().manual_seed(0)
-    draw = lambda: dict(zip(("idx", "targets"), data.get_batch(tokens, cfg.batch_size, cfg.block_size,
-                                                                 device, generator)))
 
     def step():                                       # the body of train()'s loop, minus logging
-        loss = train_clm.accumulate_gradients(train_model, train_clm.clm_loss, draw, cfg.grad_accum,
-                                              autocast, scaler)
-        loss_value = float(loss)                      # train() reads the loss every step
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        batch = train_clm.get_clm_batch(tokens, cfg, None, generator, device)
+        with autocast():
+            logits, loss = train_model(**batch)
+        scaler.scale(loss / cfg.grad_accum).backward()
+        loss_value = float(loss.detach() / cfg.grad_accum)   # train() reads the loss every step
+        train_clm.optimizer_step(model, optimizer, scaler, cfg.grad_clip)
         return loss_value
 
     return time_steps(step, spec, device, cfg.batch_size * cfg.block_size * cfg.grad_accum,
@@ -218,7 +215,7 @@ def measure_reference(spec, device):
             block_size=shape["block_size"], vocab_size=shape["vocab_size"], n_layer=shape["n_layer"],
             n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0, bias=False)).to(device)
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type)
-    autocast, scaler = plumbing.precision_context(device, spec["precision"])
+    autocast, scaler = train_clm.precision_context(device, spec["precision"])
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
     generator = torch.Generator().manual_seed(0)

@@ -28,10 +28,12 @@ Total nats over the validation text are the same quantity whatever the tokenizat
 probability the model gives the text), so dividing by the byte count gives a tokenizer-free
 number; per character works the same way (Shannon 1951 measured English in bits per character).
 
-Read in this order: corpora, tokenizers (the BPE trainer is the lesson), encoded datasets, then
-batches and bits_per_unit. Where files come from (data dir, cache, download) and the file
-format of a tokenizer's ranks are plumbing.py's business; BERT's masking lives in train_mlm.py
-and the labelled sets in tasks.py, beside the code that uses them.
+Read in this order: corpora; tokenizers, with byte pair encoding twice, as its definition
+(train_bpe_simple, slow and short) and as the fast trainer the runs use (train_bpe, tested to
+give the same merges); encoded datasets; then batches and bits_per_unit. Where files come from
+(data dir, cache, download) and the file format of a tokenizer's ranks are plumbing.py's
+business; BERT's masking lives in train_mlm.py and the labelled sets in tasks.py, beside the
+code that uses them.
 """
 import ast
 import hashlib
@@ -74,8 +76,9 @@ MAX_PIECE_CHARS = 128
 VAL_FRACTION = 0.1         # nanoGPT's split: first 90% of characters train, last 10% validate
 PYDOCS_VERSION = 1         # bump when the pydocs recipe changes, so old caches are not reused
 MIN_DOCSTRING = 40         # shorter docstrings ("Return self.") are boilerplate, not prose
-# pydocs-topic classes: a docstring's label is the stdlib package it lives in. Six areas with
-# about 200+ docstrings each on Python 3.11 (smallest: xml), so balanced splits stay usable.
+# The pydocs-topic task's classes (tasks.py): a docstring's label is the stdlib package it lives
+# in. Six areas with about 200+ docstrings each on Python 3.11 (smallest: xml), so balanced splits
+# stay usable. They are here because the corpus must leave the task's dev and test docstrings out.
 TOPIC_AREAS = {"asyncio": ("asyncio",), "email": ("email",), "http": ("http", "urllib"),
                "logging": ("logging",), "tkinter": ("tkinter",), "xml": ("xml",)}
 
@@ -94,6 +97,12 @@ class Corpus:
 
 def summary_line(text):
     return text.split("\n", 1)[0]
+
+
+def topic_of(source):
+    """The pydocs-topic class of a docstring's stdlib file (tasks.py), or None for the other files."""
+    top = source.split("/")[0]
+    return next((label for label, tops in TOPIC_AREAS.items() if top in tops), None)
 
 
 def topic_split(text):
@@ -143,51 +152,36 @@ def collect_pydocs():
     return unique
 
 
-def topic_of(source):
-    top = source.split("/")[0]
-    return next((label for label, tops in TOPIC_AREAS.items() if top in tops), None)
-
-
-def pydocs_paths(cache_dir=None, verbose=False):
-    """Build (once per Python version) the pydocs corpus text and the pydocs-topic labelled set.
-
-    Both come from one collect_pydocs() so that the docstrings held out for the topic dev/test
-    splits can be dropped from the pretraining text: pretraining never reads evaluation text.
-    """
-    base = resolve_cache_dir(cache_dir) / "corpora"
+def pydocs_cache_path(cache_dir, name, suffix):
+    """Where a file built from this Python's documentation is cached: one per Python version."""
     tag = f"py{'.'.join(map(str, sys.version_info[:3]))}-v{PYDOCS_VERSION}"
-    corpus_path, topic_path = base / f"pydocs-{tag}.txt", base / f"pydocs-topic-{tag}.json"
-    if corpus_path.exists() and topic_path.exists():
-        return corpus_path, topic_path
+    return resolve_cache_dir(cache_dir) / "corpora" / f"{name}-{tag}{suffix}"
+
+
+def pydocs_path(cache_dir=None, verbose=False):
+    """Build (once per Python version) the pydocs corpus: every docstring and pydoc topic, except
+    the pydocs-topic task's dev and test docstrings and any near-duplicate of them (same summary
+    line): pretraining never reads evaluation text."""
+    path = pydocs_cache_path(cache_dir, "pydocs", ".txt")
+    if path.exists():
+        return path
     start = time.time()
     docs = collect_pydocs()
-    labelled = {"train": [], "dev": [], "test": []}
-    for source, text in docs:
-        if topic_of(source) is not None:
-            labelled[topic_split(text)].append((text, sorted(TOPIC_AREAS).index(topic_of(source))))
-    # Hold out by summary line: drops the dev/test docstrings and any near-duplicate of them.
-    held_out = {summary_line(text) for split in ("dev", "test") for text, _ in labelled[split]}
+    held_out = {summary_line(text) for source, text in docs
+                if topic_of(source) is not None and topic_split(text) != "train"}
     corpus_text = "\n\n".join(text for _, text in docs if summary_line(text) not in held_out)
-    rng = random.Random(0)
-    for split, examples in labelled.items():  # balance: every class cut to the smallest one
-        by_label = [[e for e in examples if e[1] == k] for k in range(len(TOPIC_AREAS))]
-        n = min(len(group) for group in by_label)
-        labelled[split] = [e for group in by_label for e in rng.sample(group, n)]
-        rng.shuffle(labelled[split])
-    write_atomic(topic_path, json.dumps(dict(labelled, label_names=sorted(TOPIC_AREAS))).encode())
-    write_atomic(corpus_path, corpus_text.encode("utf-8"))
+    write_atomic(path, corpus_text.encode("utf-8"))
     if verbose:
         print(f"built pydocs: {len(corpus_text.encode()) / 1e6:.2f} MB, fingerprint "
               f"{fingerprint(corpus_text)}, {len(held_out)} topic dev/test summaries held out, "
-              f"{time.time() - start:.1f} s -> {corpus_path}")
-    return corpus_path, topic_path
+              f"{time.time() - start:.1f} s -> {path}")
+    return path
 
 
 def load_corpus(name, data_dir=None, cache_dir=None, verbose=False):
     """A built-in corpus ("pydocs", "shakespeare") or a .txt file / folder of .txt files."""
     if name == "pydocs":
-        path = pydocs_paths(cache_dir, verbose)[0]
-        text = read_text(path)
+        text = read_text(pydocs_path(cache_dir, verbose))
     elif name == "shakespeare":
         text = read_text(obtain_data_file("tinyshakespeare.txt", data_dir, cache_dir))
     elif Path(name).is_dir():
@@ -208,45 +202,16 @@ def load_corpus(name, data_dir=None, cache_dir=None, verbose=False):
 
 
 # ----------------------------------------------------------------------------- tokenizers
-# Every tokenizer is a tiktoken.Encoding: a table `mergeable ranks` {token bytes: id}, the split
-# pattern above, and our special tokens. tiktoken encodes by splitting text into pieces with the
-# pattern, then inside each piece repeatedly merging the adjacent pair whose concatenation has the
-# lowest rank: with ranks in the order a BPE trainer learned its merges, that replays the merges.
+# Byte pair encoding (Sennrich et al. 2016; on bytes as in GPT-2, Radford et al. 2019), twice: its
+# definition, short and slow, then the trainer the runs use, fast. Then how a learned table becomes
+# a tokenizer.
 
-def make_encoding(name, ranks):
-    n = len(ranks)
-    enc = tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                            special_tokens={tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)})
-    probe = "héllo, 世界 🙂\n\tend  of\r\n  text 'll ²"
-    assert enc.decode(enc.encode_ordinary(probe)) == probe, f"tokenizer {name} does not round-trip"
-    return enc
-
-
-def special_ids(enc):
-    return dict(zip(("eot", "mask", "cls", "pad"), map(enc.encode_single_token, SPECIAL_TOKENS)))
-
-
-def n_ordinary(enc):
-    """Number of ordinary (mergeable) tokens; the specials are the ids right after them."""
-    return special_ids(enc)["eot"]
-
-
-def tokenizer_state(enc):
-    """Everything needed to rebuild enc (plain strings: safe for weights_only checkpoints)."""
-    return dict(name=enc.name, ranks=ranks_text({enc.decode_single_token_bytes(i): i
-                                                 for i in range(n_ordinary(enc))}))
-
-
-def tokenizer_from_state(state):
-    return make_encoding(state["name"], parse_ranks(state["ranks"], "checkpoint tokenizer"))
-
-
-def tokenizer_identity(enc):
-    """Name, size and a fingerprint of the exact vocabulary (ordinary tokens in id order, then the
-    specials), recorded with every dataset and checkpoint. All encodings here share GPT2_PATTERN,
-    so the vocabulary determines the tokenization."""
-    blob = tokenizer_state(enc)["ranks"] + "\n".join(SPECIAL_TOKENS)
-    return dict(name=enc.name, n_vocab=enc.n_vocab, fingerprint=fingerprint(blob))
+def pre_tokens(text):
+    """{piece: count}: the text cut by SPLIT_RE into words, numbers, punctuation runs and spaces,
+    each cut again into chunks of MAX_PIECE_CHARS. Merges never cross a piece's edge, so " the"
+    and "the" stay different tokens and no token spans two words."""
+    return Counter(piece[i:i + MAX_PIECE_CHARS] for piece in SPLIT_RE.findall(text)
+                   for i in range(0, len(piece), MAX_PIECE_CHARS))
 
 
 def merge_pair(word, a, b, new):
@@ -262,22 +227,47 @@ def merge_pair(word, a, b, new):
     return out
 
 
+def train_bpe_simple(text, vocab_size):
+    """Byte-level BPE, by its definition. Start from the 256 byte tokens; repeat until there are
+    vocab_size tokens: count every adjacent pair of tokens in the text, and merge the most frequent
+    pair into a new token (ties: the pair whose bytes sort first). Frequent strings ("the",
+    " def", "\\n    ") become single tokens, so text gets shorter in tokens while staying exactly
+    recoverable. Returns {token bytes: rank}, ranks in the order the merges were learned.
+
+    Each merge recounts the whole text: fine for a page, hours for a corpus. train_bpe below
+    learns the same merges in seconds."""
+    words = pre_tokens(text)                                  # each distinct piece once, with its count
+    tokens = {word: list(word.encode("utf-8")) for word in words}     # each piece as token ids
+    token_bytes = [bytes([i]) for i in range(256)]            # id -> bytes
+    ids = {t: i for i, t in enumerate(token_bytes)}           # bytes -> id
+    while len(ids) < vocab_size:
+        pair_counts = Counter()
+        for word, count in words.items():
+            for pair in zip(tokens[word], tokens[word][1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            raise UserError(f"bpe:{vocab_size}: the training text allows only {len(ids)} tokens; "
+                            f"use a smaller N or a larger corpus")
+        a, b = min(pair_counts, key=lambda p: (-pair_counts[p], token_bytes[p[0]], token_bytes[p[1]]))
+        # Two different merges can spell the same bytes ("a"+"bc", "ab"+"c"): reuse that token.
+        new = ids.setdefault(token_bytes[a] + token_bytes[b], len(ids))
+        if new == len(token_bytes):
+            token_bytes.append(token_bytes[a] + token_bytes[b])
+        for word in tokens:
+            tokens[word] = merge_pair(tokens[word], a, b, new)
+    return ids
+
+
 def train_bpe(text, vocab_size):
-    """Byte-level BPE (Sennrich et al. 2016; on bytes as in GPT-2, Radford et al. 2019).
+    """The same merges as train_bpe_simple, in the same order (tested on real text), fast.
 
-    Start from the 256 byte tokens; repeat: count every adjacent pair of tokens in the text, merge
-    the most frequent pair into a new token. Frequent strings ("the", " def", "\\n    ") become
-    single tokens, so text gets shorter in tokens while staying exactly recoverable.
-    Returns {token bytes: rank}, ranks in the order the merges were learned.
-
-    Efficiency, the two classic tricks: (1) merges never cross pre-token boundaries (SPLIT_RE), so
-    count each distinct pre-token ("word") once, weighted by its frequency; (2) keep pair counts
-    and an index pair -> words containing it, and after each merge update only the words that
-    contained the merged pair, instead of recounting the whole text. Both need short words, hence
-    MAX_PIECE_CHARS: with it, training time grows about linearly with the text.
+    Efficiency, the two classic tricks: (1) as in the definition, each distinct piece ("word") is
+    counted once, weighted by its frequency; (2) keep pair counts and an index pair -> words
+    containing it, and after each merge update only the words that contained the merged pair,
+    instead of recounting the whole text. Both need short words, hence MAX_PIECE_CHARS: with it,
+    training time grows about linearly with the text.
     """
-    counts = Counter(piece[i:i + MAX_PIECE_CHARS] for piece in SPLIT_RE.findall(text)
-                     for i in range(0, len(piece), MAX_PIECE_CHARS))
+    counts = pre_tokens(text)
     words = [list(w.encode("utf-8")) for w in counts]   # each word as a list of token ids
     freqs = list(counts.values())
     token_bytes = [bytes([i]) for i in range(256)]       # id -> bytes
@@ -318,6 +308,42 @@ def train_bpe(text, vocab_size):
                     heappush(heap, (-pair_counts[pair], token_bytes[pair[0]], token_bytes[pair[1]]) + pair)
         pair_counts.pop((a, b), None)
     return {t: i for i, t in enumerate(token_bytes)}
+
+
+# Every tokenizer is a tiktoken.Encoding: a table `mergeable ranks` {token bytes: id}, the split
+# pattern above, and our special tokens. tiktoken encodes by splitting text into pieces with the
+# pattern, then inside each piece repeatedly merging the adjacent pair whose concatenation has the
+# lowest rank: with ranks in the order a BPE trainer learned its merges, that replays the merges.
+
+def make_encoding(name, ranks):
+    n = len(ranks)
+    enc = tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)})
+    probe = "héllo, 世界 🙂\n\tend  of\r\n  text 'll ²"
+    assert enc.decode(enc.encode_ordinary(probe)) == probe, f"tokenizer {name} does not round-trip"
+    return enc
+
+def special_ids(enc):
+    return dict(zip(("eot", "mask", "cls", "pad"), map(enc.encode_single_token, SPECIAL_TOKENS)))
+
+def n_ordinary(enc):
+    """Number of ordinary (mergeable) tokens; the specials are the ids right after them."""
+    return special_ids(enc)["eot"]
+
+def tokenizer_state(enc):
+    """Everything needed to rebuild enc (plain strings: safe for weights_only checkpoints)."""
+    return dict(name=enc.name, ranks=ranks_text({enc.decode_single_token_bytes(i): i
+                                                 for i in range(n_ordinary(enc))}))
+
+def tokenizer_from_state(state):
+    return make_encoding(state["name"], parse_ranks(state["ranks"], "checkpoint tokenizer"))
+
+def tokenizer_identity(enc):
+    """Name, size and a fingerprint of the exact vocabulary (ordinary tokens in id order, then the
+    specials), recorded with every dataset and checkpoint. All encodings here share GPT2_PATTERN,
+    so the vocabulary determines the tokenization."""
+    blob = tokenizer_state(enc)["ranks"] + "\n".join(SPECIAL_TOKENS)
+    return dict(name=enc.name, n_vocab=enc.n_vocab, fingerprint=fingerprint(blob))
 
 
 def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False):
@@ -434,6 +460,14 @@ def get_batch(tokens, batch_size, block_size, device, generator):
     if torch.device(device).type == "cuda":  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
+
+
+def check_fits(dataset, block_size):
+    """A window needs block_size + 1 tokens (inputs plus the shifted targets)."""
+    for split, tokens in (("validation", dataset.val), ("training", dataset.train)):
+        if len(tokens) < block_size + 1:
+            raise UserError(f"corpus too short: {len(tokens)} {split} tokens, need at least "
+                            f"block_size+1 = {block_size + 1}; use a larger corpus or a smaller --block-size")
 
 
 def bits_per_unit(nats_per_token, n_tokens, n_units):

@@ -222,7 +222,7 @@ def body_from(checkpoint, init, seed):
     """The checkpoint's weights, or (init="scratch") random weights in exactly its architecture:
     the fair comparison."""
     if init == "pretrained":
-        return plumbing.model_from_checkpoint(checkpoint)
+        return Transformer.from_checkpoint(checkpoint)
     torch.manual_seed(seed)
     return Transformer(ModelConfig(**checkpoint["model_config"]))
 
@@ -233,8 +233,7 @@ def scratch_from_flags(args, seed):
     shape = train_clm.TrainConfig(**{**train_clm.PRESETS[args.preset], "corpus": args.corpus,
                                      "tokenizer": args.tokenizer})
     torch.manual_seed(seed)
-    model_config = plumbing.make_model_config(shape, dataset.enc, args.kind == "causal")
-    return Transformer(model_config), dataset.enc
+    return Transformer(train_clm.model_config(shape, dataset.enc, causal=args.kind == "causal")), dataset.enc
 
 
 def make_classifier(body, n_classes, cfg):
@@ -349,7 +348,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     if precision == "auto":     # bf16 is far faster on some CPUs and slower on others: measured, once
         probe = make_batch(train_sequences[:cfg.batch_size], train_labels[:cfg.batch_size], pad_id, device)
         precision = plumbing.choose_precision(classifier, classification_loss, probe, device)
-    autocast, scaler = plumbing.precision_context(device, precision)
+    autocast, scaler = train_clm.precision_context(device, precision)
     optimizer = train_clm.make_optimizer(classifier, cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     batch_size = min(cfg.batch_size, len(train_sequences))
@@ -367,8 +366,9 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
         rows, order = order[:batch_size], order[batch_size:]
         batch = make_batch([train_sequences[i] for i in rows], [train_labels[i] for i in rows],
                            pad_id, device)
-        loss = train_clm.accumulate_gradients(classifier, classification_loss, lambda: batch, 1,
-                                              autocast, scaler)      # forward + backward, as pretraining
+        with autocast():
+            loss = classification_loss(classifier, batch)       # forward: class scores, cross-entropy
+        scaler.scale(loss).backward()                            # backward, as in pretraining
         train_clm.optimizer_step(classifier, optimizer, scaler, cfg.grad_clip)
         record = dict(step=step, train_loss=loss.item(), lr=lr, seconds=time.perf_counter() - start)
         if step in eval_at:
@@ -389,21 +389,20 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
 # validation loss on the body, before and after. The frozen mode cannot forget (the body does not
 # move); LoRA can move it only along a low-rank update, and forgot less than full fine-tuning in the
 # README's measurement.
-PRETRAINING_OBJECTIVES = {"clm": train_clm.CLM, "mlm": train_mlm.MLM}
+PRETRAINING_EVALUATIONS = {"clm": train_clm.evaluate_clm, "mlm": train_mlm.evaluate_mlm}
 
 
 def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
     """A function model -> validation loss, on the checkpoint's own validation split and objective
     (the whole split: for a CLM checkpoint the 'before' number is the one train_clm.py printed)."""
     settings = types.SimpleNamespace(**checkpoint["train_config"])     # the run's saved flags
-    objective = PRETRAINING_OBJECTIVES[checkpoint.get("objective", "clm")]
-    dataset = plumbing.pretraining_dataset(checkpoint, data_dir, cache_dir)   # same text, same vocabulary
-    batches = objective.eval_batches(dataset.val, settings, dataset, None, device)  # fixed once
+    evaluate = PRETRAINING_EVALUATIONS[checkpoint.get("objective", "clm")]
+    dataset = train_clm.pretraining_dataset(checkpoint, data_dir, cache_dir)  # same text, same vocabulary
 
     def loss_of(model):
         model.eval()
         with torch.no_grad():
-            loss = objective.metrics(model, batches, dataset)["val_loss"]
+            loss = evaluate(model, dataset, settings, None, device)["val_loss"]
         model.train()
         return loss
     return loss_of
@@ -428,7 +427,7 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
     pad_id = data.special_ids(enc)["pad"]
     history, precision = finetune(classifier, *encoded["train"], cfg, pad_id, device, dev=encoded["dev"],
                                   log=log)
-    autocast, _ = plumbing.precision_context(device, precision)
+    autocast, _ = train_clm.precision_context(device, precision)
     result = dict(trainable=trainable, total=total, steps=len(history), precision=precision, lr=cfg.lr,
                   seconds=history[-1]["seconds"], history=history, pooling=classifier.pooling)
     for split in ("dev", "test"):
@@ -457,7 +456,7 @@ def single_run(args, cfg):
     device = plumbing.pick_device(cfg.device)
     checkpoint = None
     if args.checkpoint:
-        checkpoint, enc = plumbing.load_with_tokenizer(args.checkpoint, None, args.data_dir, args.cache_dir)
+        checkpoint, enc = train_clm.load_pretrained(args.checkpoint, None, args.data_dir, args.cache_dir)
         body = body_from(checkpoint, args.init, cfg.seed)
         source = f"{checkpoint.get('objective', '?')} checkpoint {args.checkpoint}"
         source = source if args.init == "pretrained" else f"random weights shaped like {source}"
@@ -514,7 +513,7 @@ def sweep(args, cfg):
     if not args.clm:
         raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
     methods = plumbing.parse_choices(args.methods, SWEEP_METHODS, "--methods")
-    checkpoints = {which: plumbing.load_with_tokenizer(path, None, args.data_dir, args.cache_dir)
+    checkpoints = {which: train_clm.load_pretrained(path, None, args.data_dir, args.cache_dir)
                    for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
     skipped = [m for m in methods if SWEEP_METHODS[m][0] not in checkpoints]
     methods = [m for m in methods if m not in skipped]
@@ -560,8 +559,77 @@ def sweep(args, cfg):
     # Each pretrained method's gain is read against scratch in its own architecture.
     twin = {m: next((s for s in methods if SWEEP_METHODS[s][:2] == (SWEEP_METHODS[m][0], "scratch")), None)
             for m in methods if m != "prompt" and SWEEP_METHODS[m][1] == "pretrained"}
-    print(plumbing.write_sweep_report(records, ["bow"] + methods, sizes, labelled, twin, args.out_dir))
+    print(write_sweep_report(records, ["bow"] + methods, sizes, labelled, twin, args.out_dir))
     print(f"saved {args.out_dir}/sweep.jsonl, sweep.md and sweep.png")
+
+
+# What the sweep shows: each method's mean and spread over seeds at each number of labels, and what
+# pretraining buys, the gain of a pretrained body over the same architecture from random weights.
+
+def summarise(records, method, k, split="test", metric="accuracy"):
+    values = torch.tensor([r[split][metric] for r in records if r["method"] == method and r["n_train"] == k],
+                          dtype=torch.float64)
+    if len(values) == 0:
+        return None
+    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0), len(values)
+
+def summary_table(records, methods, sizes, labelled, metric="accuracy"):
+    """Markdown: the test metric, mean ± sample standard deviation over seeds."""
+    lines = [f"Test {metric.replace('_', '-')} on {labelled.name} ({len(labelled.test)} examples, "
+             f"{len(labelled.label_names)} classes), mean ± std over seeds (n = seeds):", "",
+             "| method | " + " | ".join(f"{k} labels" for k in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for k in sizes:
+            s = summarise(records, method, k, metric=metric)
+            cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} (n={s[2]})")
+        lines.append(f"| {'bag-of-words' if method == 'bow' else method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+def gains_over_scratch(records, methods, sizes, baselines):
+    """What pretraining buys, in test-accuracy points: mean(method) - mean(its scratch) at each size.
+    baselines: method -> the scratch method in its architecture (or None)."""
+    lines = []
+    for method in methods:
+        baseline = baselines.get(method)
+        if baseline is None:
+            continue
+        gains = [(k, summarise(records, method, k), summarise(records, baseline, k)) for k in sizes]
+        cells = [f"{100 * (a[0] - b[0]):+.1f} at {k}" for k, a, b in gains if a and b]
+        if cells:
+            lines.append(f"- {method} minus {baseline}, test accuracy points: {', '.join(cells)} labels")
+    return "\n".join(lines)
+
+def plot_sweep(records, methods, sizes, labelled, path):
+    """Test accuracy against labelled examples (log scale), mean and std over seeds, with chance."""
+    with plumbing.figure(path) as (fig, ax):
+        for method in methods:
+            points = [(k, summarise(records, method, k)) for k in sizes]
+            points = [(k, s) for k, s in points if s is not None]
+            if not points:
+                continue
+            ks, means, stds = [k for k, _ in points], [s[0] for _, s in points], [s[1] for _, s in points]
+            style = dict(linestyle="--", color="grey") if method == "bow" else {}
+            ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
+                        label="bag-of-words" if method == "bow" else method, **style)
+        ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
+        ax.set_xscale("symlog", base=2, linthresh=1)      # log, but 0 (zero-shot prompting) fits
+        ax.set_xticks(sizes, [str(k) for k in sizes])
+        ax.minorticks_off()
+        ax.set(xlabel="labelled examples (prompting: demonstrations in the prompt)", ylabel="test accuracy (mean ± std over seeds)",
+               title=f"{os.path.basename(labelled.name)}: what pretraining buys, label by label", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend()
+
+def write_sweep_report(records, methods, sizes, labelled, baselines, out_dir):
+    """sweep.md (test accuracy and macro-F1 tables, gains over scratch) and sweep.png."""
+    tables = [summary_table(records, methods, sizes, labelled, metric) for metric in ("accuracy", "macro_f1")]
+    table = "\n\n".join(tables + [gains_over_scratch(records, methods, sizes, baselines)])
+    with open(os.path.join(out_dir, "sweep.md"), "w") as f:
+        f.write(table + "\n")
+    plot_sweep(records, methods, sizes, labelled, os.path.join(out_dir, "sweep.png"))
+    return table
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import plumbing
+
 
 @dataclass
 class ModelConfig:
@@ -290,6 +292,14 @@ class Transformer(nn.Module):
                                ignore_index=-100)
         return logits, loss
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint):
+        """The model a checkpoint describes (its model_config), with its weights: a checkpoint of
+        train_clm.py or train_mlm.py, or GPT-2's read into the same format (train_clm.load_pretrained)."""
+        model = cls(ModelConfig(**checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model"])
+        return model
+
     # ------------------------------------------------------------------------------------------
     # GPT-2's own weights: the body most people fine-tune.
 
@@ -306,9 +316,7 @@ class Transformer(nn.Module):
             the new rows start at the mean embedding, so that their logits are average ones and
             take almost no probability (Hewitt 2021, "Initializing new word embeddings").
         Weights are read as data only (plumbing.read_weights): never unpickled as code."""
-        import json
-        import plumbing
-        config = json.loads(plumbing.read_text(os.path.join(folder, "config.json")))
+        config = plumbing.read_json(os.path.join(folder, "config.json"))
         hf = plumbing.read_weights(folder)                       # {name: tensor}
         model = cls(ModelConfig(vocab_size=config["vocab_size"], block_size=config["n_positions"],
                                 n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],

@@ -2,14 +2,14 @@
 
 Nothing here teaches the pretrain-then-fine-tune idea; it is what any training script needs and
 what would otherwise bury the lesson: the command line and its checks, files and downloads,
-device and precision choice, MFU, distributed data parallel (DDP), run folders and checkpoints,
-logs, printed reports, sweeps run in parallel processes, and plots. The lesson files (model.py,
-data.py, train_clm.py, train_mlm.py, tasks.py, finetune.py, prompting.py, scaling.py) call into
-it by name, so a reader can take each call at its word and come here only when curious about how.
+device and precision choice, MFU, distributed data parallel (DDP), run folders and checkpoint
+files, logs, printed reports, sweeps run in parallel processes, and figure set-up. It is the
+floor of the course: every lesson may call into it by name, and it imports no lesson, so a
+reader can take each call at its word and come here only when curious about how.
 
 Sections: 1. errors and the command line; 2. files and downloads (and the tokenizer ranks file);
-3. devices, precision and MFU; 4. distributed data parallel; 5. run folders and checkpoints (the
-one format, the one reader, GPT-2's weights read into it); 6. logs, reports, plots and sweeps.
+3. devices, precision and MFU; 4. distributed data parallel; 5. run folders and checkpoint files
+(the one format, the one reader); 6. logs, reports, sweeps and figures.
 """
 import argparse
 import base64
@@ -32,11 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
-import scaling_laws
-from model import ModelConfig, Transformer, padded_vocab_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,22 +84,25 @@ def fail_in_one_line(message):
 
 def build_parser(description, config_class, presets, epilog=None, default_preset="cpu"):
     """An argparse parser with one flag per field of config_class (--lr, --max-iters, ...), with
-    --preset first; a flag given on the command line overrides the preset."""
+    --preset first; a flag given on the command line overrides the preset. Each flag's help shows
+    the value a run without flags uses: the default preset's where it sets one, and says so."""
     parser = argparse.ArgumentParser(description=description, epilog=epilog,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = fail_in_one_line
     parser.add_argument("--preset", default=default_preset, help=f"named settings: {', '.join(presets)}; "
                         "any flag below overrides the preset")
+    preset = presets.get(default_preset) or {}
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
+        default = f"{preset[f.name]} from --preset {default_preset}" if f.name in preset else f.default
         if f.type is bool or f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f.metadata["help"])
+                                help=f"{f.metadata['help']} (default: {default})")
         else:
             kind = {int: int, Optional[int]: int, float: float, Optional[float]: float}.get(f.type, str)
             within = f" in {f.metadata['within']}" if f.metadata.get("within") else ""
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
-                                help=f"{f.metadata['help']} (default: {f.default}{within})")
+                                help=f"{f.metadata['help']} (default: {default}{within})")
     return parser
 
 
@@ -169,7 +169,7 @@ def run_cli(main_function, interrupted="interrupted; the last checkpoint is inta
 def report(cfg, result, start, extra_lines=()):
     """The final lines every pretraining run prints (once, from rank 0 under torchrun), in a fixed
     format that README tables quote."""
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not is_main_process():
         return
     if cfg.out_dir:
         print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
@@ -248,6 +248,15 @@ def read_text(path):
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 (bad byte at offset {e.start}); convert it, "
                         f"e.g. iconv -f latin1 -t utf-8") from None
+
+
+def read_json(path):
+    """A JSON file, or one UserError that names it (a cut or hand-edited file is not a traceback)."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error.msg}, line {error.lineno}); restore or "
+                        f"delete it") from None
 
 
 def find_data_file(relative_names, data_dir=None, cache_dir=None):
@@ -376,23 +385,6 @@ def keep_freed_memory():
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def precision_context(device, precision):
-    """Returns (a context manager factory for autocast, a gradient scaler).
-
-    bf16 keeps fp32's exponent range, so it needs no loss scaling; fp16 does (Micikevicius et al.
-    2018): the loss is multiplied before backward so small gradients do not underflow to zero,
-    and divided back before the step. Parameters and optimiser state stay fp32 in every case."""
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if precision == "fp32":
-        autocast = contextlib.nullcontext
-    else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        autocast = lambda: torch.autocast(device.type, dtype=dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
-    return autocast, scaler
-
-
 def machine_key(device):
     """What a measured speed depends on: the chip, its vector units, the PyTorch build."""
     if device.type == "cuda":
@@ -458,17 +450,20 @@ def choose_precision(model, loss_fn, batch, device, cache_dir=None):
 
 
 def time_precisions(model, loss_fn, batch, device):
+    """The faster of fp32 and bf16 autocast for a forward and backward pass of loss_fn(model, batch).
+    The model's weights and the global random state (dropout draws from it) are put back
+    afterwards: measuring must not change what the run computes."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     timings = {}
-    for precision in ("fp32", "bf16"):
-        autocast, _ = precision_context(device, precision)
-        for attempt in range(3):                   # the first is a warm-up, the best of the rest counts
-            start = time.perf_counter()
-            with autocast():
-                loss = loss_fn(model, batch)
-            loss.backward()
-            if attempt:
-                timings[precision] = min(timings.get(precision, 1e9), time.perf_counter() - start)
+    with torch.random.fork_rng(devices=[]):
+        for precision in ("fp32", "bf16"):
+            for attempt in range(3):               # the first is a warm-up, the best of the rest counts
+                start = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = loss_fn(model, batch)
+                loss.backward()
+                if attempt:
+                    timings[precision] = min(timings.get(precision, 1e9), time.perf_counter() - start)
     model.zero_grad(set_to_none=True)
     model.load_state_dict(state)
     return min(timings, key=timings.get)
@@ -556,6 +551,19 @@ def setup_distributed(device_name="auto"):
                 world_size=torch_dist.get_world_size())
 
 
+def is_main_process():
+    """Rank 0 under torchrun, or a single process: the one that prints reports and demos."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def sync_gradients(model, last):
+    """DDP averages the gradients across processes during backward. With gradient accumulation only
+    the last micro-batch of a step needs that: no_sync on the others, one communication per step."""
+    if hasattr(model, "no_sync") and not last:          # a DistributedDataParallel model
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def teardown_distributed(dist):
     """Wait for every rank, then close the group: a rank that tears gloo down while another still
     talks to it can abort ("terminate called without an active exception")."""
@@ -617,41 +625,25 @@ def gather_generator_states(generator, dist):
 
 @dataclass
 class Run:
-    """A pretraining run's validated inputs, made by open_run before anything is touched."""
+    """A pretraining run's checked inputs (open_run), then its prepared folder (start_run)."""
     cfg: object
     dist: dict
     device: torch.device
-    dataset: object
-    model_config: ModelConfig
     resume_from: Optional[dict]        # the checkpoint of --resume
-    start_from: Optional[dict]         # the checkpoint of --init-from
-    out_dir: Optional[str]             # None on ranks other than 0, or when nothing is saved
-    log: object                        # print on rank 0 unless --quiet, else a no-op
+    verbose: bool                      # rank 0 and not --quiet: print progress
+    out_dir: Optional[str] = None      # set by start_run; None on ranks other than 0 or when nothing is saved
+
+    def log(self, *args, **kwargs):
+        if self.verbose:
+            print(*args, **kwargs)
 
 
-def make_model_config(cfg, enc, causal):
-    """The model's shape from a run's knobs (TrainConfig's), its vocabulary padded (model.py)."""
-    try:
-        return ModelConfig(vocab_size=padded_vocab_size(enc.n_vocab), block_size=cfg.block_size,
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                           bias=cfg.bias, causal=causal, attention=cfg.attention,
-                           alibi=cfg.alibi, init_std=cfg.init_std)
-    except ValueError as error:
-        raise UserError(f"invalid model settings: {error}") from None
-
-
-def load_dataset(cfg, start_from=None, verbose=True):
-    """cfg's corpus, encoded with cfg's tokenizer, or with the tokenizer of the checkpoint that
-    --init-from continues (its weights only mean something with its own vocabulary)."""
-    import data         # here, not at the top: data.py imports this module
-    tokenizer = data.tokenizer_from_state(start_from["tokenizer_state"]) if start_from else cfg.tokenizer
-    return data.prepare_dataset(cfg.corpus, tokenizer, cfg.data_dir, cfg.cache_dir, verbose=verbose)
-
-
-def open_run(cfg, objective, dataset):
-    """Every input of a pretraining run checked, on every rank, before anything in --out-dir is
-    created, changed or deleted: a run refused for bad input leaves an existing run exactly as it
-    was, even with --overwrite. Returns a Run; only then is --out-dir prepared."""
+def open_run(cfg):
+    """Everything a run's flags alone decide, checked on every rank before anything in --out-dir is
+    created, changed or deleted: the numbers, the budget, the device (and DDP), --out-dir, and the
+    checkpoint --resume continues. start_run finishes the checks once the model and its tokenizer
+    are known; only then is --out-dir touched. A run refused for bad input leaves an existing run
+    exactly as it was, even with --overwrite."""
     check_knobs(cfg)
     if not (cfg.max_iters or cfg.max_tokens or cfg.max_seconds):
         raise UserError("no budget: give --max-iters, --max-tokens or --max-seconds")
@@ -661,53 +653,36 @@ def open_run(cfg, objective, dataset):
         raise UserError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}: the schedule decays from the "
                         f"peak to the floor; give a --min-lr at most --lr")
     dist = setup_distributed(cfg.device)
-    master = dist["rank"] == 0
     device = pick_device(cfg.device, dist)
     check_out_dir(cfg)
     resume_from = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
-    # --init-from: another run's weights (or GPT-2's), pretrained further with its tokenizer.
-    start_from = None
-    if cfg.init_from and resume_from is None:
-        start_from = load_checkpoint(cfg.init_from, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir)
-    if dataset is None:
-        dataset = load_dataset(cfg, start_from, verbose=master and not cfg.quiet)
-    check_fits(dataset, cfg.block_size)
-    model_config = make_model_config(cfg, dataset.enc, objective.causal)
-    kind = "causal" if objective.causal else "bidirectional"
     if resume_from is not None:
-        check_compatible(resume_from, dataset.enc, kind)
-        check_same_model(resume_from, model_config, "--resume")
         saved_muon = resume_from.get("train_config", {}).get("muon_lr", 0.0)
         if (saved_muon > 0) != (cfg.muon_lr > 0):      # the optimiser's state would not fit
             raise UserError(f"--resume: the run was saved with --muon-lr {saved_muon}, this one has "
                             f"--muon-lr {cfg.muon_lr}; resume with the run's own optimiser settings")
-    if start_from is not None:        # the weights bring their architecture; the shape flags do not apply
-        check_compatible(start_from, dataset.enc, kind)
-        model_config = ModelConfig(**{**start_from["model_config"], "dropout": cfg.dropout,
-                                      "attention": cfg.attention})
-        if cfg.block_size > model_config.block_size:
-            raise UserError(f"--block-size {cfg.block_size} is longer than {cfg.init_from}'s position "
-                            f"table ({model_config.block_size}); give at most that")
-    if resume_from is not None and len(resume_from["rng"]["batches"]) != dist["world_size"]:
-        raise UserError(f"--resume: the run was saved by {len(resume_from['rng']['batches'])} process(es), "
-                        f"this one has {dist['world_size']}; resume with the same torchrun --nproc_per_node")
-    # All input is valid: only now is --out-dir touched.
-    out_dir = prepare_out_dir(cfg, resume_from["history"] if resume_from else []) if master else None
-    log = print if (master and not cfg.quiet) else (lambda *a, **k: None)
-    return Run(cfg, dist, device, dataset, model_config, resume_from, start_from, out_dir, log)
+        if len(resume_from["rng"]["batches"]) != dist["world_size"]:
+            raise UserError(f"--resume: the run was saved by {len(resume_from['rng']['batches'])} "
+                            f"process(es), this one has {dist['world_size']}; resume with the same "
+                            f"torchrun --nproc_per_node")
+    return Run(cfg, dist, device, resume_from, verbose=dist["rank"] == 0 and not cfg.quiet)
 
 
-def check_fits(dataset, block_size):
-    """A window needs block_size + 1 tokens (inputs plus the shifted targets)."""
-    for split, tokens in (("validation", dataset.val), ("training", dataset.train)):
-        if len(tokens) < block_size + 1:
-            raise UserError(f"corpus too short: {len(tokens)} {split} tokens, need at least "
-                            f"block_size+1 = {block_size + 1}; use a larger corpus or a smaller --block-size")
+def start_run(run, description):
+    """The last checks, now that the model and its tokenizer are known (`description`: what a
+    checkpoint records about them, see save_run): a --resume checkpoint must hold this very model.
+    Then, on rank 0, --out-dir is created and log.jsonl started."""
+    if run.resume_from is not None:
+        check_kind(run.resume_from, description["kind"], "--resume")
+        check_tokenizer(run.resume_from, description["tokenizer"])
+        check_same_model(run.resume_from, description["model_config"], "--resume")
+    if run.dist["rank"] == 0:
+        run.out_dir = prepare_out_dir(run.cfg, run.resume_from["history"] if run.resume_from else [])
 
 
-def restore(run, model, optimizer, batch_generator):
-    """Weights (and for --resume the optimiser, counters, history and data position) from the
-    run's checkpoint. Returns (state, history, precision)."""
+def restore(run, model, optimizer, batch_generator, start_from=None):
+    """Weights, and for --resume the optimiser, counters, history and data position, from the
+    run's checkpoint; or --init-from's weights alone (start_from). Returns (state, history, precision)."""
     state, history, precision = dict(step=0, tokens=0, seconds=0.0, flops=0.0), [], run.cfg.precision
     if run.resume_from is not None:
         saved = run.resume_from
@@ -716,11 +691,10 @@ def restore(run, model, optimizer, batch_generator):
         state, history, precision = dict(saved["state"]), list(saved["history"]), saved["precision"]
         batch_generator.set_state(saved["rng"]["batches"][run.dist["rank"]])
         run.log(f"resumed from {run.cfg.out_dir}/ckpt.pt at step {state['step']}")
-    if run.start_from is not None:
-        model.load_state_dict(run.start_from["model"])
-        shape = run.model_config
-        run.log(f"weights, tokenizer and shape ({shape.n_layer} layers, {shape.n_head} heads, width "
-                f"{shape.n_embd}) from {run.cfg.init_from}")
+    elif start_from is not None:
+        model.load_state_dict(start_from["model"])
+        run.log(f"weights, tokenizer and shape ({model.config.n_layer} layers, {model.config.n_head} heads, "
+                f"width {model.config.n_embd}) from {run.cfg.init_from}")
     return state, history, precision
 
 
@@ -737,22 +711,18 @@ def restore_random_state(run, scaler):
         scaler.load_state_dict(saved["scaler"])
 
 
-def save_run(run, model, optimizer, scaler, batch_generator, state, history, precision, objective,
+def save_run(run, description, model, optimizer, scaler, batch_generator, state, history, precision,
              metrics):
-    """The one checkpoint format. Every rank takes part (the data positions are gathered); rank 0
-    writes. Weights come from the plain model, so compiled runs load into uncompiled models."""
+    """The one checkpoint format: `description` (model_config, kind, objective, tokenizer and
+    tokenizer_state, from the lesson that trains), the weights, and everything --resume needs.
+    Every rank takes part (the data positions are gathered); rank 0 writes. Weights come from the
+    plain model, so compiled runs load into uncompiled models."""
     data_positions = gather_generator_states(batch_generator, run.dist)
     if run.out_dir is None:
         return
-    import data
-    dataset = run.dataset
     save_checkpoint(os.path.join(run.out_dir, "ckpt.pt"), dict(
-        model=model.state_dict(), optimizer=optimizer.state_dict(), state=state, history=history,
-        precision=precision, model_config=dataclasses.asdict(run.model_config),
-        train_config=dataclasses.asdict(run.cfg), objective=objective.name,
-        kind="causal" if objective.causal else "bidirectional",
-        tokenizer=data.tokenizer_identity(dataset.enc),
-        tokenizer_state=data.tokenizer_state(dataset.enc), metrics=metrics,
+        description, model=model.state_dict(), optimizer=optimizer.state_dict(), state=state,
+        history=history, precision=precision, train_config=dataclasses.asdict(run.cfg), metrics=metrics,
         scaler=scaler.state_dict(),                              # fp16's loss scale ({} otherwise)
         rng=dict(torch=torch.get_rng_state(), batches=data_positions,
                  cuda=torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None)))
@@ -825,19 +795,15 @@ def save_checkpoint(path, payload):
 CHECKPOINT_KEYS = {"model", "model_config", "kind", "tokenizer", "tokenizer_state"}
 
 
-def load_checkpoint(path, kind=None, data_dir=None, cache_dir=None):
-    """The one checkpoint reader. `gpt2`, or a Hugging Face GPT-2 folder, is read by gpt2_checkpoint
-    into the same format (data_dir and cache_dir: where to look for GPT-2's files). Our own
-    checkpoints: weights_only=True, so only tensors, numbers, strings and containers are
-    unpickled, and a crafted file cannot run code. map_location='cpu': a checkpoint from a GPU
+def load_checkpoint(path, kind=None):
+    """The one reader of checkpoint files (train_clm.load_pretrained also reads GPT-2's weights
+    into the same format). weights_only=True, so only tensors, numbers, strings and containers
+    are unpickled, and a crafted file cannot run code. map_location='cpu': a checkpoint from a GPU
     loads on any machine, and never onto a GPU that is already full. A checkpoint is a zip archive
     whose members each carry a CRC32; torch.load does not check them, so a flipped bit in a tensor
     would load silently: testzip() reads every member and checks it first. kind: "causal" or
     "bidirectional" when only one will do."""
-    if path == "gpt2" or os.path.isdir(path):
-        checkpoint = gpt2_checkpoint(path, data_dir, cache_dir)
-    else:
-        checkpoint = read_checkpoint_file(path)
+    checkpoint = read_checkpoint_file(path)
     check_kind(checkpoint, kind, path)
     return checkpoint
 
@@ -847,28 +813,6 @@ def check_kind(checkpoint, kind, name="this checkpoint"):
     if kind and checkpoint["kind"] != kind:
         raise UserError(f"{name} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
                         f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
-
-
-def load_with_tokenizer(path, kind=None, data_dir=None, cache_dir=None):
-    """(checkpoint, tokenizer): load_checkpoint's, with the tokenizer it was trained with rebuilt
-    and checked to be the saved one, for the scripts that use a model without training it further."""
-    import data
-    checkpoint = load_checkpoint(path, kind, data_dir, cache_dir)
-    checkpoint.pop("optimizer", None)                # only a resumed run needs it: free the memory
-    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-    check_compatible(checkpoint, enc)
-    return checkpoint, enc
-
-
-def pretraining_dataset(checkpoint, data_dir=None, cache_dir=None):
-    """The dataset a checkpoint was pretrained on (its run's saved --corpus and --tokenizer; data_dir
-    and cache_dir, if given, say where to look instead), checked to give the checkpoint's vocabulary."""
-    import data
-    saved = checkpoint["train_config"]
-    dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved["data_dir"],
-                                   cache_dir or saved["cache_dir"], verbose=False)
-    check_compatible(checkpoint, dataset.enc)
-    return dataset
 
 
 def read_checkpoint_file(path):
@@ -903,50 +847,16 @@ def read_checkpoint_file(path):
     return checkpoint
 
 
-def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
-    """GPT-2 as a checkpoint of ours: `gpt2` (config.json and model.safetensors in the data dir's
-    gpt2/ folder, else the cache's, else downloaded and checked) or a Hugging Face GPT-2 folder,
-    with GPT-2's tokenizer (gpt2/gpt2.tiktoken, found the same way). No train_config: its
-    pretraining text is not here."""
-    import data
-    folder = name_or_folder
-    if name_or_folder == "gpt2":
-        config, weights = (obtain_data_file(f"gpt2/{name}", data_dir, cache_dir)
-                           for name in ("config.json", "model.safetensors"))
-        if config.parent != weights.parent:
-            raise UserError(f"{config} and {weights} must be in the same folder; move one of them")
-        folder = config.parent
-    elif not os.path.isfile(os.path.join(folder, "config.json")):
-        raise UserError(f"{folder} is a folder without config.json; give a checkpoint file, gpt2, "
-                        f"or a Hugging Face GPT-2 folder")
-    enc = data.get_tokenizer("gpt2", data_dir=data_dir, cache_dir=cache_dir)
-    # GPT-2's 50,257 tokens are our 50,256 ordinary ones plus <|endoftext|> (our first special).
-    vocab_size = json.loads(read_text(os.path.join(folder, "config.json"))).get("vocab_size")
-    if vocab_size != data.n_ordinary(enc) + 1:
-        raise UserError(f"{folder}: {vocab_size} tokens, but GPT-2's tokenizer has "
-                        f"{data.n_ordinary(enc) + 1}; use GPT-2's own config and weights")
-    try:   # the table grows to a multiple of 64, with room for our other specials
-        model = Transformer.from_pretrained(folder, vocab_size=padded_vocab_size(enc.n_vocab))
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise UserError(f"{folder} is not a GPT-2 model this code can read ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:160]})") from None
-    return dict(model=model.state_dict(), model_config=dataclasses.asdict(model.config), kind="causal",
-                objective="clm", tokenizer=data.tokenizer_identity(enc),
-                tokenizer_state=data.tokenizer_state(enc))
-
-
-def check_compatible(checkpoint, enc, kind=None):
-    """A checkpoint is only meaningful with the tokenizer it was trained with, and a causal model
-    cannot do a bidirectional model's job (or the reverse): refuse instead of computing garbage."""
-    import data
-    identity = data.tokenizer_identity(enc)
+def check_tokenizer(checkpoint, identity):
+    """A checkpoint is only meaningful with the tokenizer it was trained with (identity: the
+    tokenizer's name, size and fingerprint, data.tokenizer_identity): refuse instead of computing
+    garbage."""
     saved = checkpoint["tokenizer"]
     if saved["fingerprint"] != identity["fingerprint"]:
         raise UserError(f"tokenizer mismatch: the checkpoint was trained with {saved['name']} "
                         f"({saved['n_vocab']} tokens, {saved['fingerprint']}), this run uses "
                         f"{identity['name']} ({identity['n_vocab']} tokens, {identity['fingerprint']}); "
                         f"use the same --corpus and --tokenizer")
-    check_kind(checkpoint, kind)
 
 
 def check_same_model(checkpoint, model_config, flag):
@@ -955,7 +865,7 @@ def check_same_model(checkpoint, model_config, flag):
     computes something else without it). Checkpoints from before ALiBi existed had none."""
     fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "alibi")
     saved = {k: checkpoint["model_config"].get(k, False) for k in fields}
-    wanted = {k: getattr(model_config, k) for k in fields}
+    wanted = {k: model_config[k] for k in fields}
     if saved != wanted:
         changed = ", ".join(f"{k} {saved[k]} -> {wanted[k]}" for k in fields if saved[k] != wanted[k])
         raise UserError(f"{flag}: this run's model differs from the checkpoint's ({changed}); "
@@ -986,12 +896,6 @@ def read_weights(folder):
         return torch.load(path, map_location="cpu", weights_only=True)
     raise UserError(f"{folder} holds neither model.safetensors nor pytorch_model.bin; give a Hugging "
                     f"Face GPT-2 folder (config.json and one of those two files)")
-
-
-def model_from_checkpoint(checkpoint):
-    model = Transformer(ModelConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1044,9 +948,9 @@ class Meter:
         self.start, self.tokens = time.perf_counter(), 0
 
 
-def log_model(run, model, objective, precision, tokens_per_step, peak):
+def log_model(run, model, precision, tokens_per_step, peak):
     run.log(f"model: {model.num_params(non_embedding=False):,} parameters "
-            f"({model.num_params():,} non-embedding), {'causal' if objective.causal else 'bidirectional'}; "
+            f"({model.num_params():,} non-embedding), {'causal' if model.config.causal else 'bidirectional'}; "
             f"device {run.device}, precision {precision}, {tokens_per_step:,} tokens/step, "
             f"peak {peak / 1e12:.2f} TFLOP/s for MFU")
 
@@ -1153,37 +1057,6 @@ def print_results(result, baseline, majority, label):
         print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
 
 
-def print_fills(enc, tokens, predictions, truth=None):
-    """train_mlm.py's fill-in-the-blank output: the text with numbered blanks, the top-k tokens for
-    each blank (with the true token when known), and the text with every blank filled by its top-1."""
-    import data
-    mask_id, n_ord = data.special_ids(enc)["mask"], data.n_ordinary(enc)
-    spell = lambda ids: enc.decode([t for t in ids if t < n_ord])          # drops [CLS] and [PAD]
-    segments = [[]]                                                         # the text between blanks
-    for t in tokens:
-        if t == mask_id:
-            segments.append([])
-        else:
-            segments[-1].append(t)
-    print("input: " + "".join(spell(segment) + (f"[MASK {i + 1}]" if i < len(predictions) else "")
-                              for i, segment in enumerate(segments)))
-    for i, choices in enumerate(predictions):
-        answer = f"   (truth {spell([truth[i]])!r})" if truth else ""
-        print(f"  blank {i + 1}: " + " | ".join(f"{spell([t])!r} {p:.2f}" for t, p in choices) + answer)
-    best = iter(choices[0][0] for choices in predictions)
-    print("top-1: " + spell([next(best) if t == mask_id else t for t in tokens]))
-
-
-def print_comparison(result):
-    """train_mlm.py --compare-causal's output: the two accuracies with their standard errors."""
-    se = lambda p: 100 * (p * (1 - p) / result["n"]) ** 0.5                  # binomial standard error
-    print(f"blanked middle token of {result['n']:,} validation windows: {result['left']} tokens on the "
-          f"left, {result['right']} on the right (seen only by the bidirectional model)")
-    for name, label in (("bidirectional", "bidirectional (MLM)"), ("causal", "causal (CLM, left context only)")):
-        print(f"{label} accuracy: {100 * result[name]:.1f}% (+/- {se(result[name]):.1f})")
-    print(f"unigram baseline: {100 * result['unigram']:.1f}%")
-
-
 def save_results(out_dir, record, curve_title):
     """finetune.py's results.json, and curve.png when the run has a training history."""
     write_atomic(os.path.join(out_dir, "results.json"), json.dumps(record, indent=1).encode())
@@ -1261,164 +1134,3 @@ def load_records(path, sid):
     return [r for r in read_jsonl(path) if r.get("sweep_id") == sid]
 
 
-def summarise(records, method, k, split="test", metric="accuracy"):
-    values = torch.tensor([r[split][metric] for r in records if r["method"] == method and r["n_train"] == k],
-                          dtype=torch.float64)
-    if len(values) == 0:
-        return None
-    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0), len(values)
-
-
-def summary_table(records, methods, sizes, labelled, metric="accuracy"):
-    """Markdown: the test metric, mean ± sample standard deviation over seeds."""
-    lines = [f"Test {metric.replace('_', '-')} on {labelled.name} ({len(labelled.test)} examples, "
-             f"{len(labelled.label_names)} classes), mean ± std over seeds (n = seeds):", "",
-             "| method | " + " | ".join(f"{k} labels" for k in sizes) + " |",
-             "|---" * (len(sizes) + 1) + "|"]
-    for method in methods:
-        cells = []
-        for k in sizes:
-            s = summarise(records, method, k, metric=metric)
-            cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} (n={s[2]})")
-        lines.append(f"| {'bag-of-words' if method == 'bow' else method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def gains_over_scratch(records, methods, sizes, baselines):
-    """What pretraining buys, in test-accuracy points: mean(method) - mean(its scratch) at each size.
-    baselines: method -> the scratch method in its architecture (or None)."""
-    lines = []
-    for method in methods:
-        baseline = baselines.get(method)
-        if baseline is None:
-            continue
-        gains = [(k, summarise(records, method, k), summarise(records, baseline, k)) for k in sizes]
-        cells = [f"{100 * (a[0] - b[0]):+.1f} at {k}" for k, a, b in gains if a and b]
-        if cells:
-            lines.append(f"- {method} minus {baseline}, test accuracy points: {', '.join(cells)} labels")
-    return "\n".join(lines)
-
-
-def plot_sweep(records, methods, sizes, labelled, path):
-    """Test accuracy against labelled examples (log scale), mean and std over seeds, with chance."""
-    with figure(path) as (fig, ax):
-        for method in methods:
-            points = [(k, summarise(records, method, k)) for k in sizes]
-            points = [(k, s) for k, s in points if s is not None]
-            if not points:
-                continue
-            ks, means, stds = [k for k, _ in points], [s[0] for _, s in points], [s[1] for _, s in points]
-            style = dict(linestyle="--", color="grey") if method == "bow" else {}
-            ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
-                        label="bag-of-words" if method == "bow" else method, **style)
-        ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
-        ax.set_xscale("symlog", base=2, linthresh=1)      # log, but 0 (zero-shot prompting) fits
-        ax.set_xticks(sizes, [str(k) for k in sizes])
-        ax.minorticks_off()
-        ax.set(xlabel="labelled examples (prompting: demonstrations in the prompt)", ylabel="test accuracy (mean ± std over seeds)",
-               title=f"{os.path.basename(labelled.name)}: what pretraining buys, label by label", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-        ax.legend()
-
-
-def write_sweep_report(records, methods, sizes, labelled, baselines, out_dir):
-    """sweep.md (test accuracy and macro-F1 tables, gains over scratch) and sweep.png."""
-    tables = [summary_table(records, methods, sizes, labelled, metric) for metric in ("accuracy", "macro_f1")]
-    table = "\n\n".join(tables + [gains_over_scratch(records, methods, sizes, baselines)])
-    with open(os.path.join(out_dir, "sweep.md"), "w") as f:
-        f.write(table + "\n")
-    plot_sweep(records, methods, sizes, labelled, os.path.join(out_dir, "sweep.png"))
-    return table
-
-
-def plot_scaling(records, report, out_dir):
-    """scaling.py's plots: loss_vs_compute.png (always), isoflop.png and optimal_size.png (with
-    fits), from the results records and the report of scaling.analyse; returns their paths."""
-    plots = [("loss_vs_compute.png", plot_loss_vs_compute, 1, (8, 5.5))]
-    if report["fits"] is not None:
-        plots += [("isoflop.png", plot_isoflop, 1, (7, 5)), ("optimal_size.png", plot_optimal_size, 2, (11, 4.5))]
-    for name, draw, ncols, size in plots:
-        with figure(os.path.join(out_dir, name), ncols, size, dpi=110) as (fig, ax):
-            draw(ax, records, report)
-    return [os.path.join(out_dir, name) for name, *_ in plots]
-
-
-def plot_loss_vs_compute(ax, records, report):
-    """Every run's training curve against compute so far, its final validation loss, the frontier
-    fit with its bootstrap band, and the held-out run against its prediction."""
-    sizes = sorted({r["N"] for r in records})
-    colour = {n: colormap("viridis", i / max(1, len(sizes) - 1)) for i, n in enumerate(sizes)}
-    for r in records:
-        flops, loss = np.array(r["curve"]).T
-        k = min(5, len(loss))                           # single-batch losses: smooth a little
-        ax.plot(flops[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), color=colour[r["N"]],
-                alpha=0.3, lw=0.8)
-        ax.plot(r["flops"], r["val_loss"], "o", color=colour[r["N"]], ms=4)
-    for n in sizes:
-        ax.plot([], [], "o-", color=colour[n], label=f"N = {n:,}")
-    fits, hold = report["fits"], report.get("holdout")
-    if fits and fits["frontier"]:
-        C = np.geomspace(min(r["flops"] for r in records) / 2, 1.5 * max(r["flops"] for r in records), 100)
-        ax.plot(C, scaling_laws.frontier_law(fits["frontier"], C), "k-", lw=1.5,
-                label=f"frontier E + A C^-{fits['frontier']['gamma']:.3f}")
-        band = [scaling_laws.frontier_law(b["frontier"], C) for b in report["boots"] if b["frontier"]]
-        if band:
-            ax.fill_between(C, *np.percentile(band, [2.5, 97.5], axis=0), color="k", alpha=0.12,
-                            label="95% bootstrap band")
-    if hold:
-        low, high = hold["interval"]
-        ax.errorbar(hold["C"], hold["predicted"], yerr=[[hold["predicted"] - low], [high - hold["predicted"]]],
-                    fmt="_", color="red", capsize=4, label="held-out prediction (approach 3)")
-        ax.plot(hold["C"], hold["measured"], "r*", ms=14, label=f"held-out run, {100 * abs(hold['error']):.1f}% off")
-    ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs: 6N + attention, per token)",
-           ylabel="loss (nats per byte)", title="lines: training loss so far; dots: final validation loss")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3, which="both")
-
-
-def plot_isoflop(ax, records, report):
-    """Validation loss against N at each budget: the parabolas of approach 2 (solid), the law of
-    approach 3 along the same rows (dotted), and the minima (x)."""
-    grid, cost = [r for r in records if r["role"] == "grid"], report["cost"]
-    budgets = sorted({r["budget"] for r in grid})
-    for i, budget in enumerate(budgets):
-        colour = colormap("plasma", i / len(budgets))
-        N = np.array([r["N"] for r in grid if r["budget"] == budget], dtype=np.float64)
-        loss = np.array([r["val_loss"] for r in grid if r["budget"] == budget])
-        ax.plot(N, loss, "o", color=colour, label=f"C = {budget:.3g}")
-        x = np.geomspace(N.min() / 1.3, N.max() * 1.3, 60)
-        ax.plot(x, np.polyval(np.polyfit(np.log(N), loss, 2), np.log(x)), "-", color=colour, lw=1)
-        ax.plot(x, scaling_laws.loss_law(report["fits"]["law"], x, budget / cost(x)), ":", color=colour, lw=1)
-    for row in report["fits"]["iso"]["rows"]:
-        ax.plot(row["N_opt"], row["L_opt"], "kx", ms=8)
-    hold = report.get("holdout")
-    if hold:
-        ax.plot(hold["N"], hold["measured"], "r*", ms=14, label=f"held-out run, C = {hold['C']:.3g}")
-    ax.set(xscale="log", xlabel="parameters N (non-embedding + tied head)", ylabel="validation loss",
-           title="IsoFLOP profiles: parabolas (solid), approach 3 (dotted)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-
-
-def plot_optimal_size(axes, records, report):
-    """Compute-optimal N and D against C: approach 2's minima and power laws, approach 3's optimum
-    under our real cost per token, and the size the held-out run was given."""
-    fits, ci, hold = report["fits"], report["ci"], report.get("holdout")
-    iso, cost = fits["iso"], report["cost"]
-    rows = [r for r in iso["rows"] if r["inside"]]
-    budgets = [r["budget"] for r in records if r["role"] == "grid"]
-    C = np.geomspace(min(budgets) / 2, 2 * max(r["flops"] for r in records), 50)
-    optimum = np.array([scaling_laws.search_optimum(fits["law"], c, cost) for c in C])            # (50, 2)
-    for ax, i, what, k, expo, name in ((axes[0], 0, "N_opt", "kN", "a", "a2"),
-                                       (axes[1], 1, "D_opt", "kD", "b", "b2")):
-        ax.plot([r["C"] for r in rows], [r[what] for r in rows], "ko", label="approach 2 (parabola minima)")
-        if np.isfinite(iso[k]):
-            ax.plot(C, iso[k] * C ** iso[expo], "k-", label=f"~ C^{iso[expo]:.2f} "
-                    f"[{ci[name][0]:.2f}, {ci[name][1]:.2f}]")
-        ax.plot(C, optimum[:, i], "b--", label="approach 3")
-        if hold:
-            ax.plot(hold["C"], hold["N"] if i == 0 else hold["D"], "r*", ms=12, label="held-out run")
-        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", title=f"compute-optimal {what}",
-               ylabel="parameters N" if i == 0 else "tokens D")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, which="both")

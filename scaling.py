@@ -40,7 +40,7 @@ fitted budget, sized by the fit, is predicted BEFORE it is trained; we report th
 whether the interval covered it.
 
 Read scaling_laws.py first, then in this order: 1. counting; 2. the sweep (presets, plan, probe,
-runs, resume); 3. the report (plumbing.plot_scaling draws its plots); 4. the command line.
+runs, resume); 3. the report; 4. the command line; 5. the plots.
 
     python scaling.py                    # the cpu preset: the whole study, minutes on 2 cores (RESULTS.md)
     python scaling.py --dry-run          # the plan and the predicted wall time, nothing trained
@@ -363,7 +363,7 @@ def train_run_in_worker(job):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. The report: fits with intervals and the held-out prediction (plots: plumbing.plot_scaling).
+# 3. The report: fits with intervals and the held-out prediction (its plots: section 5).
 
 def seed_noise(grid):
     """Pooled standard deviation of the final loss between seeds of the same configuration."""
@@ -603,9 +603,102 @@ def report_and_plot(records, out_dir, n_boot, seed):
     print_report(report)
     if report["fits"] is not None:
         save_report(report, os.path.join(out_dir, "fits.json"))
-    paths = plumbing.plot_scaling(records, report, out_dir)
+    paths = plot_scaling(records, report, out_dir)
     print(f"wrote {', '.join(paths)}" + (f" and {out_dir}/fits.json" if report["fits"] else ""))
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The plots: what the study shows, drawn from the results records and the report of analyse.
+
+def plot_scaling(records, report, out_dir):
+    """scaling.py's plots: loss_vs_compute.png (always), isoflop.png and optimal_size.png (with
+    fits), from the results records and the report of scaling.analyse; returns their paths."""
+    plots = [("loss_vs_compute.png", plot_loss_vs_compute, 1, (8, 5.5))]
+    if report["fits"] is not None:
+        plots += [("isoflop.png", plot_isoflop, 1, (7, 5)), ("optimal_size.png", plot_optimal_size, 2, (11, 4.5))]
+    for name, draw, ncols, size in plots:
+        with plumbing.figure(os.path.join(out_dir, name), ncols, size, dpi=110) as (fig, ax):
+            draw(ax, records, report)
+    return [os.path.join(out_dir, name) for name, *_ in plots]
+
+def plot_loss_vs_compute(ax, records, report):
+    """Every run's training curve against compute so far, its final validation loss, the frontier
+    fit with its bootstrap band, and the held-out run against its prediction."""
+    sizes = sorted({r["N"] for r in records})
+    colour = {n: plumbing.colormap("viridis", i / max(1, len(sizes) - 1)) for i, n in enumerate(sizes)}
+    for r in records:
+        flops, loss = np.array(r["curve"]).T
+        k = min(5, len(loss))                           # single-batch losses: smooth a little
+        ax.plot(flops[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), color=colour[r["N"]],
+                alpha=0.3, lw=0.8)
+        ax.plot(r["flops"], r["val_loss"], "o", color=colour[r["N"]], ms=4)
+    for n in sizes:
+        ax.plot([], [], "o-", color=colour[n], label=f"N = {n:,}")
+    fits, hold = report["fits"], report.get("holdout")
+    if fits and fits["frontier"]:
+        C = np.geomspace(min(r["flops"] for r in records) / 2, 1.5 * max(r["flops"] for r in records), 100)
+        ax.plot(C, scaling_laws.frontier_law(fits["frontier"], C), "k-", lw=1.5,
+                label=f"frontier E + A C^-{fits['frontier']['gamma']:.3f}")
+        band = [scaling_laws.frontier_law(b["frontier"], C) for b in report["boots"] if b["frontier"]]
+        if band:
+            ax.fill_between(C, *np.percentile(band, [2.5, 97.5], axis=0), color="k", alpha=0.12,
+                            label="95% bootstrap band")
+    if hold:
+        low, high = hold["interval"]
+        ax.errorbar(hold["C"], hold["predicted"], yerr=[[hold["predicted"] - low], [high - hold["predicted"]]],
+                    fmt="_", color="red", capsize=4, label="held-out prediction (approach 3)")
+        ax.plot(hold["C"], hold["measured"], "r*", ms=14, label=f"held-out run, {100 * abs(hold['error']):.1f}% off")
+    ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs: 6N + attention, per token)",
+           ylabel="loss (nats per byte)", title="lines: training loss so far; dots: final validation loss")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+
+def plot_isoflop(ax, records, report):
+    """Validation loss against N at each budget: the parabolas of approach 2 (solid), the law of
+    approach 3 along the same rows (dotted), and the minima (x)."""
+    grid, cost = [r for r in records if r["role"] == "grid"], report["cost"]
+    budgets = sorted({r["budget"] for r in grid})
+    for i, budget in enumerate(budgets):
+        colour = plumbing.colormap("plasma", i / len(budgets))
+        N = np.array([r["N"] for r in grid if r["budget"] == budget], dtype=np.float64)
+        loss = np.array([r["val_loss"] for r in grid if r["budget"] == budget])
+        ax.plot(N, loss, "o", color=colour, label=f"C = {budget:.3g}")
+        x = np.geomspace(N.min() / 1.3, N.max() * 1.3, 60)
+        ax.plot(x, np.polyval(np.polyfit(np.log(N), loss, 2), np.log(x)), "-", color=colour, lw=1)
+        ax.plot(x, scaling_laws.loss_law(report["fits"]["law"], x, budget / cost(x)), ":", color=colour, lw=1)
+    for row in report["fits"]["iso"]["rows"]:
+        ax.plot(row["N_opt"], row["L_opt"], "kx", ms=8)
+    hold = report.get("holdout")
+    if hold:
+        ax.plot(hold["N"], hold["measured"], "r*", ms=14, label=f"held-out run, C = {hold['C']:.3g}")
+    ax.set(xscale="log", xlabel="parameters N (non-embedding + tied head)", ylabel="validation loss",
+           title="IsoFLOP profiles: parabolas (solid), approach 3 (dotted)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+
+def plot_optimal_size(axes, records, report):
+    """Compute-optimal N and D against C: approach 2's minima and power laws, approach 3's optimum
+    under our real cost per token, and the size the held-out run was given."""
+    fits, ci, hold = report["fits"], report["ci"], report.get("holdout")
+    iso, cost = fits["iso"], report["cost"]
+    rows = [r for r in iso["rows"] if r["inside"]]
+    budgets = [r["budget"] for r in records if r["role"] == "grid"]
+    C = np.geomspace(min(budgets) / 2, 2 * max(r["flops"] for r in records), 50)
+    optimum = np.array([scaling_laws.search_optimum(fits["law"], c, cost) for c in C])            # (50, 2)
+    for ax, i, what, k, expo, name in ((axes[0], 0, "N_opt", "kN", "a", "a2"),
+                                       (axes[1], 1, "D_opt", "kD", "b", "b2")):
+        ax.plot([r["C"] for r in rows], [r[what] for r in rows], "ko", label="approach 2 (parabola minima)")
+        if np.isfinite(iso[k]):
+            ax.plot(C, iso[k] * C ** iso[expo], "k-", label=f"~ C^{iso[expo]:.2f} "
+                    f"[{ci[name][0]:.2f}, {ci[name][1]:.2f}]")
+        ax.plot(C, optimum[:, i], "b--", label="approach 3")
+        if hold:
+            ax.plot(hold["C"], hold["N"] if i == 0 else hold["D"], "r*", ms=12, label="held-out run")
+        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", title=f"compute-optimal {what}",
+               ylabel="parameters N" if i == 0 else "tokens D")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
 
 
 if __name__ == "__main__":

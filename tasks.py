@@ -111,7 +111,7 @@ def stratified_split(rows, name, seed=0):
 def load_labelled(name, data_dir=None, cache_dir=None):
     """"pydocs-topic" (offline), "sst2", "sms-spam", or a path to a text<TAB>label .tsv file."""
     if name == "pydocs-topic":
-        stored = json.loads(data.pydocs_paths(cache_dir)[1].read_text("utf-8"))
+        stored = plumbing.read_json(pydocs_topic_path(cache_dir))
         return LabelledSet(name, *([tuple(e) for e in stored[s]] for s in ("train", "dev", "test")),
                            label_names=stored["label_names"])
     if name == "sst2":  # the official split (Socher et al. 2013, sentence level): labels 0/1
@@ -130,6 +130,28 @@ def load_labelled(name, data_dir=None, cache_dir=None):
         return stratified_split(read_tsv(name), name)
     raise UserError(f"unknown labelled set {name!r} (or no such file); use pydocs-topic, sst2, "
                     f"sms-spam, or a path to a text<TAB>label .tsv file")
+
+
+def pydocs_topic_path(cache_dir=None):
+    """Build (once per Python version) pydocs-topic: which of six stdlib areas a docstring documents
+    (data.TOPIC_AREAS). Splits by a hash of the summary line (data.topic_split), and every class
+    cut to the smallest one's size in each split. The pydocs corpus leaves the dev and test
+    docstrings out (data.pydocs_path), so the body never pretrains on what it is scored on."""
+    path = data.pydocs_cache_path(cache_dir, "pydocs-topic", ".json")
+    if path.exists():
+        return path
+    labelled = {"train": [], "dev": [], "test": []}
+    for source, text in data.collect_pydocs():
+        if data.topic_of(source) is not None:
+            labelled[data.topic_split(text)].append((text, sorted(data.TOPIC_AREAS).index(data.topic_of(source))))
+    rng = random.Random(0)
+    for split, examples in labelled.items():  # balance: every class cut to the smallest one
+        by_label = [[e for e in examples if e[1] == k] for k in range(len(data.TOPIC_AREAS))]
+        n = min(len(group) for group in by_label)
+        labelled[split] = [e for group in by_label for e in rng.sample(group, n)]
+        rng.shuffle(labelled[split])
+    plumbing.write_atomic(path, json.dumps(dict(labelled, label_names=sorted(data.TOPIC_AREAS))).encode())
+    return path
 
 
 def subsample_balanced(examples, k, seed=0):

@@ -1,4 +1,4 @@
-"""Causal language-model pretraining (GPT-style), and the one training loop every script reuses.
+"""Causal language-model pretraining (GPT-style), and the training loop train_mlm.py reuses.
 
 The objective is next-token prediction. For a text x_1 .. x_T the model is trained to minimise
 
@@ -8,28 +8,31 @@ No human labels: the text is its own supervision, since every position's target 
 next token. A model that does this well has had to learn spelling, grammar, facts and style,
 which is why its weights are a good start for other tasks (finetune.py measures that).
 
-Reported as bits per byte, loss * (tokens / bytes) / ln 2, so that models with different
-tokenizers (or none: characters) can be compared, as in nanoGPT's and GPT-2's evaluations.
+Reported in nats per token, as nanoGPT does, and as bits per byte, loss * (tokens / bytes) / ln 2,
+so that models with different tokenizers (or none: bytes) can be compared, as in GPT-2's
+evaluations (data.bits_per_unit).
 
-The loop, as nanoGPT's: set up; then for each step set the learning rate from the fraction of the
-budget spent, accumulate gradients over micro-batches, clip and step; every so often evaluate,
-log and save. Everything a run needs that is not this lesson (checking flags, devices and
-precision, MFU, DDP, checkpoint files, logs and plots) is called from plumbing.py by name.
+The loop, as nanoGPT's: set up (the data, the model with its `causal` flag, the optimiser); then
+for each step set the learning rate from the fraction of the budget spent, draw a batch, run the
+model forward to its loss, backward, clip and step; every so often evaluate, log and save.
+What is not this lesson (checking flags, devices, DDP, checkpoint files, logs and plots) is a
+call into plumbing.py, which a reader may skip.
 
 Read in this order:
   1. TrainConfig and PRESETS: every knob, with its default, its allowed range and why.
-  2. The CLM objective: how a batch is drawn and scored. train_mlm.py swaps exactly this part.
-  3. The optimiser and the learning-rate schedule (AdamW with decay groups, warmup + cosine;
-     the default presets give the blocks' matrices to Muon instead, a lesson of its own: muon.py).
-  4. train(): the loop; then accumulation and the optimiser step it calls.
-  5. Sampling, and the command line.
+  2. The data and the model: how a batch is drawn and scored, and the model's shape.
+     train_mlm.py swaps the batch and the scoring, and turns the mask off.
+  3. The optimiser, the learning-rate schedule and mixed precision (AdamW with decay groups,
+     warmup + cosine; the default presets give the blocks' matrices to Muon: muon.py).
+  4. train(): the loop.
+  5. What pretraining leaves: sampling, loading a checkpoint (ours or GPT-2's); the command line.
 """
 import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,8 +40,8 @@ import torch
 import data
 import muon
 import plumbing
-from model import Transformer
-from plumbing import knob
+from model import ModelConfig, Transformer, padded_vocab_size
+from plumbing import UserError, knob
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,31 +131,15 @@ PRESETS = {
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. The objective: what a batch is and how it is scored. train_mlm.py defines its own.
+# 2. The data and the model. A batch is a dict of the model's own arguments, so that the loop's
+#    forward pass reads `model(**batch)` for either objective; train_mlm.py defines its own.
 
-@dataclass
-class Objective:
-    name: str                   # "clm" or "mlm": recorded in checkpoints
-    causal: bool                # the model's one flag
-    train_batch: Callable       # (tokens, cfg, dataset, generator, device) -> dict of tensors
-    loss: Callable              # (model, batch) -> scalar loss
-    eval_batches: Callable      # (tokens, cfg, dataset, n_batches, device) -> fixed list of batches
-    metrics: Callable           # (model, batches, dataset) -> dict with at least "val_loss"
-    finish: Callable            # (model, dataset, cfg, device) -> None: a demo at the end
-    plot_note: str = ""         # a line under the loss plot's title, for what the curves mean
-
-
-def clm_train_batch(tokens, cfg, dataset, generator, device):
-    """B random windows of the training split. Random starts, not a fixed tiling: over many steps
-    every offset is seen, so the model cannot learn where a window begins."""
+def get_clm_batch(tokens, cfg, enc, generator, device):
+    """B random windows of the training split, as the model's inputs and targets, (B, T) each,
+    targets shifted by one. Random starts, not a fixed tiling: over many steps every offset is
+    seen, so the model cannot learn where a window begins."""
     idx, targets = data.get_batch(tokens, cfg.batch_size, cfg.block_size, device, generator)
-    return dict(idx=idx, targets=targets)                   # (B, T) each, targets shifted by one
-
-
-def clm_loss(model, batch):
-    """Cross-entropy at every position: all T tokens of a window are prediction targets at once,
-    which is why causal pretraining gets more signal per sequence than a masked LM's 15%."""
-    return model(batch["idx"], batch["targets"])[1]
+    return dict(idx=idx, targets=targets)
 
 
 def fixed_windows(tokens, block_size, n_windows):
@@ -164,41 +151,48 @@ def fixed_windows(tokens, block_size, n_windows):
     return [np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts]
 
 
-def clm_eval_batches(tokens, cfg, dataset, n_batches, device):
-    """The fixed validation batches: the same windows at every evaluation, so the curve measures
-    the model and not the luck of the draw."""
-    windows = fixed_windows(tokens, cfg.block_size, None if n_batches is None else n_batches * cfg.batch_size)
-    batches = []
-    for i in range(0, len(windows), cfg.batch_size):
-        chunk = torch.from_numpy(np.stack(windows[i:i + cfg.batch_size]))     # (B, T + 1)
-        batches.append(dict(idx=chunk[:, :-1].to(device), targets=chunk[:, 1:].to(device)))
-    return batches
-
-
-def clm_metrics(model, batches, dataset):
-    """Validation loss as the mean over every scored token (batches may differ in size), and the
-    same loss in bits per byte and per character of the validation text (data.bits_per_unit)."""
+def evaluate_clm(model, dataset, cfg, n_batches, device):
+    """Validation loss on fixed windows of the validation split (the same ones at every evaluation,
+    so the curve measures the model and not the luck of the draw; n_batches=None: all of it), as
+    the mean over every scored token, and in bits per byte and per character of the validation
+    text (data.bits_per_unit). Every position is a prediction target at once, which is why causal
+    pretraining gets more signal per sequence than a masked LM's 15%."""
+    windows = fixed_windows(dataset.val, cfg.block_size, None if n_batches is None else n_batches * cfg.batch_size)
     total, count = 0.0, 0
-    for batch in batches:
-        total += clm_loss(model, batch).item() * batch["targets"].numel()
-        count += batch["targets"].numel()
+    for i in range(0, len(windows), cfg.batch_size):
+        chunk = torch.from_numpy(np.stack(windows[i:i + cfg.batch_size])).to(device)    # (B, T + 1)
+        logits, loss = model(chunk[:, :-1], chunk[:, 1:])
+        total += loss.item() * chunk[:, 1:].numel()
+        count += chunk[:, 1:].numel()
     val_loss, meta = total / count, dataset.meta
     return dict(val_loss=val_loss, val_bpb=data.bits_per_unit(val_loss, meta["n_val_tokens"], meta["val_bytes"]),
                 val_bpc=data.bits_per_unit(val_loss, meta["n_val_tokens"], meta["val_chars"]))
 
 
-def clm_finish(model, dataset, cfg, device):
-    """A sample of generated text: the quickest check of what the model learned, by eye."""
-    if cfg.sample_tokens > 0:
-        text = sample(model, dataset.enc, "\n", cfg.sample_tokens, device, seed=cfg.seed)
-        print(f"--- sample ({cfg.sample_tokens} tokens, temperature 0.8, top-k 50) ---\n{text}\n---")
+KINDS = {True: "causal", False: "bidirectional"}     # what a checkpoint calls each kind of model
 
 
-CLM = Objective("clm", True, clm_train_batch, clm_loss, clm_eval_batches, clm_metrics, clm_finish)
+def model_config(cfg, enc, causal, start_from=None):
+    """The model's shape from the run's flags, its vocabulary the tokenizer's, padded (model.py).
+    causal=True is GPT (each position sees only its left); causal=False is BERT (train_mlm.py).
+    --init-from (start_from): the checkpoint's own shape, since its weights must fit."""
+    if start_from is not None:
+        config = ModelConfig(**{**start_from["model_config"], "dropout": cfg.dropout, "attention": cfg.attention})
+        if cfg.block_size > config.block_size:
+            raise UserError(f"--block-size {cfg.block_size} is longer than {cfg.init_from}'s position "
+                            f"table ({config.block_size}); give at most that")
+        return config
+    try:
+        return ModelConfig(vocab_size=padded_vocab_size(enc.n_vocab), block_size=cfg.block_size,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                           bias=cfg.bias, alibi=cfg.alibi, init_std=cfg.init_std, attention=cfg.attention,
+                           causal=causal)
+    except ValueError as error:
+        raise UserError(f"invalid model settings: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Optimiser and schedule.
+# 3. Optimiser, schedule and precision.
 
 def make_optimizer(model, cfg, device, muon_lr=0.0):
     """AdamW (Loshchilov & Hutter 2019) with two groups. Weight decay pulls parameters toward zero;
@@ -240,116 +234,23 @@ def budget_progress(cfg, step, tokens, seconds):
     return max(fractions)
 
 
-# ----------------------------------------------------------------------------------------------
-# 4. The loop.
+def precision_context(device, precision):
+    """Returns (a context manager factory for autocast, a gradient scaler).
 
-def train(cfg: TrainConfig, objective: Objective = CLM, dataset=None):
-    """Pretrain a model on cfg; returns a dict of final metrics, the history of log records and
-    the trained model. Used by the command line below, by train_mlm.py and by scaling.py."""
-    # Set up. One call checks every input (flags, corpus, checkpoints, --out-dir) on every rank
-    # before anything in --out-dir is created, changed or deleted.
-    run = plumbing.open_run(cfg, objective, dataset)
-    device, dataset, dist = run.device, run.dataset, run.dist
-    torch.manual_seed(cfg.seed)                           # same seed on every rank: same init
-    model = Transformer(run.model_config).to(device)
-    optimizer = make_optimizer(model, cfg, device, cfg.muon_lr)
-    # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
-    batch_generator = torch.Generator().manual_seed(cfg.seed + 1000 * dist["rank"])
-    state, history, precision = plumbing.restore(run, model, optimizer, batch_generator)
-    train_model = plumbing.wrap_for_training(model, cfg.compile, device, dist)   # compile, DDP
-    if precision == "auto":                               # measured once per machine and shape
-        probe = objective.train_batch(dataset.train, cfg, dataset, torch.Generator().manual_seed(0), device)
-        precision = plumbing.broadcast_from_rank0(
-            plumbing.choose_precision(model, objective.loss, probe, device, cfg.cache_dir), dist)
-    autocast, scaler = plumbing.precision_context(device, precision)
-    eval_batches = objective.eval_batches(dataset.val, cfg, dataset, cfg.eval_batches, device)
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
-    meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir))
-    plumbing.log_model(run, model, objective, precision, tokens_per_step, meter.peak)
-
-    def evaluate(batches):
-        model.eval()
-        with torch.no_grad(), autocast():
-            metrics = objective.metrics(model, batches, dataset)
-        model.train()
-        plumbing.check_finite(metrics["val_loss"], "validation loss", state["step"])
-        return metrics
-
-    def save(metrics):
-        plumbing.save_run(run, model, optimizer, scaler, batch_generator, state, history, precision,
-                          objective, metrics)
-
-    plumbing.restore_random_state(run, scaler)            # last: set-up drew random numbers too
-    model.train()
-    last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
-    loop_start = time.perf_counter() - state["seconds"]
-    while True:
-        progress = budget_progress(cfg, state["step"], state["tokens"], state["seconds"])
-        if plumbing.agree_max(progress, device, dist) >= 1.0:      # all ranks stop together
-            break
-        lr = learning_rate(progress, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-
-        draw = lambda: objective.train_batch(dataset.train, cfg, dataset, batch_generator, device)
-        loss = accumulate_gradients(train_model, objective.loss, draw, cfg.grad_accum, autocast,
-                                    scaler, distributed=dist["world_size"] > 1)
-        loss = plumbing.agree_mean(float(loss), device, dist)      # the whole batch's loss
-        plumbing.check_finite(loss, "loss", state["step"])         # a NaN stops the run at once
-        optimizer_step(model, optimizer, scaler, cfg.grad_clip)
-
-        state["step"] += 1
-        state["tokens"] += tokens_per_step
-        state["flops"] += meter.flops_per_token * tokens_per_step
-        state["seconds"] = time.perf_counter() - loop_start
-        meter.add(tokens_per_step)
-        is_eval = state["step"] % cfg.eval_interval == 0
-        if is_eval or state["step"] % cfg.log_interval == 0:
-            tokens_per_second, mfu = meter.read()
-            record = dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
-                          seconds=round(state["seconds"], 3), lr=lr, train_loss=loss,
-                          tokens_per_s=round(tokens_per_second), mfu=mfu)
-            if is_eval:
-                last_metrics = evaluate(eval_batches)
-                record.update(last_metrics)
-            history.append(record)
-            plumbing.log_step(run, record, last_metrics,
-                              budget_progress(cfg, state["step"], state["tokens"], state["seconds"]))
-            if is_eval:
-                save(last_metrics)
-            meter.restart()                                # evaluation is not training
-
-    # Final evaluation over the WHOLE validation split, not a sample of it.
-    final = evaluate(objective.eval_batches(dataset.val, cfg, dataset, None, device))
-    history.append(dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
-                        seconds=round(state["seconds"], 3), final=True, **final))
-    save(final)
-    plumbing.finish_run(run, history, f"{objective.name} pretraining on "
-                        f"{os.path.basename(dataset.corpus['name'])}\n{objective.plot_note}".strip())
-    if dist["rank"] == 0 and not cfg.quiet:
-        objective.finish(model, dataset, cfg, device)      # a sample, or blanks filled
-    plumbing.teardown_distributed(dist)
-    return dict(final, tokens=state["tokens"], flops=state["flops"], steps=state["step"],
-                seconds=state["seconds"], n_params=model.num_params(non_embedding=False),
-                precision=precision, history=history, model=model, dataset=dataset)
-
-
-def accumulate_gradients(model, loss_fn, draw_batch, grad_accum, autocast, scaler, distributed=False):
-    """Gradient accumulation: grad_accum micro-batches add their gradients into .grad before one
-    optimiser step, so a big batch fits in little memory. Each loss is divided by grad_accum, which
-    makes the sum of gradients the gradient of the mean loss over the big batch. Under DDP the
-    gradients are all-reduced only on the last micro-batch (no_sync on the others): one
-    communication per step instead of grad_accum."""
-    loss_sum = 0.0
-    for micro in range(grad_accum):
-        batch = draw_batch()
-        last = micro == grad_accum - 1
-        with (model.no_sync() if distributed and not last else contextlib.nullcontext()):
-            with autocast():
-                loss = loss_fn(model, batch) / grad_accum
-            scaler.scale(loss).backward()
-        loss_sum += loss.detach()
-    return loss_sum
+    Mixed precision runs the matrix products in 16-bit floats, about twice as fast where the chip
+    has the units for it, while parameters and optimiser state stay fp32. bf16 keeps fp32's
+    exponent range, so it needs no loss scaling; fp16 does (Micikevicius et al. 2018): the loss
+    is multiplied before backward so small gradients do not underflow to zero, and divided back
+    before the step. Which one a run uses is measured (plumbing.choose_precision)."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if precision == "fp32":
+        autocast = contextlib.nullcontext
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        autocast = lambda: torch.autocast(device.type, dtype=dtype)
+    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
+    return autocast, scaler
 
 
 def optimizer_step(model, optimizer, scaler, grad_clip):
@@ -365,7 +266,118 @@ def optimizer_step(model, optimizer, scaler, grad_clip):
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Sampling, and the command line.
+# 4. The loop.
+
+def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evaluate_clm, dataset=None,
+          plot_note=""):
+    """Pretrain a Transformer on cfg: causal=True with next-token batches (this file), or, from
+    train_mlm.py, causal=False with its masked batches and evaluation. Returns a dict of final
+    metrics, the history of log records, the trained model and the dataset. scaling.py calls it
+    with a dataset already loaded."""
+    # Set up. plumbing checks every input (flags, device, DDP, --resume's checkpoint, --out-dir) on
+    # every rank, before anything in --out-dir is created, changed or deleted.
+    run = plumbing.open_run(cfg)
+    device, dist = run.device, run.dist
+    start_from, tokenizer = None, cfg.tokenizer
+    if cfg.init_from and run.resume_from is None:   # another run's weights (or GPT-2's), and its tokenizer
+        start_from, tokenizer = load_pretrained(cfg.init_from, KINDS[causal], cfg.data_dir, cfg.cache_dir)
+    if dataset is None:                             # the corpus as token ids, split 90/10 (data.py)
+        dataset = data.prepare_dataset(cfg.corpus, tokenizer, cfg.data_dir, cfg.cache_dir, verbose=run.verbose)
+    data.check_fits(dataset, cfg.block_size)
+    # The model. `causal` is the one flag between a GPT (True) and a BERT (False): model.py.
+    torch.manual_seed(cfg.seed)                     # same seed on every rank: same init
+    model = Transformer(model_config(cfg, dataset.enc, causal, start_from)).to(device)
+    description = dict(model_config=asdict(model.config), kind=KINDS[causal], objective="clm" if causal else "mlm",
+                       tokenizer=data.tokenizer_identity(dataset.enc), tokenizer_state=data.tokenizer_state(dataset.enc))
+    plumbing.start_run(run, description)            # a --resume checkpoint must hold this model
+    optimizer = make_optimizer(model, cfg, device, cfg.muon_lr)
+    # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
+    batch_generator = torch.Generator().manual_seed(cfg.seed + 1000 * dist["rank"])
+    state, history, precision = plumbing.restore(run, model, optimizer, batch_generator, start_from)
+    train_model = plumbing.wrap_for_training(model, cfg.compile, device, dist)   # compile, DDP
+    if precision == "auto":                         # measured once per machine and shape
+        probe = get_batch(dataset.train, cfg, dataset.enc, torch.Generator().manual_seed(0), device)
+        precision = plumbing.broadcast_from_rank0(plumbing.choose_precision(
+            model, lambda m, batch: m(**batch)[1], probe, device, cfg.cache_dir), dist)
+    autocast, scaler = precision_context(device, precision)
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
+    meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir))
+    plumbing.log_model(run, model, precision, tokens_per_step, meter.peak)
+
+    def evaluate_now(n_batches):                    # no dropout, no gradients, the run's precision
+        model.eval()
+        with torch.no_grad(), autocast():
+            metrics = evaluate(model, dataset, cfg, n_batches, device)
+        model.train()
+        plumbing.check_finite(metrics["val_loss"], "validation loss", state["step"])
+        return metrics
+
+    def save(metrics):
+        plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
+                          precision, metrics)
+
+    plumbing.restore_random_state(run, scaler)      # last: set-up drew random numbers too
+    model.train()
+    last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
+    loop_start = time.perf_counter() - state["seconds"]
+    while True:
+        progress = budget_progress(cfg, state["step"], state["tokens"], state["seconds"])
+        if plumbing.agree_max(progress, device, dist) >= 1.0:      # all ranks stop together
+            break
+        lr = learning_rate(progress, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        # Gradient accumulation: grad_accum micro-batches add their gradients into .grad before one
+        # step, so a big batch fits in little memory; dividing each loss by grad_accum makes the
+        # sum the gradient of the mean loss over the big batch.
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = get_batch(dataset.train, cfg, dataset.enc, batch_generator, device)  # (B, T) tensors
+            with plumbing.sync_gradients(train_model, last=micro == cfg.grad_accum - 1):  # DDP: once a step
+                with autocast():
+                    logits, loss = train_model(**batch)              # forward: the model scores itself
+                scaler.scale(loss / cfg.grad_accum).backward()       # backward: gradients add up
+            loss_sum += loss.detach() / cfg.grad_accum
+        loss = plumbing.agree_mean(float(loss_sum), device, dist)   # the whole batch's loss
+        plumbing.check_finite(loss, "loss", state["step"])         # a NaN stops the run at once
+        optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+
+        state["step"] += 1
+        state["tokens"] += tokens_per_step
+        state["flops"] += meter.flops_per_token * tokens_per_step
+        state["seconds"] = time.perf_counter() - loop_start
+        meter.add(tokens_per_step)
+        is_eval = state["step"] % cfg.eval_interval == 0
+        if is_eval or state["step"] % cfg.log_interval == 0:
+            tokens_per_second, mfu = meter.read()
+            record = dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
+                          seconds=round(state["seconds"], 3), lr=lr, train_loss=loss,
+                          tokens_per_s=round(tokens_per_second), mfu=mfu)
+            if is_eval:
+                last_metrics = evaluate_now(cfg.eval_batches)
+                record.update(last_metrics)
+            history.append(record)
+            plumbing.log_step(run, record, last_metrics,
+                              budget_progress(cfg, state["step"], state["tokens"], state["seconds"]))
+            if is_eval:
+                save(last_metrics)
+            meter.restart()                                # evaluation is not training
+
+    # Final evaluation over the WHOLE validation split, not a sample of it.
+    final = evaluate_now(None)
+    history.append(dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
+                        seconds=round(state["seconds"], 3), final=True, **final))
+    save(final)
+    plumbing.finish_run(run, history, f"{description['objective']} pretraining on "
+                        f"{os.path.basename(dataset.corpus['name'])}\n{plot_note}".strip())
+    plumbing.teardown_distributed(dist)
+    return dict(final, tokens=state["tokens"], flops=state["flops"], steps=state["step"],
+                seconds=state["seconds"], n_params=model.num_params(non_embedding=False),
+                precision=precision, history=history, model=model, dataset=dataset)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. What pretraining leaves: a model to sample from, and a checkpoint to load. The command line.
 
 def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50, seed=0):
     """The prompt and its continuation, drawn token by token from the model's own predictions
@@ -380,6 +392,62 @@ def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50
     return prompt + enc.decode(out[0, len(ids):].tolist())
 
 
+def load_pretrained(path, kind=None, data_dir=None, cache_dir=None):
+    """(checkpoint, tokenizer) for a model that was pretrained: a ckpt.pt of train_clm.py or
+    train_mlm.py (read by plumbing.load_checkpoint, its tokenizer rebuilt and checked to be the
+    saved one), or GPT-2 (`gpt2`, or a Hugging Face GPT-2 folder), read into the same format.
+    kind: "causal" or "bidirectional" when only one will do."""
+    if path == "gpt2" or os.path.isdir(path):
+        checkpoint, enc = gpt2_checkpoint(path, data_dir, cache_dir)
+    else:
+        checkpoint = plumbing.load_checkpoint(path)
+        checkpoint.pop("optimizer", None)           # only a resumed run needs it: free the memory
+        enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
+        plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(enc))
+    plumbing.check_kind(checkpoint, kind, path)
+    return checkpoint, enc
+
+
+def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
+    """GPT-2 as a checkpoint of ours, and its tokenizer: `gpt2` (config.json and model.safetensors
+    in the data dir's gpt2/ folder, else the cache's, else downloaded and checked) or a Hugging
+    Face GPT-2 folder; gpt2/gpt2.tiktoken is found the same way. No train_config: its pretraining
+    text is not here."""
+    folder = name_or_folder
+    if name_or_folder == "gpt2":
+        config, weights = (plumbing.obtain_data_file(f"gpt2/{name}", data_dir, cache_dir)
+                           for name in ("config.json", "model.safetensors"))
+        if config.parent != weights.parent:
+            raise UserError(f"{config} and {weights} must be in the same folder; move one of them")
+        folder = config.parent
+    elif not os.path.isfile(os.path.join(folder, "config.json")):
+        raise UserError(f"{folder} is a folder without config.json; give a checkpoint file, gpt2, "
+                        f"or a Hugging Face GPT-2 folder")
+    enc = data.get_tokenizer("gpt2", data_dir=data_dir, cache_dir=cache_dir)
+    # GPT-2's 50,257 tokens are our 50,256 ordinary ones plus <|endoftext|> (our first special).
+    vocab_size = plumbing.read_json(os.path.join(folder, "config.json")).get("vocab_size")
+    if vocab_size != data.n_ordinary(enc) + 1:
+        raise UserError(f"{folder}: {vocab_size} tokens, but GPT-2's tokenizer has "
+                        f"{data.n_ordinary(enc) + 1}; use GPT-2's own config and weights")
+    try:   # the table grows to a multiple of 64, with room for our other specials
+        model = Transformer.from_pretrained(folder, vocab_size=padded_vocab_size(enc.n_vocab))
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise UserError(f"{folder} is not a GPT-2 model this code can read ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:160]})") from None
+    return dict(model=model.state_dict(), model_config=asdict(model.config), kind="causal", objective="clm",
+                tokenizer=data.tokenizer_identity(enc), tokenizer_state=data.tokenizer_state(enc)), enc
+
+
+def pretraining_dataset(checkpoint, data_dir=None, cache_dir=None):
+    """The dataset a checkpoint was pretrained on (its run's saved --corpus and --tokenizer; data_dir
+    and cache_dir, if given, say where to look instead), checked to give the checkpoint's vocabulary."""
+    saved = checkpoint["train_config"]
+    dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved["data_dir"],
+                                   cache_dir or saved["cache_dir"], verbose=False)
+    plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(dataset.enc))
+    return dataset
+
+
 def main(argv=None):
     parser = plumbing.build_parser(__doc__.split("\n")[0], TrainConfig, PRESETS)
     parser.add_argument("--sample", metavar="CKPT", help="don't train: generate text from this checkpoint "
@@ -390,15 +458,21 @@ def main(argv=None):
     plumbing.add_flag(parser, "--top-k", 50, "with --sample: keep the k likeliest tokens", "[1, inf)")
     args = parser.parse_args(argv)
     if args.sample:                 # no training: a causal checkpoint continues --prompt
-        checkpoint, enc = plumbing.load_with_tokenizer(args.sample, "causal", getattr(args, "data_dir", None),
-                                                       getattr(args, "cache_dir", None))
-        model = plumbing.model_from_checkpoint(checkpoint)
+        checkpoint, enc = load_pretrained(args.sample, "causal", getattr(args, "data_dir", None),
+                                          getattr(args, "cache_dir", None))
+        model = Transformer.from_checkpoint(checkpoint)
         print(sample(model, enc, args.prompt, args.num_tokens, torch.device("cpu"), args.temperature,
                      args.top_k, getattr(args, "seed", 0)))
         return
     cfg = plumbing.config_from_args(args, TrainConfig, PRESETS)
     start = time.perf_counter()
-    result = train(cfg, CLM)
+    result = train(cfg, causal=True)
+    if plumbing.is_main_process() and not cfg.quiet and cfg.sample_tokens > 0:
+        # A sample of generated text: the quickest check of what the model learned, by eye.
+        model = result["model"]
+        text = sample(model, result["dataset"].enc, "\n", cfg.sample_tokens, next(model.parameters()).device,
+                      seed=cfg.seed)
+        print(f"--- sample ({cfg.sample_tokens} tokens, temperature 0.8, top-k 50) ---\n{text}\n---")
     plumbing.report(cfg, result, start)
 
 

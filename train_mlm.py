@@ -16,13 +16,13 @@ Only two things differ from train_clm.py, and they are all this file defines:
   2. the objective: a batch is [CLS] + a window of text, some of it padding, with a share of its
      tokens corrupted (BERT: 15%; mask_tokens, mlm_batch); the loss is scored at those positions
      only, and the LM head runs only there (sparse prediction).
-Config, optimiser, schedule, loop, logs, plot, checkpoints and resume are train_clm's; so are the
-presets, except that the cpu preset's shape and masking rate are tuned for this objective. Read
-beside train_clm.py, the two files are the whole difference between GPT and BERT pretraining.
+Config, optimiser, schedule, loop, logs, plot, checkpoints and resume are train_clm's: main()
+calls its train() with causal=False and this file's batch and evaluation. So are the presets,
+except that the cpu preset's shape and masking rate are tuned for this objective. Read beside
+train_clm.py, the two files are the whole difference between GPT and BERT pretraining.
 
-Read in this order: MLMConfig (three knobs) and MLM_PRESETS, BERT's masking, the objective
-(batch, loss, evaluation, metrics), fill-in-the-blank, the causal-vs-bidirectional comparison,
-the command line.
+Read in this order: MLMConfig (three knobs) and MLM_PRESETS, BERT's masking, the batch and the
+evaluation, fill-in-the-blank, the causal-vs-bidirectional comparison, the command line.
 """
 import re
 import time
@@ -34,8 +34,9 @@ import torch
 
 import data
 import plumbing
+from model import Transformer
 from plumbing import UserError, knob
-from train_clm import PRESETS, Objective, TrainConfig, fixed_windows, train
+from train_clm import PRESETS, TrainConfig, fixed_windows, load_pretrained, pretraining_dataset, train
 
 
 @dataclass
@@ -156,56 +157,51 @@ def mlm_batch(windows, enc, mask_prob, generator, short_seq_prob=0.0, draw="fixe
 
 
 # ----------------------------------------------------------------------------------------------
-# The objective.
+# The batch and the evaluation: what train_clm.train() calls instead of the causal ones.
 
 def to_device(batch, device):
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def mlm_train_batch(tokens, cfg, dataset, generator, device):
-    # B random windows of T-1 tokens (train_clm's sampler; its shifted copy is not needed here),
-    # then [CLS] in front, BERT's short sequences and masking: everything on the CPU generator.
+def get_mlm_batch(tokens, cfg, enc, generator, device):
+    """B random windows of T-1 tokens (train_clm's sampler; its shifted copy is not needed here),
+    then [CLS] in front, BERT's short sequences and masking, all drawn from the CPU generator:
+    the model's arguments idx, targets and attention_mask, (B, T) each, and only_scored=True.
+
+    only_scored is sparse prediction: the LM head (a C x vocab matrix product and a softmax) runs at
+    the N masked positions only, not at all B*T. In the cpu preset (C=192, vocab 4160) it is 4.8 of
+    the 10.4 MFLOP a position costs to train; at 40% of the positions that saves 28% of all training
+    FLOPs, and most of the (B, T, vocab) logits. The loop's FLOP and MFU counts keep the dense
+    figure, so that MLM and CLM curves share an axis."""
     windows, _ = data.get_batch(tokens, cfg.batch_size, cfg.block_size - 1, "cpu", generator)  # (B, T-1)
-    return to_device(mlm_batch(windows, dataset.enc, cfg.mask_prob, generator, cfg.short_seq_prob,
-                                    cfg.mask_draw), device)                               # (B, T) each
+    batch = mlm_batch(windows, enc, cfg.mask_prob, generator, cfg.short_seq_prob, cfg.mask_draw)
+    return dict(to_device(batch, device), only_scored=True)
 
 
-def mlm_loss(model, batch):
-    # Sparse prediction: the head (a C x vocab matrix product and a softmax) runs at the N selected
-    # positions only, not at all B*T. In the cpu preset (C=192, vocab 4160) it is 4.8 of the 10.4
-    # MFLOP a position costs to train; at 40% of the positions that saves 28% of all training FLOPs,
-    # and most of the (B, T, vocab) logits. The loop's FLOP and MFU counts keep the dense figure, so
-    # that MLM and CLM curves share an axis.
-    return model(batch["idx"], batch["targets"], batch["attention_mask"], only_scored=True)[1]
+def evaluate_mlm(model, dataset, cfg, n_batches, device):
+    """Masked-LM loss (nats per masked token), bits per byte of the masked tokens' own text,
+    masked-token accuracy (top-1 among ordinary tokens, the only possible answers), and the
+    unigram baseline: the accuracy of always answering the training split's most frequent token.
 
-
-def mlm_eval_batches(tokens, cfg, dataset, n_batches, device):
-    """The fixed validation set: train_clm's evenly spaced windows of the validation split, full
+    On a fixed validation set: train_clm's evenly spaced windows of the validation split, full
     length (no short sequences), masked with one seeded generator so every run and every
     evaluation scores the same positions. Every selected position becomes the mask token (no 10%
     random, no 10% unchanged): the score measures filling a blank, as the fill-in demo does, and
     no answer is left visible in the input. So validation loss runs a little above training loss."""
     n_windows = None if n_batches is None else n_batches * cfg.batch_size
     # Windows of T tokens start every T-1 tokens: their first T-1 tokens tile the split exactly.
-    windows = fixed_windows(tokens, cfg.block_size - 1, n_windows)
+    windows = fixed_windows(dataset.val, cfg.block_size - 1, n_windows)
     windows = torch.from_numpy(np.stack([w[:-1] for w in windows]))                   # (n, T-1)
     # Masked all at once, then cut into batches: the mask does not depend on --batch-size either.
     masked = mlm_batch(windows, dataset.enc, VAL_MASK_PROB, torch.Generator().manual_seed(VAL_MASK_SEED),
-                            short_seq_prob=0.0, draw="fixed", corruption=(1.0, 0.0))  # (n, T) each
-    return [to_device(dict(zip(masked, chunks)), device)
-            for chunks in zip(*(masked[name].split(cfg.batch_size) for name in masked))]  # (B, T) each
-
-
-def mlm_metrics(model, batches, dataset):
-    """Masked-LM loss (nats per masked token), bits per byte of the masked tokens' own text,
-    masked-token accuracy (top-1 among ordinary tokens, the only possible answers), and the
-    unigram baseline: the accuracy of always answering the training split's most frequent token."""
+                       short_seq_prob=0.0, draw="fixed", corruption=(1.0, 0.0))       # (n, T) each
     n_ord = data.n_ordinary(dataset.enc)
     byte_lengths = np.array([len(dataset.enc.decode_single_token_bytes(i)) for i in range(n_ord)])
     most_frequent = int(np.bincount(dataset.train).argmax())      # one pass over the split: cheap
     nats = hits = unigram_hits = count = n_bytes = 0
-    for batch in batches:
-        logits, loss = model(batch["idx"], batch["targets"], batch["attention_mask"], only_scored=True)
+    for chunks in zip(*(masked[name].split(cfg.batch_size) for name in masked)):
+        batch = to_device(dict(zip(masked, chunks)), device)                            # (B, T) each
+        logits, loss = model(**batch, only_scored=True)                                 # (N, V)
         answers = batch["targets"][batch["targets"] != -100]        # (N,) in the same order as logits
         nats += loss.item() * len(answers)
         hits += (logits[:, :n_ord].argmax(dim=-1) == answers).sum().item()
@@ -219,19 +215,15 @@ def mlm_metrics(model, batches, dataset):
                 val_acc=hits / count, unigram_acc=unigram_hits / count, n_masked=count)
 
 
-def mlm_finish(model, dataset, cfg, device):
+def fill_in_demo(model, dataset, cfg, device):
     """The demo at the end of training: the start of the validation text with blanks, filled."""
     window = torch.from_numpy(np.asarray(dataset.val[:min(40, cfg.block_size - 1)], dtype=np.int64))
     generator = torch.Generator().manual_seed(VAL_MASK_SEED)
     batch = mlm_batch(window[None], dataset.enc, VAL_MASK_PROB, generator, corruption=(1.0, 0.0))
     tokens, targets = batch["idx"][0].tolist(), batch["targets"][0]
     print("--- fill in the blanks (validation text, top 3 per blank) ---")
-    plumbing.print_fills(dataset.enc, tokens, fill_blanks(model, dataset.enc, tokens, 3, device),
-               truth=targets[targets != -100].tolist())
-
-
-MLM = Objective("mlm", False, mlm_train_batch, mlm_loss, mlm_eval_batches, mlm_metrics, mlm_finish,
-                plot_note="training masks --mask-prob of the tokens; validation, a fixed 15%")
+    print_fills(dataset.enc, tokens, fill_blanks(model, dataset.enc, tokens, 3, device),
+                truth=targets[targets != -100].tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,6 +269,26 @@ def fill_blanks(model, enc, tokens, top_k, device):
     return [list(zip(ids.tolist(), ps.tolist())) for ids, ps in zip(top.indices, top.values)]
 
 
+def print_fills(enc, tokens, predictions, truth=None):
+    """train_mlm.py's fill-in-the-blank output: the text with numbered blanks, the top-k tokens for
+    each blank (with the true token when known), and the text with every blank filled by its top-1."""
+    mask_id, n_ord = data.special_ids(enc)["mask"], data.n_ordinary(enc)
+    spell = lambda ids: enc.decode([t for t in ids if t < n_ord])          # drops [CLS] and [PAD]
+    segments = [[]]                                                         # the text between blanks
+    for t in tokens:
+        if t == mask_id:
+            segments.append([])
+        else:
+            segments[-1].append(t)
+    print("input: " + "".join(spell(segment) + (f"[MASK {i + 1}]" if i < len(predictions) else "")
+                              for i, segment in enumerate(segments)))
+    for i, choices in enumerate(predictions):
+        answer = f"   (truth {spell([truth[i]])!r})" if truth else ""
+        print(f"  blank {i + 1}: " + " | ".join(f"{spell([t])!r} {p:.2f}" for t, p in choices) + answer)
+    best = iter(choices[0][0] for choices in predictions)
+    print("top-1: " + spell([next(best) if t == mask_id else t for t in tokens]))
+
+
 # ----------------------------------------------------------------------------------------------
 # The lesson: a blank in the middle, with and without the right-hand context.
 
@@ -289,11 +301,11 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
     any difference is what the right-hand context is worth. Returns a dict of top-1 accuracies."""
     mlm_ckpt = plumbing.load_checkpoint(mlm_path, "bidirectional")
     clm_ckpt = plumbing.load_checkpoint(clm_path, "causal")
-    dataset = plumbing.pretraining_dataset(mlm_ckpt, data_dir, cache_dir)
-    plumbing.check_compatible(clm_ckpt, dataset.enc)                   # the same vocabulary, too
+    dataset = pretraining_dataset(mlm_ckpt, data_dir, cache_dir)
+    plumbing.check_tokenizer(clm_ckpt, data.tokenizer_identity(dataset.enc))     # the same vocabulary, too
     device = plumbing.pick_device("auto")
-    mlm = plumbing.model_from_checkpoint(mlm_ckpt).to(device).eval()
-    clm = plumbing.model_from_checkpoint(clm_ckpt).to(device).eval()
+    mlm = Transformer.from_checkpoint(mlm_ckpt).to(device).eval()
+    clm = Transformer.from_checkpoint(clm_ckpt).to(device).eval()
     length = mlm.config.block_size - 1
     middle = length // 2                                  # index of the blank inside a window
     left = min(middle, clm.config.block_size)             # tokens of left context both models see
@@ -323,6 +335,16 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
     return dict({name: count / n for name, count in hits.items()}, n=n, left=left, right=length - middle - 1)
 
 
+def print_comparison(result):
+    """train_mlm.py --compare-causal's output: the two accuracies with their standard errors."""
+    se = lambda p: 100 * (p * (1 - p) / result["n"]) ** 0.5                  # binomial standard error
+    print(f"blanked middle token of {result['n']:,} validation windows: {result['left']} tokens on the "
+          f"left, {result['right']} on the right (seen only by the bidirectional model)")
+    for name, label in (("bidirectional", "bidirectional (MLM)"), ("causal", "causal (CLM, left context only)")):
+        print(f"{label} accuracy: {100 * result[name]:.1f}% (+/- {se(result[name]):.1f})")
+    print(f"unigram baseline: {100 * result['unigram']:.1f}%")
+
+
 # ----------------------------------------------------------------------------------------------
 # The command line.
 
@@ -338,16 +360,20 @@ def main(argv=None):
                              "top-1 accuracy of a causal and a bidirectional checkpoint")
     args = parser.parse_args(argv)
     if args.fill:                   # no training: a bidirectional checkpoint fills --text's blanks
-        checkpoint, enc = plumbing.load_with_tokenizer(args.fill, "bidirectional")
-        model = plumbing.model_from_checkpoint(checkpoint)
+        checkpoint, enc = load_pretrained(args.fill, "bidirectional")
+        model = Transformer.from_checkpoint(checkpoint)
         tokens = encode_with_blanks(enc, args.text, model.config.block_size)
-        return plumbing.print_fills(enc, tokens, fill_blanks(model, enc, tokens, args.top_k, torch.device("cpu")))
+        return print_fills(enc, tokens, fill_blanks(model, enc, tokens, args.top_k, torch.device("cpu")))
     if args.compare_causal:         # no training: what the right-hand context is worth, measured
         data_dir, cache_dir = getattr(args, "data_dir", None), getattr(args, "cache_dir", None)
-        return plumbing.print_comparison(compare_causal(*args.compare_causal, data_dir, cache_dir))
+        return print_comparison(compare_causal(*args.compare_causal, data_dir, cache_dir))
     cfg = plumbing.config_from_args(args, MLMConfig, MLM_PRESETS)
     start = time.perf_counter()
-    result = train(cfg, MLM)
+    # The model without the causal mask, trained by train_clm's loop on this file's batches.
+    result = train(cfg, causal=False, get_batch=get_mlm_batch, evaluate=evaluate_mlm,
+                   plot_note="training masks --mask-prob of the tokens; validation, a fixed 15%")
+    if plumbing.is_main_process() and not cfg.quiet:
+        fill_in_demo(result["model"], result["dataset"], cfg, next(result["model"].parameters()).device)
     plumbing.report(cfg, result, start, [f"masked-token accuracy: {100 * result['val_acc']:.1f}%",
                                          f"unigram baseline: {100 * result['unigram_acc']:.1f}%"])
 

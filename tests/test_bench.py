@@ -10,6 +10,7 @@ import torch
 
 import bench
 import plumbing
+import train_clm
 from plumbing import UserError
 from model import ModelConfig, Transformer
 
@@ -71,7 +72,7 @@ TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
 
 
 def training_step_outputs(model, idx, targets, mask, precision):
-    autocast, _ = plumbing.precision_context(torch.device("cpu"), precision)
+    autocast, _ = train_clm.precision_context(torch.device("cpu"), precision)
     model.zero_grad(set_to_none=True)
     with autocast():
         logits, loss = model(idx, targets, attention_mask=mask)

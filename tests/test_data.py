@@ -46,34 +46,6 @@ def sample_text(n_words=4000, seed=0):
     return "\n".join(lines) + "\n"
 
 
-def naive_bpe(text, vocab_size):
-    """The BPE definition, slowly: recount all pairs before every merge. Same tie break."""
-    words = Counter(data.SPLIT_RE.findall(text))
-    seqs = {w: list(w.encode("utf-8")) for w in words}
-    spelled = [bytes([i]) for i in range(256)]
-    ids = {t: i for i, t in enumerate(spelled)}
-    while len(ids) < vocab_size:
-        counts = Counter()
-        for w, freq in words.items():
-            for pair in zip(seqs[w], seqs[w][1:]):
-                counts[pair] += freq
-        a, b = min(counts, key=lambda p: (-counts[p], spelled[p[0]], spelled[p[1]]))
-        new = ids.setdefault(spelled[a] + spelled[b], len(ids))
-        if new == len(spelled):
-            spelled.append(spelled[a] + spelled[b])
-        for w, seq in seqs.items():
-            out, i = [], 0
-            while i < len(seq):
-                if seq[i:i + 2] == [a, b]:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            seqs[w] = out
-    return ids
-
-
 # ----------------------------------------------------------------------------- tokenizers
 
 def test_bytes_and_bpe_round_trip_any_unicode(tmp_path):
@@ -88,10 +60,23 @@ def test_bpe_is_deterministic_matches_definition_and_compresses():
     text = sample_text(1500)
     ranks = data.train_bpe(text, 330)
     assert ranks == data.train_bpe(text, 330)        # deterministic
-    assert ranks == naive_bpe(text, 330)             # same merges, same order as the slow definition
+    assert ranks == data.train_bpe_simple(text, 330)  # same merges, same order as the definition
     assert sorted(ranks.values()) == list(range(330))
     bpe, raw = data.make_encoding("t", ranks), data.get_tokenizer("bytes")
     assert len(bpe.encode_ordinary(text)) < 0.6 * len(raw.encode_ordinary(text))
+
+
+def test_bpe_definition_by_hand():
+    """'ab ab ab cd' cuts into 'ab', ' ab' x2, ' cd'. Pair counts: (a,b) 3, (' ',a) 2, (' ',c) 1,
+    (c,d) 1. First 'ab'; then ' ' + 'ab' (2); then a tie at 1, broken by the smaller bytes: ' c'."""
+    ranks = data.train_bpe_simple("ab ab ab cd", 259)
+    assert {t: r for t, r in ranks.items() if r >= 256} == {b"ab": 256, b" ab": 257, b" c": 258}
+    assert data.train_bpe("ab ab ab cd", 259) == ranks
+
+
+def test_fast_bpe_learns_the_definitions_merges_on_real_text(pydocs_cache):
+    text = data.load_corpus("pydocs", cache_dir=pydocs_cache).text[:60_000]
+    assert data.train_bpe(text, 400) == data.train_bpe_simple(text, 400)
 
 
 def test_bpe_on_text_without_spaces_is_not_rescanned_every_merge(monkeypatch):
@@ -231,9 +216,9 @@ def test_corpus_from_folder_and_errors(tmp_path):
 def test_check_fits_rejects_a_corpus_shorter_than_one_block(tmp_path):
     (tmp_path / "short.txt").write_text("x" * 300)
     ds = data.prepare_dataset(str(tmp_path / "short.txt"), "bytes", verbose=False)
-    plumbing.check_fits(ds, block_size=29)  # 30 validation tokens: exactly one window of 29 + 1
+    data.check_fits(ds, block_size=29)  # 30 validation tokens: exactly one window of 29 + 1
     with pytest.raises(data.UserError, match="corpus too short: 30 validation tokens.*--block-size"):
-        plumbing.check_fits(ds, block_size=30)
+        data.check_fits(ds, block_size=30)
 
 
 def test_shakespeare_from_data_dir_or_env_and_offline_error(tmp_path, monkeypatch):

@@ -161,7 +161,7 @@ def test_frozen_parameters_do_not_change(mode):
 
 def test_lora_r8_trains_under_5_percent_of_the_cpu_preset_model():
     shape = train_clm.TrainConfig(**train_clm.PRESETS["cpu"])
-    body = Transformer(plumbing.make_model_config(shape, types.SimpleNamespace(n_vocab=4100), True))
+    body = Transformer(train_clm.model_config(shape, types.SimpleNamespace(n_vocab=4100), causal=True))
     for targets in finetune.LORA_TARGETS:
         trainable, total = finetune.parameter_counts(
             make_classifier(body, 6, tiny_config(mode="lora", lora_r=8, lora_targets=targets)))
@@ -199,12 +199,14 @@ def pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrained")
     (folder / "corpus.txt").write_text(generated_text())
     paths = {}
-    for name, config_class, objective in (("clm", train_clm.TrainConfig, train_clm.CLM),
-                                          ("mlm", train_mlm.MLMConfig, train_mlm.MLM)):
+    for name, config_class, pretraining in (
+            ("clm", train_clm.TrainConfig, dict(causal=True)),
+            ("mlm", train_mlm.MLMConfig, dict(causal=False, get_batch=train_mlm.get_mlm_batch,
+                                              evaluate=train_mlm.evaluate_mlm))):
         cfg = config_class(**{**train_clm.PRESETS["tiny"], "corpus": str(folder / "corpus.txt"),
                               "cache_dir": str(folder / "cache"), "out_dir": str(folder / name),
                               "quiet": True, "precision": "fp32", "device": "cpu", "max_iters": 10})
-        paths[name] = (str(folder / name / "ckpt.pt"), train_clm.train(cfg, objective)["val_loss"])
+        paths[name] = (str(folder / name / "ckpt.pt"), train_clm.train(cfg, **pretraining)["val_loss"])
     rng = random.Random(1)
     rows = [f"{rng.choice(['the cat', 'a dog', 'a bird'] if y else ['my friend', 'the teacher'])} "
             f"{rng.choice(['sees', 'likes'])} the river.\t{'animal' if y else 'person'}"

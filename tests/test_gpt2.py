@@ -74,15 +74,15 @@ def data_dir(reference, tmp_path_factory):
 def test_gpt2_by_name_or_folder_is_a_causal_checkpoint_with_the_same_logits(reference, data_dir):
     hf, folder = reference
     for source in ("gpt2", str(folder)):
-        checkpoint = plumbing.load_checkpoint(source, data_dir=str(data_dir))
+        checkpoint, enc = train_clm.load_pretrained(source, data_dir=str(data_dir))
         assert checkpoint["kind"] == "causal" and checkpoint["tokenizer"]["name"] == "gpt2"
         assert checkpoint["model_config"]["vocab_size"] == 320       # 300 + our 3 specials, to a multiple of 64
-        model = plumbing.model_from_checkpoint(checkpoint).eval()
+        model = Transformer.from_checkpoint(checkpoint).eval()
         idx = torch.randint(300, (1, 30), generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             assert (model(idx)[0][..., :300] - hf(idx).logits).abs().max().item() < 1e-5
     with pytest.raises(plumbing.UserError, match="a bidirectional one is needed"):
-        plumbing.load_checkpoint("gpt2", kind="bidirectional", data_dir=str(data_dir))
+        train_clm.load_pretrained("gpt2", kind="bidirectional", data_dir=str(data_dir))
 
 
 def test_gpt2_missing_offline_names_the_files(tmp_path, monkeypatch):
@@ -90,7 +90,7 @@ def test_gpt2_missing_offline_names_the_files(tmp_path, monkeypatch):
         raise OSError("no network")
     monkeypatch.setattr(plumbing.urllib.request, "urlopen", offline)
     with pytest.raises(plumbing.UserError, match=r"gpt2/config.json not found .*--data-dir"):
-        plumbing.load_checkpoint("gpt2", data_dir=str(tmp_path))
+        train_clm.load_pretrained("gpt2", data_dir=str(tmp_path))
 
 
 def test_gpt2_paths_of_train_clm_and_finetune(reference, data_dir, tmp_path, capsys):

@@ -40,7 +40,7 @@ import train_clm
 from conftest import generated_text
 from model import ModelConfig, Transformer
 from plumbing import UserError, load_checkpoint, save_checkpoint
-from train_clm import CLM, PRESETS, TrainConfig, train
+from train_clm import PRESETS, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -332,13 +332,15 @@ def test_nan_in_a_real_process_exits_2_and_keeps_the_checkpoint(good_run, tmp_pa
 def test_ctrl_c_prints_one_line_and_keeps_the_checkpoint(corpus_file, tmp_path, monkeypatch, capsys):
     calls = []
 
-    def loss_until_ctrl_c(model, batch):         # Ctrl-C arrives during step 13
+    draw = data.get_batch
+
+    def batch_until_ctrl_c(*args):              # Ctrl-C arrives during step 13
         calls.append(1)
         if len(calls) == 13:
             raise KeyboardInterrupt
-        return train_clm.clm_loss(model, batch)
+        return draw(*args)
 
-    monkeypatch.setattr(train_clm, "CLM", dataclasses.replace(CLM, loss=loss_until_ctrl_c))
+    monkeypatch.setattr(data, "get_batch", batch_until_ctrl_c)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--max-iters", "20")))
@@ -353,23 +355,23 @@ def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, 
     assert checkpoint["kind"] == "causal"
     assert set(checkpoint["tokenizer"]) == {"name", "n_vocab", "fingerprint"}
     enc = data.get_tokenizer("bytes")
-    plumbing.check_compatible(checkpoint, enc, "causal")           # the right one passes
+    plumbing.check_kind(checkpoint, "causal")                       # the right ones pass
+    plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(enc))
     with pytest.raises(UserError, match="holds a causal model, but a bidirectional one is needed"):
-        plumbing.check_compatible(checkpoint, enc, "bidirectional")
+        plumbing.check_kind(checkpoint, "bidirectional")
     with pytest.raises(UserError, match="holds a bidirectional model, but a causal one is needed"):
-        plumbing.check_compatible(dict(checkpoint, kind="bidirectional"), enc, "causal")
+        plumbing.check_kind(dict(checkpoint, kind="bidirectional"), "causal")
     other = data.get_tokenizer("bpe:300", text=generated_text())
     with pytest.raises(UserError, match=r"tokenizer mismatch: .*bytes \(260 tokens.*bpe300"):
-        plumbing.check_compatible(checkpoint, other, "causal")
+        plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(other))
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     with pytest.raises(UserError, match="not a pretraining checkpoint"):
         load_checkpoint(tmp_path / "weights_only.pt")
     # A masked-LM objective (bidirectional) refuses to resume the causal run, before touching it.
     run = copy_of(good_run, tmp_path)
     before = snapshot(run)
-    bidirectional = dataclasses.replace(CLM, name="mlm", causal=False)
     with pytest.raises(UserError, match="holds a causal model, but a bidirectional one"):
-        train(TrainConfig(**tiny_settings(good_run["corpus"], run, max_iters=20, resume=True)), bidirectional)
+        train(TrainConfig(**tiny_settings(good_run["corpus"], run, max_iters=20, resume=True)), causal=False)
     assert snapshot(run) == before
     # Each process resumes its own data position: another number of processes is refused.
     monkeypatch.setattr(plumbing, "setup_distributed", lambda device: dict(rank=0, local_rank=0, world_size=2))
@@ -394,12 +396,16 @@ def test_malformed_label_file_names_the_line_in_finetune(good_run, tmp_path, cap
 # ----------------------------------------------------------------------------------------------
 # Data parallel: torchrun, gloo, two CPU processes.
 
-def test_gradients_are_synchronised_only_at_the_last_micro_batch():
+def test_gradients_are_synchronised_only_at_the_last_micro_batch(corpus_file, monkeypatch):
+    """Under DDP each backward inside no_sync skips the all-reduce: with 4 micro-batches a step,
+    only the last one's backward may communicate (plumbing.sync_gradients)."""
     synced = []
 
-    class RecordingDDP(torch.nn.Linear):
-        """Stands in for DistributedDataParallel: records whether each backward would all-reduce."""
-        syncing = True
+    class RecordingDDP(torch.nn.Module):
+        """Stands in for DistributedDataParallel: records whether each forward would all-reduce."""
+        def __init__(self, model):
+            super().__init__()
+            self.module, self.syncing = model, True
 
         @contextlib.contextmanager
         def no_sync(self):
@@ -407,15 +413,13 @@ def test_gradients_are_synchronised_only_at_the_last_micro_batch():
             yield
             self.syncing = True
 
-        def forward(self, x):
+        def forward(self, *args, **kwargs):
             synced.append(self.syncing)
-            return super().forward(x)
+            return self.module(*args, **kwargs)
 
-    model = RecordingDDP(3, 1)
-    autocast, scaler = plumbing.precision_context(torch.device("cpu"), "fp32")
-    train_clm.accumulate_gradients(model, lambda m, batch: m(batch).sum(), lambda: torch.ones(2, 3), 4,
-                                   autocast, scaler, distributed=True)
-    assert synced == [False, False, False, True]
+    monkeypatch.setattr(plumbing, "wrap_for_training", lambda model, *args: RecordingDDP(model))
+    train(TrainConfig(**tiny_settings(corpus_file, "", max_iters=2, grad_accum=4)))
+    assert synced == [False, False, False, True] * 2
 
 
 # Run by torchrun in each process: the real command line of a script, plus one addition made here
