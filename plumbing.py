@@ -948,6 +948,27 @@ class Meter:
         self.start, self.tokens = time.perf_counter(), 0
 
 
+def count_step(state, meter, tokens, seconds):
+    """One optimiser step done: the counters a checkpoint keeps (steps, tokens, FLOPs, seconds of the
+    loop) and the meter's tokens."""
+    state["step"] += 1
+    state["tokens"] += tokens
+    state["flops"] += meter.flops_per_token * tokens
+    state["seconds"] = seconds
+    meter.add(tokens)
+
+
+def counters(state):
+    """The counters a log record starts with."""
+    return dict(step=state["step"], tokens=state["tokens"], flops=state["flops"], seconds=round(state["seconds"], 3))
+
+
+def step_record(state, meter, **values):
+    """A log record: the counters, `values`, and the meter's speed and MFU since the last record."""
+    tokens_per_second, mfu = meter.read()
+    return dict(counters(state), **values, tokens_per_s=round(tokens_per_second), mfu=mfu)
+
+
 def log_model(run, model, precision, tokens_per_step, peak):
     run.log(f"model: {model.num_params(non_embedding=False):,} parameters "
             f"({model.num_params():,} non-embedding), {'causal' if model.config.causal else 'bidirectional'}; "

@@ -172,6 +172,14 @@ def evaluate_clm(model, dataset, cfg, n_batches, device):
 KINDS = {True: "causal", False: "bidirectional"}     # what a checkpoint calls each kind of model
 
 
+def describe(model, enc):
+    """What a checkpoint records beside the weights, so that the model and its tokenizer can be
+    rebuilt exactly: the shape, the kind (and so the mask), the objective, the tokenizer."""
+    return dict(model_config=asdict(model.config), kind=KINDS[model.config.causal],
+                objective="clm" if model.config.causal else "mlm", tokenizer=data.tokenizer_identity(enc),
+                tokenizer_state=data.tokenizer_state(enc))
+
+
 def model_config(cfg, enc, causal, start_from=None):
     """The model's shape from the run's flags, its vocabulary the tokenizer's, padded (model.py).
     causal=True is GPT (each position sees only its left); causal=False is BERT (train_mlm.py).
@@ -226,11 +234,11 @@ def learning_rate(progress, cfg):
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * decay))
 
 
-def budget_progress(cfg, step, tokens, seconds):
+def budget_progress(cfg, state):
     """Fraction of the budget spent: the largest of the three stopping rules' fractions."""
-    fractions = [step / cfg.max_iters if cfg.max_iters else 0.0,
-                 tokens / cfg.max_tokens if cfg.max_tokens else 0.0,
-                 seconds / cfg.max_seconds if cfg.max_seconds else 0.0]
+    fractions = [state["step"] / cfg.max_iters if cfg.max_iters else 0.0,
+                 state["tokens"] / cfg.max_tokens if cfg.max_tokens else 0.0,
+                 state["seconds"] / cfg.max_seconds if cfg.max_seconds else 0.0]
     return max(fractions)
 
 
@@ -266,14 +274,15 @@ def optimizer_step(model, optimizer, scaler, grad_clip):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. The loop.
+# 4. The loop. Gradient accumulation: grad_accum micro-batches add their gradients into .grad
+#    before one step, so a big batch fits in little memory; dividing each loss by grad_accum makes
+#    the sum the gradient of the mean loss over the big batch.
 
 def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evaluate_clm, dataset=None,
           plot_note=""):
-    """Pretrain a Transformer on cfg: causal=True with next-token batches (this file), or, from
-    train_mlm.py, causal=False with its masked batches and evaluation. Returns a dict of final
-    metrics, the history of log records, the trained model and the dataset. scaling.py calls it
-    with a dataset already loaded."""
+    """Pretrain a Transformer on cfg: causal=True with next-token batches (this file), or causal=False
+    with train_mlm.py's masked batches and evaluation. Returns the final metrics, the log records,
+    the model and the dataset (scaling.py passes a dataset already loaded)."""
     # Set up. plumbing checks every input (flags, device, DDP, --resume's checkpoint, --out-dir) on
     # every rank, before anything in --out-dir is created, changed or deleted.
     run = plumbing.open_run(cfg)
@@ -287,8 +296,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     # The model. `causal` is the one flag between a GPT (True) and a BERT (False): model.py.
     torch.manual_seed(cfg.seed)                     # same seed on every rank: same init
     model = Transformer(model_config(cfg, dataset.enc, causal, start_from)).to(device)
-    description = dict(model_config=asdict(model.config), kind=KINDS[causal], objective="clm" if causal else "mlm",
-                       tokenizer=data.tokenizer_identity(dataset.enc), tokenizer_state=data.tokenizer_state(dataset.enc))
+    description = describe(model, dataset.enc)
     plumbing.start_run(run, description)            # a --resume checkpoint must hold this model
     optimizer = make_optimizer(model, cfg, device, cfg.muon_lr)
     # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
@@ -312,26 +320,19 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         plumbing.check_finite(metrics["val_loss"], "validation loss", state["step"])
         return metrics
 
-    def save(metrics):
-        plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
-                          precision, metrics)
-
     plumbing.restore_random_state(run, scaler)      # last: set-up drew random numbers too
     model.train()
     last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
     loop_start = time.perf_counter() - state["seconds"]
     while True:
-        progress = budget_progress(cfg, state["step"], state["tokens"], state["seconds"])
+        progress = budget_progress(cfg, state)
         if plumbing.agree_max(progress, device, dist) >= 1.0:      # all ranks stop together
             break
         lr = learning_rate(progress, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        # Gradient accumulation: grad_accum micro-batches add their gradients into .grad before one
-        # step, so a big batch fits in little memory; dividing each loss by grad_accum makes the
-        # sum the gradient of the mean loss over the big batch.
         loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):                 # gradient accumulation (see above)
             batch = get_batch(dataset.train, cfg, dataset.enc, batch_generator, device)  # (B, T) tensors
             with plumbing.sync_gradients(train_model, last=micro == cfg.grad_accum - 1):  # DDP: once a step
                 with autocast():
@@ -342,32 +343,25 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         plumbing.check_finite(loss, "loss", state["step"])         # a NaN stops the run at once
         optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
-        state["step"] += 1
-        state["tokens"] += tokens_per_step
-        state["flops"] += meter.flops_per_token * tokens_per_step
-        state["seconds"] = time.perf_counter() - loop_start
-        meter.add(tokens_per_step)
+        plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
         is_eval = state["step"] % cfg.eval_interval == 0
         if is_eval or state["step"] % cfg.log_interval == 0:
-            tokens_per_second, mfu = meter.read()
-            record = dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
-                          seconds=round(state["seconds"], 3), lr=lr, train_loss=loss,
-                          tokens_per_s=round(tokens_per_second), mfu=mfu)
+            record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
             if is_eval:
                 last_metrics = evaluate_now(cfg.eval_batches)
                 record.update(last_metrics)
             history.append(record)
-            plumbing.log_step(run, record, last_metrics,
-                              budget_progress(cfg, state["step"], state["tokens"], state["seconds"]))
+            plumbing.log_step(run, record, last_metrics, budget_progress(cfg, state))
             if is_eval:
-                save(last_metrics)
+                plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
+                                  precision, last_metrics)
             meter.restart()                                # evaluation is not training
 
     # Final evaluation over the WHOLE validation split, not a sample of it.
     final = evaluate_now(None)
-    history.append(dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
-                        seconds=round(state["seconds"], 3), final=True, **final))
-    save(final)
+    history.append(dict(plumbing.counters(state), final=True, **final))
+    plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
+                      precision, final)
     plumbing.finish_run(run, history, f"{description['objective']} pretraining on "
                         f"{os.path.basename(dataset.corpus['name'])}\n{plot_note}".strip())
     plumbing.teardown_distributed(dist)

@@ -1,6 +1,7 @@
 """Shared fixtures: every test makes its own small data; nothing touches the network or ../shared."""
 import os
 import random
+import socket
 import sys
 
 # The tests train models of a few thousand parameters, where a second thread costs more in
@@ -36,3 +37,21 @@ def isolated_dirs(tmp_path, monkeypatch):
     """Caches and data directories live in the test's own tmp folder."""
     monkeypatch.setenv("PTFT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("PTFT_DATA_DIR", raising=False)
+
+
+LOOPBACK = ("localhost", "::1")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """The whole suite runs offline: looking up any host but this machine's own fails at once, so
+    a download attempt anywhere in the code (wherever it moves) fails as it would offline, and
+    never reaches the internet. Tests that exercise the download code replace urlopen itself."""
+    lookup = socket.getaddrinfo
+
+    def offline(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name in LOOPBACK or name.startswith("127."):
+            return lookup(host, *args, **kwargs)
+        raise socket.gaierror(f"tests run offline: no network lookup of {name!r}")
+    monkeypatch.setattr(socket, "getaddrinfo", offline)

@@ -443,7 +443,6 @@ plumbing.run_cli(lambda: script.main(sys.argv[3:]))
 """
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
 @pytest.mark.parametrize("script", ["train_clm", "train_mlm"])
 def test_two_processes_under_torchrun_end_with_identical_weights(script, corpus_file, tmp_path):
     if not (REPO / f"{script}.py").exists():
@@ -453,7 +452,10 @@ def test_two_processes_under_torchrun_end_with_identical_weights(script, corpus_
     run = tmp_path / "run"
     flags = [a for a in cli_args(corpus_file, run, "--max-iters", "6", "--eval-interval", "3",
                                  "--grad-accum", "2") if a != "--quiet"]
-    result = subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", str(launcher), script,
+    # torchrun, as `python -m torch.distributed.run` with this interpreter: it runs even where the
+    # virtual environment's bin folder (and so the torchrun command) is not on PATH.
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(launcher), script,
                              str(tmp_path), *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", map_location="cpu", weights_only=True)

@@ -205,3 +205,48 @@ def test_parallel_runs_give_exactly_the_sequential_results(corpus_file, tmp_path
                       "--workers", str(workers)])
         losses[workers] = {r["key"]: r["val_loss"] for r in scaling.load_results(str(out / "results.jsonl"))}
     assert len(losses[1]) == 4 and losses[2] == losses[1]
+
+
+def synthetic_records(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28, noise=0.002, seed=0):
+    """Run records as scaling.py writes them, from a known law L(N, D) = E + A/N^alpha + B/D^beta
+    (Chinchilla's constants) with a little seeded noise: 4 budgets x 5 sizes around each budget's
+    optimum, a second seed at one configuration, and a held-out run at 4x the largest budget."""
+    rng = np.random.default_rng(seed)
+    law = lambda N, D: E + A / N ** alpha + B / D ** beta
+
+    def record(role, budget, N, repeat=0):
+        D = budget / (6 * N)
+        return dict(role=role, budget=budget, shape=[1, 1, int(N)], N=int(N), tokens=int(D), flops=budget,
+                    flops_per_token=6 * int(N), key=f"{role}:{budget:.3g}:{int(N)}:{repeat}",
+                    val_loss=float(law(N, D) * (1 + noise * rng.standard_normal())), curve=[[budget, 5.0]])
+    budgets = [1e18, 4e18, 1.6e19, 6.4e19]
+    records = [record("grid", C, N) for C in budgets
+               for N in np.geomspace(0.25, 4, 5) * 0.6 * (C / 6) ** 0.5 / 10]
+    records.append(record("grid", budgets[1], records[7]["N"], repeat=1))
+    records.append(dict(record("holdout", 4 * budgets[-1], 0.6 * (4 * budgets[-1] / 6) ** 0.5 / 10), budget=4 * budgets[-1]))
+    return records, law
+
+
+def test_analysis_recovers_a_known_law_and_predicts_the_held_out_run(tmp_path):
+    """The whole analysis (three fits, bootstrap intervals, seed noise, the held-out prediction and
+    its interval, fits.json and the plots) on records made from a known law: the exponents come
+    back near the truth, and the held-out run lands inside its predicted interval."""
+    records, law = synthetic_records()
+    report = scaling.analyse(records, n_boot=20, seed=0)
+    h = report["headline"]
+    assert abs(h["alpha"] - 0.34) < 0.05 and abs(h["beta"] - 0.28) < 0.05 and abs(h["E"] - 1.69) < 0.1
+    assert report["ci"]["alpha"][0] <= h["alpha"] <= report["ci"]["alpha"][1]
+    assert report["noise"]["configs"] == 1 and report["noise"]["sd"] > 0
+    hold = report["holdout"]
+    assert hold["covered"] and abs(hold["error"]) < 0.01
+    assert hold["interval"][0] < hold["predicted"] < hold["interval"][1]
+    assert report["cost"](1000) == pytest.approx(6000)                 # 6N: what these records say
+    scaling.save_report(report, tmp_path / "fits.json")
+    saved = json.loads((tmp_path / "fits.json").read_text())
+    assert saved["headline"]["alpha"] == pytest.approx(h["alpha"]) and "boots" not in saved
+    paths = scaling.plot_scaling(records, report, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["loss_vs_compute.png", "isoflop.png", "optimal_size.png"]
+    assert all(os.path.getsize(p) > 10_000 for p in paths)
+    # A law with another exponent is told apart: the same analysis does not return the old alpha.
+    other, _ = synthetic_records(alpha=0.5, A=2000)
+    assert abs(scaling.analyse(other, n_boot=5)["headline"]["alpha"] - 0.5) < 0.05

@@ -34,6 +34,21 @@ def test_two_layer_model_learns_and_writes_log_and_plot(corpus_file, tmp_path):
     assert 0 < result["val_bpb"] < 8 and math.isclose(result["val_bpb"], result["val_bpc"], rel_tol=0.01)
 
 
+def test_bits_per_byte_counts_the_validation_texts_own_bytes(corpus_file, tmp_path):
+    """With a BPE, tokens, bytes and characters are three different counts: the reported bits per
+    byte and per character must be the loss times the validation text's own tokens per byte (per
+    character), counted here by hand from the corpus file."""
+    text = open(corpus_file, encoding="utf-8").read().replace("the", "thé")   # 2-byte characters too
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    result = train(tiny_config(str(tmp_path / "corpus.txt"), "", tokenizer="bpe:300", max_iters=4))
+    val_text = text[int(len(text) * 0.9):]                             # the last 10% of characters
+    n_tokens = len(result["dataset"].enc.encode_ordinary(val_text))
+    n_bytes, n_chars = len(val_text.encode("utf-8")), len(val_text)
+    assert n_tokens < 0.8 * n_bytes and n_chars < 0.97 * n_bytes      # three different counts
+    assert math.isclose(result["val_bpb"], result["val_loss"] / math.log(2) * n_tokens / n_bytes, rel_tol=1e-9)
+    assert math.isclose(result["val_bpc"], result["val_loss"] / math.log(2) * n_tokens / n_chars, rel_tol=1e-9)
+
+
 def test_gradient_accumulation_equals_one_big_batch(corpus_file, tmp_path, monkeypatch):
     """One step of 8 windows, and one step of 4 micro-batches of 2 (the same 8 windows: the batch
     generator draws them in the same order), reach the optimiser with the same gradients."""
@@ -82,7 +97,7 @@ def test_wall_clock_budget_ends_the_schedule(corpus_file, tmp_path, monkeypatch)
 
 def test_budget_progress_uses_the_tightest_rule():
     cfg = TrainConfig(max_iters=100, max_tokens=1000, max_seconds=None)
-    assert train_clm.budget_progress(cfg, 10, 500, 99.0) == 0.5
+    assert train_clm.budget_progress(cfg, dict(step=10, tokens=500, seconds=99.0)) == 0.5
 
 
 @pytest.mark.parametrize("muon_lr", [0.0, 0.02])     # AdamW alone; Muon and AdamW (two optimisers' states)
