@@ -14,8 +14,9 @@ import train_clm
 from conftest import generated_text
 from model import Transformer
 
-transformers = pytest.importorskip("transformers", reason="transformers is a test-only dependency "
-                                   "(pip install transformers) for the GPT-2 parity tests")
+transformers = pytest.importorskip(
+    "transformers", reason="these GPT-2 tests compare with Hugging Face's own GPT-2, and transformers is "
+    "not installed: it is a test-only dependency (pip install transformers; .ci/run installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,27 @@ def test_gpt2_by_name_or_folder_is_a_causal_checkpoint_with_the_same_logits(refe
             assert (model(idx)[0][..., :300] - hf(idx).logits).abs().max().item() < 1e-5
     with pytest.raises(plumbing.UserError, match="a bidirectional one is needed"):
         train_clm.load_pretrained("gpt2", kind="bidirectional", data_dir=str(data_dir))
+
+
+def test_gpt2_from_pytorch_model_bin_new_rows_at_the_mean_and_never_sampled(reference, tmp_path):
+    """The other file Hugging Face writes, pytorch_model.bin (read with weights_only=True), gives the
+    same model. The rows added for our special tokens and the padding start at the mean embedding,
+    and sampling at a high temperature never draws one of them: they are not text."""
+    hf, folder = reference
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    shutil.copy(folder / "config.json", bin_folder / "config.json")
+    torch.save(hf.state_dict(), bin_folder / "pytorch_model.bin")
+    from_bin = Transformer.from_pretrained(bin_folder, vocab_size=320)
+    from_safetensors = Transformer.from_pretrained(folder, vocab_size=320)
+    for name, tensor in from_safetensors.state_dict().items():
+        assert torch.equal(from_bin.state_dict()[name], tensor), name
+    table = from_bin.token_embedding.weight.detach()                    # (320, C)
+    assert torch.allclose(table[300:], table[:300].mean(dim=0).expand(20, -1))
+    assert torch.equal(table[:300], hf.transformer.wte.weight.detach())
+    out = from_bin.eval().generate(torch.zeros(4, 1, dtype=torch.long), 60, temperature=5.0,
+                                   generator=torch.Generator().manual_seed(0), n_vocab=299)
+    assert out.max().item() < 299                                      # ordinary tokens only
 
 
 def test_gpt2_missing_offline_names_the_files(tmp_path, monkeypatch):

@@ -15,9 +15,10 @@ def tiny(causal=True, attention="fast", **overrides):
     return Transformer(ModelConfig(**config)).eval()
 
 
+@pytest.mark.parametrize("alibi", [False, True])                   # True: the training scripts' default
 @pytest.mark.parametrize("attention", ["fast", "explicit"])
-def test_causal_model_cannot_see_the_future(attention):
-    model = tiny(causal=True, attention=attention)
+def test_causal_model_cannot_see_the_future(attention, alibi):
+    model = tiny(causal=True, attention=attention, alibi=alibi)
     idx = torch.randint(0, 50, (2, 16))
     changed = idx.clone()
     changed[:, 9:] = (changed[:, 9:] + 1) % 50                       # alter positions > 8
@@ -28,9 +29,10 @@ def test_causal_model_cannot_see_the_future(attention):
     assert not torch.allclose(a[:, 9:], b[:, 9:])
 
 
+@pytest.mark.parametrize("alibi", [False, True])
 @pytest.mark.parametrize("attention", ["fast", "explicit"])
-def test_bidirectional_model_sees_the_whole_sequence(attention):
-    model = tiny(causal=False, attention=attention)
+def test_bidirectional_model_sees_the_whole_sequence(attention, alibi):
+    model = tiny(causal=False, attention=attention, alibi=alibi)
     idx = torch.randint(0, 50, (2, 16))
     changed = idx.clone()
     changed[:, 9:] = (changed[:, 9:] + 1) % 50

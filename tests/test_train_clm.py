@@ -175,3 +175,29 @@ def test_init_from_continues_another_runs_weights_with_its_tokenizer(corpus_file
     assert plumbing.load_checkpoint(str(tmp_path / "third" / "ckpt.pt"))["model_config"]["n_layer"] == 2
     with pytest.raises(plumbing.UserError, match=r"--block-size 64 is longer"):
         train(dataclasses.replace(cfg, block_size=64, out_dir=str(tmp_path / "fourth")))
+
+
+def test_weight_decay_falls_on_matrices_only_and_clipping_bounds_the_step():
+    """AdamW's two groups: embeddings and projection matrices decay, LayerNorm gains and biases do
+    not. Then clipping: a gradient 1000 times too large is scaled to norm grad_clip before the step."""
+    model = Transformer(ModelConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=True))
+    cfg = TrainConfig(weight_decay=0.1, lr=1e-3)
+    optimizer = train_clm.make_optimizer(model, cfg, torch.device("cpu"))
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed, plain = ({names[id(p)] for p in group["params"]} for group in optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
+    assert {"token_embedding.weight", "position_embedding.weight", "blocks.0.attn.qkv.weight",
+            "blocks.1.mlp.proj.weight"} <= decayed
+    assert all(name.endswith("bias") or "norm" in name for name in plain)
+    assert "final_norm.weight" in plain and "blocks.0.attn.qkv.bias" in plain
+    assert decayed | plain == set(names.values()) and not decayed & plain
+    # Clipping, seen through plain SGD at lr 1 (the step is the clipped gradient itself): gradients
+    # of 1000 everywhere, 22 numbers, a norm of 4,690 before clipping and exactly 1.0 after.
+    params = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(3, 4))])
+    for p in params:
+        p.grad = torch.full_like(p, 1000.0)
+    _, scaler = train_clm.precision_context(torch.device("cpu"), "fp32")
+    train_clm.optimizer_step(params, torch.optim.SGD(params, lr=1.0), scaler, grad_clip=1.0)
+    step = torch.cat([p.detach().flatten() for p in params])
+    assert step.norm().item() == pytest.approx(1.0) and torch.allclose(step, step[0].expand(22))
+    assert all(p.grad is None for p in params)                          # cleared for the next step
