@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import sys
 import sysconfig

@@ -40,29 +40,25 @@ Prompting (--mode prompt), the third route to a task and the only one with no gr
 What is measured (the tasks, splits, scores and reference rows are tasks.py's): accuracy and
 macro-F1 on dev and test, each read beside the majority class (above it, something was learned)
 and a bag-of-words logistic regression on the same examples (above it, the Transformer earned its
-cost); forgetting, the body's own pretraining validation loss before and after fine-tuning; and
---sweep, test accuracy against the number of labels for scratch, CLM, MLM, LoRA and prompting,
-every point over 3+ seeds on the very same subsamples, since with a few dozen labels one seed's
-draw can swing accuracy by several points.
+cost); and forgetting, the body's own pretraining validation loss before and after fine-tuning.
+How accuracy grows with the number of labels, for every route at once, is transfer.py's lesson.
 
 Bodies: a checkpoint of train_clm.py or train_mlm.py, or GPT-2 itself (`--checkpoint gpt2`, or a
 Hugging Face GPT-2 folder), read by plumbing's one checkpoint reader into the same format.
 
 Read tasks.py first (labelled sets and how a classifier is scored), then in this order:
 1. inputs and pooling; 2. the classifier, the modes and LoRA; 3. bodies (pretrained or scratch);
-4. the fine-tuning loop; 5. forgetting; 6. one run; 7. the sweep; 8. the command line.
-prompting.py, the third route, comes after.
+4. the fine-tuning loop; 5. forgetting; 6. one run; 7. the command line. prompting.py, the
+third route, comes after, and transfer.py, which measures all three against the number of labels.
 
     python finetune.py --checkpoint out/clm/ckpt.pt --n-train 256          # CLM, full fine-tuning
     python finetune.py --checkpoint out/clm/ckpt.pt --init scratch         # same shape, random
     python finetune.py --checkpoint out/mlm/ckpt.pt --mode lora --forgetting
     python finetune.py --checkpoint out/clm/ckpt.pt --mode prompt --shots 4  # no gradient step
-    python finetune.py --sweep --clm out/clm/ckpt.pt --mlm out/mlm/ckpt.pt # the paradigm in a picture
 """
 import copy
 import dataclasses
 import math
-import os
 import time
 import types
 from dataclasses import dataclass
@@ -495,149 +491,13 @@ def single_run(args, cfg):
 
 
 # ----------------------------------------------------------------------------------------------
-# 7. The sweep: test accuracy against the number of labels.
-
-# method -> (which checkpoint, init, mode). LoRA adapts the CLM body. Each pretrained method is
-# compared with random weights in its own architecture (mask, shape, pooling), which is not the
-# same for the two checkpoints: "scratch" has the CLM's, "scratch-mlm" the MLM's.
-SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrained", "full"),
-                 "scratch-mlm": ("mlm", "scratch", "full"), "mlm": ("mlm", "pretrained", "full"),
-                 "lora": ("clm", "pretrained", "lora"), "prompt": ("clm", "pretrained", "prompt")}
-PROMPT_SHOTS = (0, 1, 4, 8)   # prompting's rows: its "labels" are the demonstrations in the prompt
-
-
-def sweep(args, cfg):
-    """Every method at every size for --seeds seeds, beside bag-of-words; prompting at PROMPT_SHOTS
-    demonstrations. Each pretrained method is compared with scratch in its own architecture."""
-    device = plumbing.pick_device(cfg.device)
-    if not args.clm:
-        raise UserError("--sweep needs --clm CKPT (and --mlm CKPT for the MLM curve)")
-    methods = plumbing.parse_choices(args.methods, SWEEP_METHODS, "--methods")
-    checkpoints = {which: train_clm.load_pretrained(path, None, args.data_dir, args.cache_dir)
-                   for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
-    skipped = [m for m in methods if SWEEP_METHODS[m][0] not in checkpoints]
-    methods = [m for m in methods if m not in skipped]
-    if skipped:
-        print(f"skipping {', '.join(skipped)}: no --mlm checkpoint given")
-    if not methods:
-        raise UserError("--methods: nothing left to run; give --mlm CKPT or other methods")
-    labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
-    sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
-    seeds = range(cfg.seed, cfg.seed + args.seeds)
-    cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
-
-    def body_for(method, seed):
-        """A fresh body for each run: fine-tuning changes it in place, and scratch is seeded."""
-        which, init, _ = SWEEP_METHODS[method]
-        checkpoint, enc = checkpoints[which]
-        return body_from(checkpoint, init, seed), enc
-
-    def run(method, k, seed):
-        """One point of the curve: `method` with k labels (prompting: k demonstrations)."""
-        if method == "bow":
-            train = tasks.subsample_balanced(labelled.train, k, seed)
-            return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-        body, enc = body_for(method, seed)
-        run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2], shots=k)
-        train = [] if method == "prompt" else tasks.subsample_balanced(labelled.train, k, seed)
-        return run_one(body, enc, labelled, train, run_cfg, device, log=lambda *a: None)[0]
-
-    # The plan: every (method, labels, seed) point; bag-of-words is a row at every size, beside the
-    # Transformers trained on the very same subsample (same size, same seed).
-    plan = [(m, k, s) for k in sizes for s in seeds for m in ["bow"] + methods if m != "prompt"]
-    if "prompt" in methods:
-        # Prompting's "labels" are the demonstrations in its prompt: its rows are at PROMPT_SHOTS,
-        # as many of them as fit the body's positions, beside the fine-tuning rows of equal size.
-        shots = prompting.shots_that_fit(*body_for("prompt", cfg.seed), labelled, PROMPT_SHOTS, cfg)
-        plan += [("prompt", k, s) for k in shots for s in seeds]
-        sizes = sorted(set(sizes) | set(shots))
-    # Records made with other settings (or from a checkpoint since rewritten) are never mixed in.
-    settings = [args.task, {p: os.path.getmtime(p) for p in (args.clm, args.mlm) if p and os.path.isfile(p)},
-                args.clm, args.mlm, dataclasses.asdict(cfg)]
-    print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, seeds {list(seeds)}")
-    records = plumbing.run_sweep(plan, run, os.path.join(args.out_dir, "sweep.jsonl"), settings)
-    # Each pretrained method's gain is read against scratch in its own architecture.
-    twin = {m: next((s for s in methods if SWEEP_METHODS[s][:2] == (SWEEP_METHODS[m][0], "scratch")), None)
-            for m in methods if m != "prompt" and SWEEP_METHODS[m][1] == "pretrained"}
-    print(write_sweep_report(records, ["bow"] + methods, sizes, labelled, twin, args.out_dir))
-    print(f"saved {args.out_dir}/sweep.jsonl, sweep.md and sweep.png")
-
-
-# What the sweep shows: each method's mean and spread over seeds at each number of labels, and what
-# pretraining buys, the gain of a pretrained body over the same architecture from random weights.
-
-def summarise(records, method, k, split="test", metric="accuracy"):
-    values = torch.tensor([r[split][metric] for r in records if r["method"] == method and r["n_train"] == k],
-                          dtype=torch.float64)
-    if len(values) == 0:
-        return None
-    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0), len(values)
-
-def summary_table(records, methods, sizes, labelled, metric="accuracy"):
-    """Markdown: the test metric, mean ± sample standard deviation over seeds."""
-    lines = [f"Test {metric.replace('_', '-')} on {labelled.name} ({len(labelled.test)} examples, "
-             f"{len(labelled.label_names)} classes), mean ± std over seeds (n = seeds):", "",
-             "| method | " + " | ".join(f"{k} labels" for k in sizes) + " |",
-             "|---" * (len(sizes) + 1) + "|"]
-    for method in methods:
-        cells = []
-        for k in sizes:
-            s = summarise(records, method, k, metric=metric)
-            cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f} (n={s[2]})")
-        lines.append(f"| {'bag-of-words' if method == 'bow' else method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-def gains_over_scratch(records, methods, sizes, baselines):
-    """What pretraining buys, in test-accuracy points: mean(method) - mean(its scratch) at each size.
-    baselines: method -> the scratch method in its architecture (or None)."""
-    lines = []
-    for method in methods:
-        baseline = baselines.get(method)
-        if baseline is None:
-            continue
-        gains = [(k, summarise(records, method, k), summarise(records, baseline, k)) for k in sizes]
-        cells = [f"{100 * (a[0] - b[0]):+.1f} at {k}" for k, a, b in gains if a and b]
-        if cells:
-            lines.append(f"- {method} minus {baseline}, test accuracy points: {', '.join(cells)} labels")
-    return "\n".join(lines)
-
-def plot_sweep(records, methods, sizes, labelled, path):
-    """Test accuracy against labelled examples (log scale), mean and std over seeds, with chance."""
-    with plumbing.figure(path) as (fig, ax):
-        for method in methods:
-            points = [(k, summarise(records, method, k)) for k in sizes]
-            points = [(k, s) for k, s in points if s is not None]
-            if not points:
-                continue
-            ks, means, stds = [k for k, _ in points], [s[0] for _, s in points], [s[1] for _, s in points]
-            style = dict(linestyle="--", color="grey") if method == "bow" else {}
-            ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
-                        label="bag-of-words" if method == "bow" else method, **style)
-        ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
-        ax.set_xscale("symlog", base=2, linthresh=1)      # log, but 0 (zero-shot prompting) fits
-        ax.set_xticks(sizes, [str(k) for k in sizes])
-        ax.minorticks_off()
-        ax.set(xlabel="labelled examples (prompting: demonstrations in the prompt)", ylabel="test accuracy (mean ± std over seeds)",
-               title=f"{os.path.basename(labelled.name)}: what pretraining buys, label by label", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-        ax.legend()
-
-def write_sweep_report(records, methods, sizes, labelled, baselines, out_dir):
-    """sweep.md (test accuracy and macro-F1 tables, gains over scratch) and sweep.png."""
-    tables = [summary_table(records, methods, sizes, labelled, metric) for metric in ("accuracy", "macro_f1")]
-    table = "\n\n".join(tables + [gains_over_scratch(records, methods, sizes, baselines)])
-    with open(os.path.join(out_dir, "sweep.md"), "w") as f:
-        f.write(table + "\n")
-    plot_sweep(records, methods, sizes, labelled, os.path.join(out_dir, "sweep.png"))
-    return table
-
-
-# ----------------------------------------------------------------------------------------------
-# 8. The command line.
+# 7. The command line.
 
 def main(argv=None):
-    """One run (the default), the sweep (--sweep) or a text export (--export-text)."""
-    parser = plumbing.build_parser(__doc__.split("\n")[0], FinetuneConfig, train_clm.PRESETS, epilog=(
+    """One run (the default) or a text export (--export-text)."""
+    # --preset names a scratch shape (train_clm.PRESETS), not fine-tuning settings: nothing to merge.
+    presets = dict.fromkeys(train_clm.PRESETS, {})
+    parser = plumbing.build_parser(__doc__.split("\n")[0], FinetuneConfig, presets, epilog=(
         "--preset only sets the shape of a scratch model when no --checkpoint gives one. Without "
         "--checkpoint, --init scratch builds the tokenizer from --corpus/--tokenizer."))
     parser.add_argument("--task", default="pydocs-topic", help="pydocs-topic (offline), sst2, sms-spam, "
@@ -656,16 +516,7 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results.json and curve.png already in --out-dir")
     parser.add_argument("--out-dir", help="where results.json and curve.png go (None: out/finetune; "
-                        "'': nothing is saved), or the sweep's files (None: out/finetune-sweep)")
-    group = parser.add_argument_group("sweep: test accuracy against the number of labels")
-    group.add_argument("--sweep", action="store_true", help="run the sweep instead of one fine-tuning")
-    group.add_argument("--clm", metavar="CKPT", help="CLM checkpoint (scratch and lora use its shape)")
-    group.add_argument("--mlm", metavar="CKPT", help="MLM checkpoint")
-    group.add_argument("--methods", default="scratch,clm,scratch-mlm,mlm,lora,prompt",
-                       help=f"from {', '.join(SWEEP_METHODS)} (prompt: at {PROMPT_SHOTS} demonstrations)")
-    group.add_argument("--sizes", default="32,128,256,512,2048,all",
-                       help="labelled set sizes (capped at the train split)")
-    plumbing.add_flag(group, "--seeds", 3, "seeds per point (from --seed on)", "[1, inf)")
+                        "'': nothing is saved)")
     group = parser.add_argument_group("export: in-domain text for domain-adaptive pretraining")
     group.add_argument("--export-text", metavar="TASK",
                        help="write TASK's training texts (no labels) to -o FILE")
@@ -678,11 +529,7 @@ def main(argv=None):
         plumbing.write_atomic(args.output, text.encode("utf-8"))
         return print(f"wrote {text.count(chr(10)):,} training texts ({len(text.encode()) / 1e6:.2f} MB) to "
                      f"{args.output}; pretrain on it with: python train_clm.py --corpus {args.output}")
-    # --preset names a scratch shape (train_clm.PRESETS), not fine-tuning settings: nothing to merge.
-    cfg = plumbing.config_from_args(args, FinetuneConfig, dict.fromkeys(train_clm.PRESETS, {}))
-    if args.sweep:
-        args.out_dir = args.out_dir or "out/finetune-sweep"
-        return sweep(args, cfg)
+    cfg = plumbing.config_from_args(args, FinetuneConfig, presets)
     args.out_dir = "out/finetune" if args.out_dir is None else args.out_dir
     return single_run(args, cfg)
 

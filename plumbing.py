@@ -89,9 +89,10 @@ def build_parser(description, config_class, presets, epilog=None, default_preset
     parser = argparse.ArgumentParser(description=description, epilog=epilog,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.error = fail_in_one_line
-    parser.add_argument("--preset", default=default_preset, help=f"named settings: {', '.join(presets)}; "
-                        "any flag below overrides the preset")
-    preset = presets.get(default_preset) or {}
+    if presets:                                     # None: a script without presets
+        parser.add_argument("--preset", default=default_preset, help=f"named settings: {', '.join(presets)}; "
+                            "any flag below overrides the preset")
+    preset = (presets or {}).get(default_preset) or {}
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         default = f"{preset[f.name]} from --preset {default_preset}" if f.name in preset else f.default
@@ -145,11 +146,11 @@ def add_flag(parser, flag, default, help, within=None, type=None, **kw):
                                help=help + suffix, **kw)
 
 
-def config_from_args(args, config_class, presets):
+def config_from_args(args, config_class, presets=None):
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(config_class)}}
-    if args.preset not in presets:
+    if presets and args.preset not in presets:
         raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(presets)}")
-    cfg = config_class(**{**presets[args.preset], **given})
+    cfg = config_class(**{**(presets[args.preset] if presets else {}), **given})
     check_knobs(cfg)
     return cfg
 

@@ -21,6 +21,7 @@ import tasks
 import prompting
 import train_clm
 import train_mlm
+import transfer
 from conftest import generated_text
 from finetune import FinetuneConfig, LoRALinear, make_classifier, merge_lora, pool
 from model import ModelConfig, Transformer, padded_vocab_size
@@ -256,11 +257,11 @@ def test_cli_scratch_without_a_checkpoint_builds_the_preset_shape_with_the_asked
 
 
 def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_path, capsys):
-    flags = ["--sweep", "--clm", pretrained["clm"][0], "--task", pretrained["tsv"], "--sizes", "8,all",
+    flags = ["--clm", pretrained["clm"][0], "--task", pretrained["tsv"], "--sizes", "8,all",
              "--seeds", "2", *quick_flags(tmp_path / "sweep", precision="auto")]
-    finetune.main([*flags, "--methods", "scratch,mlm"])
+    transfer.main([*flags, "--methods", "scratch,mlm"])
     assert "skipping mlm" in capsys.readouterr().out
-    finetune.main([*flags, "--mlm", pretrained["mlm"][0]])
+    transfer.main([*flags, "--mlm", pretrained["mlm"][0]])
     records = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
     assert {(r["method"], r["n_train"], r["seed"]) for r in records} >= {
         (m, k, s) for m in ("bow", "scratch", "clm", "scratch-mlm", "mlm", "lora") for k in (8, 96)
@@ -271,7 +272,7 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     assert "| mlm |" in table and "(n=2)" in table and "macro-f1" in table
     assert "clm minus scratch," in table and "mlm minus scratch-mlm," in table and "lora minus scratch," in table
     assert "s left)" in capsys.readouterr().out
-    finetune.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
+    transfer.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
     assert "0 runs to do" in capsys.readouterr().out
 
     finetune.main(["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")])
@@ -333,13 +334,14 @@ def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pret
 @pytest.mark.parametrize("argv, message", [
     (["--checkpoint", "no/such/ckpt.pt"], "no checkpoint at"),
     ([], "--init pretrained needs --checkpoint"),
-    (["--sweep"], "--sweep needs --clm"),
-    (["--sweep", "--clm", "no/such/ckpt.pt", "--methods", "clm,bogus"], "--methods: unknown bogus; choose from"),
     (["--export-text", "sst2"], "needs -o FILE"),
+    ([transfer], "give --clm CKPT"),
+    ([transfer, "--clm", "no/such/ckpt.pt", "--methods", "clm,bogus"], "--methods: unknown bogus; choose from"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    script, argv = (argv[0], argv[1:]) if argv and argv[0] is transfer else (finetune, argv)
     with pytest.raises(SystemExit) as exit_info:
-        plumbing.run_cli(lambda: finetune.main(argv))
+        plumbing.run_cli(lambda: script.main(argv))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1

@@ -37,6 +37,7 @@ import finetune
 import tasks
 import plumbing
 import train_clm
+import transfer
 from conftest import generated_text
 from model import ModelConfig, Transformer
 from plumbing import UserError, load_checkpoint, save_checkpoint
@@ -537,7 +538,7 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
         (train_clm, ["--sample", ckpt, "--num-tokens", "-5"], "--num-tokens"),
         (finetune, ["--checkpoint", ckpt, "--out-dir", str(run)], "already holds results"),
         (finetune, ["--checkpoint", ckpt, "--out-dir", str(run / "ckpt.pt")], "is a file"),
-        (finetune, ["--sweep", "--clm", ckpt, "--seeds", "0", "--out-dir", str(run)], "--seeds"),
+        (transfer, ["--clm", ckpt, "--seeds", "0", "--out-dir", str(run)], "--seeds"),
         (finetune, ["--export-text", "sst2", "-o", str(run)], "is a folder"),
     ]
     for module, argv, message in cases:
