@@ -319,7 +319,7 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
                                          for s in starts]))                       # (n, T-1)
     ids, n_ord = data.special_ids(dataset.enc), data.n_ordinary(dataset.enc)
     most_frequent = int(np.bincount(dataset.train).argmax())
-    hits = dict(bidirectional=0, causal=0, unigram=0)
+    hits = dict(bidirectional=0, causal=0, unigram=0, only_bidirectional=0, only_causal=0)
     for chunk in windows.split(batch_size):
         chunk = chunk.to(device)
         answers = chunk[:, middle]                                                  # (b,)
@@ -327,21 +327,40 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
         blanked[:, middle] = ids["mask"]
         cls = torch.full((len(chunk), 1), ids["cls"], device=device)
         h = mlm.hidden_states(torch.cat([cls, blanked], dim=1))[:, 1 + middle]      # (b, C)
-        hits["bidirectional"] += (mlm.lm_head(h)[:, :n_ord].argmax(-1) == answers).sum().item()
+        mlm_right = mlm.lm_head(h)[:, :n_ord].argmax(-1) == answers                  # (b,)
         h = clm.hidden_states(chunk[:, middle - left:middle])[:, -1]                # (b, C)
-        hits["causal"] += (clm.lm_head(h)[:, :n_ord].argmax(-1) == answers).sum().item()
-        hits["unigram"] += (answers == most_frequent).sum().item()
+        clm_right = clm.lm_head(h)[:, :n_ord].argmax(-1) == answers                  # (b,)
+        # The same windows for both models: the counts that disagree are what the comparison rests on.
+        for name, right in (("bidirectional", mlm_right), ("causal", clm_right),
+                            ("unigram", answers == most_frequent), ("only_bidirectional", mlm_right & ~clm_right),
+                            ("only_causal", clm_right & ~mlm_right)):
+            hits[name] += right.sum().item()
     n = len(windows)
-    return dict({name: count / n for name, count in hits.items()}, n=n, left=left, right=length - middle - 1)
+    return dict({name: hits[name] / n for name in ("bidirectional", "causal", "unigram")}, n=n, left=left,
+                right=length - middle - 1, only_bidirectional=hits["only_bidirectional"],
+                only_causal=hits["only_causal"])
+
+
+def paired_difference(only_a, only_b, n):
+    """The difference of two accuracies measured on the same n items, and its standard error. Only
+    the items where the two disagree carry information (McNemar 1947): with b of them right for A
+    alone and c for B alone, the difference is (b - c)/n with standard error sqrt(b + c - (b - c)^2/n)/n,
+    usually far smaller than two separate binomial errors, which treat the items as independent."""
+    return (only_a - only_b) / n, max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0) ** 0.5 / n
 
 
 def print_comparison(result):
-    """train_mlm.py --compare-causal's output: the two accuracies with their standard errors."""
+    """train_mlm.py --compare-causal's output: the two accuracies with their binomial standard
+    errors, and their difference with its paired standard error."""
     se = lambda p: 100 * (p * (1 - p) / result["n"]) ** 0.5                  # binomial standard error
     print(f"blanked middle token of {result['n']:,} validation windows: {result['left']} tokens on the "
           f"left, {result['right']} on the right (seen only by the bidirectional model)")
     for name, label in (("bidirectional", "bidirectional (MLM)"), ("causal", "causal (CLM, left context only)")):
         print(f"{label} accuracy: {100 * result[name]:.1f}% (+/- {se(result[name]):.1f})")
+    difference, paired_se = paired_difference(result["only_bidirectional"], result["only_causal"], result["n"])
+    print(f"difference: {100 * difference:+.1f} points (+/- {100 * paired_se:.1f}, paired: the same windows; "
+          f"{result['only_bidirectional']:,} right for the bidirectional model alone, "
+          f"{result['only_causal']:,} for the causal one alone)")
     print(f"unigram baseline: {100 * result['unigram']:.1f}%")
 
 

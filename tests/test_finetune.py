@@ -232,7 +232,9 @@ def test_cli_single_runs_measure_forgetting(pretrained, tmp_path, capsys):
         loss = runs[which, mode]["pretraining_loss"]
         assert loss["before"] == pytest.approx(pretrained[which][1], rel=1e-4)   # the script's own number
         assert (loss["after"] == loss["before"]) == (mode == "frozen")
-        assert 0 <= runs[which, mode]["test"]["accuracy"] <= 1
+        # The curve's last dev point is the reported dev score: the same model, scored once more.
+        history = runs[which, mode]["history"]
+        assert history[-1]["dev_accuracy"] == runs[which, mode]["dev"]["accuracy"]
     assert runs["mlm", "frozen"]["pooling"] == "cls" and runs["clm", "full"]["pooling"] == "last"
     assert runs["clm", "lora"]["lora_merge_max_abs_diff"] < 1e-4
     assert runs["clm", "lora"]["trainable"] < runs["clm", "full"]["trainable"]
@@ -303,6 +305,27 @@ def test_prompt_scores_are_the_log_probability_of_each_word_after_the_whole_prom
             assert scores[i, c].item() == pytest.approx(expected, abs=1e-4)
 
 
+def test_prompts_fit_the_body_long_texts_are_cut_and_only_fitting_shot_counts_are_kept(capsys):
+    """A body of 64 positions, byte tokens. Template pieces 'Text:' (5), '\\nLabel:' (7),
+    '\\n\\nText:' (7); words ' animal' and ' colour' (7). With k demonstrations each text gets
+    (64 - 5) // (k + 1) - 7 - 7 - 7 tokens: 38 at k = 0, 8 at k = 1, none at k = 4 or 8."""
+    body, labelled = tiny_body().eval(), separable_set()
+    cfg = tiny_config(max_len=64)
+    assert prompting.shots_that_fit(body, ENC, labelled, (0, 1, 4, 8), cfg) == [0, 1]
+    assert "only [0, 1] demonstrations fit the body's 64 positions" in capsys.readouterr().out
+    words = prompting.verbalizers(labelled)
+    assert [prompting.text_budget(body, ENC, k, words, 64) for k in (0, 1)] == [38, 8]
+    # Texts far longer than the body reads are cut to the budget (a space, then budget - 1 bytes):
+    # the scores equal those of the texts cut by hand, and no prompt overflows the 64 positions.
+    demos = [("cat dog bird", 0)]
+    long_texts = ["horse " * 200, "grey pink " * 150]
+    cut = [text[:7] for text in long_texts]
+    scores = prompting.prompt_scores(body, ENC, demos, words, long_texts, 64, DEVICE)
+    assert torch.allclose(scores, prompting.prompt_scores(body, ENC, demos, words, cut, 64, DEVICE))
+    with pytest.raises(plumbing.UserError, match="4 demonstrations do not fit"):
+        prompting.prompt_scores(body, ENC, demos * 4, words, long_texts, 64, DEVICE)
+
+
 def test_majority_row_is_the_whole_training_splits_most_common_class(pretrained, tmp_path):
     """A balanced subsample of an imbalanced task has no majority: the floor must still be the class
     that is common in the task (here 3 in 4 rows), whatever the seed, not a tie broken by chance."""
@@ -321,7 +344,14 @@ def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pret
                    "--shots", "0", "--verbalizers", "animal=beast", "--out-dir", str(tmp_path / "p")])
     result = json.loads((tmp_path / "p" / "results.json").read_text())
     assert result["shots"] == 0 and result["verbalizers"] == [" beast", " person"] and result["trainable"] == 0
-    assert 0 <= result["test"]["accuracy"] <= 1 and "prompted (0 shots)" in capsys.readouterr().out
+    assert "prompted (0 shots)" in capsys.readouterr().out
+    # The run's test accuracy is the argmax of log p(word | prompt) over the classes, text by text.
+    checkpoint, enc = train_clm.load_pretrained(pretrained["clm"][0])
+    labelled = tasks.load_labelled(pretrained["tsv"])
+    scores = prompting.prompt_scores(Transformer.from_checkpoint(checkpoint), enc, [], result["verbalizers"],
+                                     [text for text, _ in labelled.test], 64, DEVICE)
+    gold = torch.tensor([y for _, y in labelled.test])
+    assert result["test"]["accuracy"] == pytest.approx((scores.argmax(dim=1) == gold).float().mean().item())
     with pytest.raises(SystemExit) as exit_info:
         plumbing.run_cli(lambda: finetune.main(["--checkpoint", pretrained["mlm"][0], "--task", pretrained["tsv"],
                                                 "--mode", "prompt", "--out-dir", ""]))

@@ -1,6 +1,7 @@
 """Tests of masked-LM pretraining: BERT's masking statistics (data.mask_tokens), sparse prediction,
 learning, and the command line of train_mlm.py (fill-in-the-blank, causal comparison)."""
 import json
+import math
 import re
 
 import pytest
@@ -193,7 +194,9 @@ def test_cli_trains_fills_and_compares_with_causal(corpus_file, tmp_path, capsys
     train_clm.train(train_clm.TrainConfig(**clm_settings))
     result = train_mlm.compare_causal(str(tmp_path / "clm" / "ckpt.pt"), str(tmp_path / "mlm" / "ckpt.pt"))
     assert result["n"] > 100 and result["left"] == result["right"] == 15
-    assert all(0.0 <= result[k] <= 1.0 for k in ("bidirectional", "causal", "unigram"))
+    # Both models are scored on the same windows: the difference is exactly the disagreements.
+    assert result["bidirectional"] - result["causal"] == pytest.approx(
+        (result["only_bidirectional"] - result["only_causal"]) / result["n"])
     with pytest.raises(data.UserError, match="causal model"):          # arguments swapped
         train_mlm.compare_causal(str(tmp_path / "mlm" / "ckpt.pt"), str(tmp_path / "clm" / "ckpt.pt"))
     with pytest.raises(data.UserError, match="causal model"):
@@ -220,3 +223,64 @@ def test_validation_mask_ignores_training_knobs(corpus_file, tmp_path):
         other = scored(**overrides)
         assert other["n_masked"] == first["n_masked"] and other["val_acc"] == first["val_acc"]
         assert abs(other["val_loss"] - first["val_loss"]) < 1e-5
+
+
+class ShiftedReader(torch.nn.Module):
+    """A stand-in model whose prediction at each position is the token `shift` places to its right
+    (its hidden state is that token, one-hot; its head is the identity)."""
+    def __init__(self, shift, block_size, vocab_size):
+        super().__init__()
+        self.shift, self.vocab_size = shift, vocab_size
+        self.config = ModelConfig(vocab_size=vocab_size, block_size=block_size)
+
+    def hidden_states(self, idx):
+        return torch.nn.functional.one_hot(torch.roll(idx, -self.shift, dims=1), self.vocab_size).float()
+
+    def lm_head(self, h):
+        return h
+
+
+def test_compare_causal_counts_on_a_hand_built_case(tmp_path, monkeypatch, capsys):
+    """Text 'aab' repeated. The bidirectional stand-in reads the token 3 places right of the blank:
+    in a period-3 text that is the blank itself, right every time. The causal one reads the token
+    just left of the blank: right only where the blank is the second 'a' of 'aab'. Windows start
+    every 4 tokens, so the blank takes all three phases; the counts follow by hand."""
+    (tmp_path / "aab.txt").write_text("aab" * 2000)
+    corpus = str(tmp_path / "aab.txt")
+    for out, config, run in (("mlm", MLMConfig, train_mlm_run), ("clm", train_clm.TrainConfig, train_clm.train)):
+        run(config(**dict(train_clm.PRESETS["tiny"], corpus=corpus, out_dir=str(tmp_path / out), quiet=True,
+                          precision="fp32", device="cpu", max_iters=1, block_size=36, sample_tokens=0)))
+    stand_ins = {True: ShiftedReader(0, 36, 260), False: ShiftedReader(3, 36, 260)}
+    monkeypatch.setattr(train_mlm.Transformer, "from_checkpoint",
+                        staticmethod(lambda checkpoint: stand_ins[checkpoint["model_config"]["causal"]]))
+    result = train_mlm.compare_causal(str(tmp_path / "clm" / "ckpt.pt"), str(tmp_path / "mlm" / "ckpt.pt"))
+    val = "aab" * 2000
+    val = val[int(len(val) * 0.9):]                       # the validation split: the last 10%
+    starts = range(0, len(val) - 35 + 1, 35 // 8)         # windows of 35 tokens, every 4
+    blanks = [s + 17 for s in starts]                     # the middle of each window
+    second_a = sum(val[b] == "a" and val[b - 1] == "a" for b in blanks)
+    assert result["n"] == len(blanks) and (result["left"], result["right"]) == (17, 17)
+    assert result["bidirectional"] == 1.0 and result["causal"] == second_a / len(blanks)
+    assert result["only_bidirectional"] == len(blanks) - second_a and result["only_causal"] == 0
+    assert result["unigram"] == sum(val[b] == "a" for b in blanks) / len(blanks)   # 'a' is most frequent
+    train_mlm.print_comparison(result)
+    b, n = len(blanks) - second_a, len(blanks)
+    assert f"difference: {100 * b / n:+.1f} points (+/- {100 * (b - b * b / n) ** 0.5 / n:.1f}, paired" \
+        in capsys.readouterr().out
+
+
+def test_masked_lm_bits_per_byte_count_the_masked_tokens_own_bytes(corpus_file):
+    """With a BPE a masked token spells several bytes: bits per byte is the loss per masked token
+    over ln 2, divided by the bytes per masked token, which lie near the split's own bytes per token
+    (counting tokens, or swapping the two counts, would put them at 1 or below)."""
+    cfg = tiny_mlm_config(corpus_file, "", tokenizer="bpe:300")
+    dataset = data.prepare_dataset(cfg.corpus, cfg.tokenizer, cache_dir=cfg.cache_dir, verbose=False)
+    torch.manual_seed(0)
+    model = Transformer(train_clm.model_config(cfg, dataset.enc, causal=False)).eval()
+    with torch.no_grad():
+        result = train_mlm.evaluate_mlm(model, dataset, cfg, None, torch.device("cpu"))
+    bytes_per_masked_token = result["val_loss"] / math.log(2) / result["val_bpb"]
+    split_bytes_per_token = dataset.meta["val_bytes"] / dataset.meta["n_val_tokens"]
+    assert split_bytes_per_token > 1.5
+    assert bytes_per_masked_token == pytest.approx(split_bytes_per_token, rel=0.25)
+    assert result["val_bpc"] == pytest.approx(result["val_bpb"] * dataset.meta["val_bytes"] / dataset.meta["val_chars"])

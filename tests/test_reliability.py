@@ -19,7 +19,6 @@ import json
 import math
 import os
 import pickle
-import random
 import re
 import shutil
 import signal
@@ -95,7 +94,7 @@ def test_sigkill_mid_run_then_resume_ends_bit_identical(corpus_file, tmp_path):
     # Dropout on, so the resumed run must also restore the global RNG (not only the data position).
     settings = dict(max_iters=30, eval_interval=10, log_interval=1, dropout=0.1)
     killed_dir = tmp_path / "killed"
-    kill_at = random.randint(12, 18)             # some step after the first checkpoint (step 10)
+    kill_at = 15                                 # between the checkpoints of steps 10 and 20
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     process = subprocess.Popen([sys.executable, "train_clm.py", *cli_args(corpus_file, killed_dir, *flags)],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -113,6 +112,9 @@ def test_sigkill_mid_run_then_resume_ends_bit_identical(corpus_file, tmp_path):
     assert process.returncode == -signal.SIGKILL
     saved_step = load_checkpoint(killed_dir / "ckpt.pt")["state"]["step"]
     assert 10 <= saved_step < 30, f"killed at step {kill_at}, checkpoint at step {saved_step}"
+    # A live run was killed: it had logged step kill_at, and never wrote its final record.
+    killed_log = log_records(killed_dir)
+    assert max(r["step"] for r in killed_log) >= kill_at and not any(r.get("final") for r in killed_log)
 
     resumed = train(TrainConfig(**tiny_settings(corpus_file, killed_dir, resume=True, **settings)))
     straight = train(TrainConfig(**tiny_settings(corpus_file, tmp_path / "straight", **settings)))

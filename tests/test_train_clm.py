@@ -201,3 +201,20 @@ def test_weight_decay_falls_on_matrices_only_and_clipping_bounds_the_step():
     step = torch.cat([p.detach().flatten() for p in params])
     assert step.norm().item() == pytest.approx(1.0) and torch.allclose(step, step[0].expand(22))
     assert all(p.grad is None for p in params)                          # cleared for the next step
+
+
+def test_help_shows_the_values_the_default_preset_runs_with(capsys):
+    """`--help` states what a run without flags uses: the cpu preset's values, naming the preset,
+    not the config class's defaults (TrainConfig says lr 2e-3; the cpu preset runs at 3e-3)."""
+    import train_mlm
+    for main in (train_clm.main, train_mlm.main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())           # argparse wraps lines anywhere
+    clm, mlm = text.split("usage:")[1], text.split("usage:")[2]
+    assert "(default: 0.003 from --preset cpu in (0, inf))" in clm           # --lr
+    assert "(default: 0.049 from --preset cpu in (0, inf))" in clm           # --init-std
+    assert "(default: 0.02 from --preset cpu in [0, inf))" in clm            # --muon-lr
+    assert "(default: 2 from --preset cpu in [1, inf))" in mlm               # --n-layer
+    assert "(default: 64 from --preset cpu in [1, inf))" in mlm              # --block-size
+    assert "(default: 0.4 from --preset cpu in (0, 1])" in mlm               # --mask-prob
