@@ -36,6 +36,7 @@ business; BERT's masking lives in train_mlm.py and the labelled sets in tasks.py
 code that uses them.
 """
 import ast
+import functools
 import hashlib
 import json
 import math
@@ -124,8 +125,10 @@ def documented_nodes(node):
                 yield from documented_nodes(child)
 
 
+@functools.lru_cache(maxsize=1)
 def collect_pydocs():
-    """[(source, text)]: pydoc topics sorted by key, then stdlib docstrings by path, deduplicated."""
+    """[(source, text)]: pydoc topics sorted by key, then stdlib docstrings by path, deduplicated.
+    Kept for the process: the corpus and the pydocs-topic task (tasks.py) are built from one walk."""
     from pydoc_data.topics import topics
     docs = [(f"topic:{key}", topics[key].strip()) for key in sorted(topics)]
     stdlib = Path(sysconfig.get_paths()["stdlib"])

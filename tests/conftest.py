@@ -1,6 +1,7 @@
 """Shared fixtures: every test makes its own small data; nothing touches the network or ../shared."""
 import os
 import random
+import shutil
 import socket
 import sys
 
@@ -32,11 +33,25 @@ def corpus_file(tmp_path):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def measured_speeds(tmp_path_factory):
+    """This machine's peak FLOP/s (for MFU), measured once for the whole session: every process a
+    test starts would otherwise measure it again into its own fresh cache (about a second each)."""
+    import plumbing
+    import torch
+    folder = tmp_path_factory.mktemp("measured")
+    plumbing.measured_peak_flops(torch.device("cpu"), "fp32", cache_dir=folder)
+    return folder / "measured.json"
+
+
 @pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path, monkeypatch):
-    """Caches and data directories live in the test's own tmp folder."""
+def isolated_dirs(tmp_path, monkeypatch, measured_speeds):
+    """Caches and data directories live in the test's own tmp folder; the cache starts with the
+    session's measured speeds."""
     monkeypatch.setenv("PTFT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("PTFT_DATA_DIR", raising=False)
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    shutil.copy(measured_speeds, tmp_path / "cache" / "measured.json")
 
 
 LOOPBACK = ("localhost", "::1")

@@ -37,9 +37,10 @@ def test_quick_mode_writes_a_valid_json_table(tmp_path, corpus_file):
         (p, a) for p in ("fp32", "bf16") for a in ("fast", "explicit")}      # the CPU defaults
     for row in rows:
         assert set(REQUIRED) <= set(row) and not row.get("error")
-        # A process's peak memory: at least what importing PyTorch alone takes, and not far above it
-        # for these kilobyte-sized models (a unit slip, KiB for MiB, would be off by 1024 either way).
-        assert runtime_mb <= row["peak_memory_mb"] < runtime_mb + 1000
+        # A process's peak memory: about what importing PyTorch alone takes (a process's footprint
+        # varies by a few MB from run to run), and not far above it for these kilobyte-sized models.
+        # A unit slip, KiB for MiB, would be off by a factor of 1024 either way.
+        assert 0.9 * runtime_mb <= row["peak_memory_mb"] < runtime_mb + 1000
     for row in train_rows:
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1 and row["threads"] == 1
         assert row["compiled"] is False and row["steps"] == 3

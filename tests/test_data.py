@@ -71,8 +71,8 @@ def test_bpe_definition_by_hand():
 
 
 def test_fast_bpe_learns_the_definitions_merges_on_real_text(pydocs_cache):
-    text = data.load_corpus("pydocs", cache_dir=pydocs_cache).text[:60_000]
-    assert data.train_bpe(text, 400) == data.train_bpe_simple(text, 400)
+    text = data.load_corpus("pydocs", cache_dir=pydocs_cache).text[:30_000]
+    assert data.train_bpe(text, 360) == data.train_bpe_simple(text, 360)
 
 
 def test_bpe_on_text_without_spaces_is_not_rescanned_every_merge(monkeypatch):

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_settings(corpus, out_dir, **overrides):
     return dict(PRESETS["tiny"], corpus=str(corpus), out_dir=str(out_dir), quiet=True,
-                precision="fp32", device="cpu", sample_tokens=0, **overrides)
+                **{**dict(precision="fp32", device="cpu", sample_tokens=0), **overrides})
 
 
 def cli_args(corpus, out_dir, *extra):
@@ -148,7 +148,8 @@ def test_checkpoint_is_saved_without_the_torch_compile_prefix(corpus_file, tmp_p
 
 
 def test_interrupted_checkpoint_write_leaves_the_old_one(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / "ckpt.pt"
     old = dict(model={"w": torch.arange(4.0)}, state=dict(step=10), model_config={}, kind="causal",
                tokenizer={}, tokenizer_state={})          # the keys every checkpoint carries
     save_checkpoint(str(path), old)
@@ -167,7 +168,7 @@ def test_interrupted_checkpoint_write_leaves_the_old_one(tmp_path, monkeypatch):
     monkeypatch.setattr(plumbing.torch, "save", dies_half_way(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):       # Ctrl-C still stops the run; it just cleans up
         save_checkpoint(str(path), dict(model={"w": torch.zeros(4)}, state=dict(step=20)))
-    assert os.listdir(tmp_path) == ["ckpt.pt"]   # no half-written temporary file left behind
+    assert os.listdir(tmp_path / "run") == ["ckpt.pt"]   # no half-written temporary file left behind
     assert path.read_bytes() == before
     assert torch.equal(load_checkpoint(path)["model"]["w"], old["model"]["w"])
 
@@ -568,3 +569,21 @@ def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbfhello world\n")
     assert data.load_corpus(str(path)).text == "hello world\n"
+
+
+def test_resume_refuses_a_switched_alibi_and_restores_the_fp16_loss_scale(corpus_file, tmp_path):
+    """ALiBi has no weights, so a checkpoint fits a model without it, which would then compute
+    something else: --resume refuses the switch. fp16's loss scale is state too: the resumed run
+    continues with the saved scale (set here to 1024, where a fresh scaler starts at 65536)."""
+    run = tmp_path / "run"
+    train(TrainConfig(**tiny_settings(corpus_file, run, max_iters=10, precision="fp16")))
+    before = snapshot(run)
+    with pytest.raises(UserError, match=r"--resume: this run's model differs .*\(alibi True -> False\)"):
+        train(TrainConfig(**tiny_settings(corpus_file, run, max_iters=20, resume=True, alibi=False)))
+    assert snapshot(run) == before
+    checkpoint = load_checkpoint(run / "ckpt.pt")
+    assert checkpoint["precision"] == "fp16" and checkpoint["scaler"]["scale"] == 65536.0
+    checkpoint["scaler"]["scale"] = 1024.0
+    save_checkpoint(str(run / "ckpt.pt"), checkpoint)
+    train(TrainConfig(**tiny_settings(corpus_file, run, max_iters=12, eval_interval=12, resume=True)))
+    assert load_checkpoint(run / "ckpt.pt")["scaler"]["scale"] == 1024.0     # 2,000 steps before it grows

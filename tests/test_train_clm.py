@@ -95,6 +95,32 @@ def test_wall_clock_budget_ends_the_schedule(corpus_file, tmp_path, monkeypatch)
     assert lrs[-1] < cfg.min_lr + 0.05 * (cfg.lr - cfg.min_lr)    # at the minimum at the end
 
 
+def test_a_wall_clock_run_resumes_where_its_clock_and_schedule_stopped(corpus_file, tmp_path, monkeypatch):
+    """--max-seconds counts the loop's seconds across a resume: the resumed run continues the
+    schedule from the saved seconds (not from a fresh warmup) and stops when the total is spent."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(train_clm.time, "perf_counter", lambda: next(ticks) * 0.01)
+    real_save = plumbing.save_checkpoint
+
+    def save_and_keep_step_10(path, payload):
+        real_save(path, payload)
+        if payload["state"]["step"] == 10:
+            os.makedirs(tmp_path / "died", exist_ok=True)
+            shutil.copy(path, tmp_path / "died" / "ckpt.pt")
+    monkeypatch.setattr(plumbing, "save_checkpoint", save_and_keep_step_10)
+    settings = dict(max_iters=None, max_seconds=1.5, log_interval=1, eval_interval=10, warmup=0.2)
+    straight = train(tiny_config(corpus_file, tmp_path / "a", **settings))
+    saved = plumbing.load_checkpoint(str(tmp_path / "died" / "ckpt.pt"))["state"]["seconds"]
+    resumed = train(tiny_config(corpus_file, tmp_path / "died", resume=True, **settings))
+    lr_at = lambda result, step: next(r["lr"] for r in result["history"] if r["step"] == step and "lr" in r)
+    assert 0.1 < saved < 1.2 and 1.5 <= resumed["seconds"] < 1.6       # the clock went on from `saved`
+    # At step 11 the schedule is near its peak (progress ~0.19 of 1.5 s); restarted from zero seconds
+    # it would be at the very start of its warmup, a few thousandths of the peak.
+    assert lr_at(resumed, 11) == pytest.approx(lr_at(straight, 11), rel=0.1)
+    assert lr_at(resumed, 11) > 0.5 * train_clm.PRESETS["tiny"].get("lr", TrainConfig.lr)
+    assert abs(resumed["steps"] - straight["steps"]) <= 2
+
+
 def test_budget_progress_uses_the_tightest_rule():
     cfg = TrainConfig(max_iters=100, max_tokens=1000, max_seconds=None)
     assert train_clm.budget_progress(cfg, dict(step=10, tokens=500, seconds=99.0)) == 0.5
