@@ -59,6 +59,7 @@ third route, comes after, and transfer.py, which measures all three against the 
 import copy
 import dataclasses
 import math
+import os
 import time
 import types
 from dataclasses import dataclass
@@ -337,7 +338,9 @@ def predict(classifier, sequences, pad_id, device, autocast, batch_size=64):
 def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev=None, log=print):
     """Train classifier in place on (sequences, labels). dev: optional (sequences, labels) for the
     curve. Reuses the pretraining loop's optimiser (AdamW, decay groups) and schedule (warmup +
-    cosine, ending exactly at the last step). Returns (history, precision)."""
+    cosine, reaching --min-lr where the last step ends; each step at its middle's rate, so that
+    neither the first nor, with BERT's floor of 0, the last is a step of size zero). Returns
+    (history, precision)."""
     cfg = resolved(cfg)
     steps = n_steps(cfg, len(train_sequences))
     precision = cfg.precision
@@ -354,7 +357,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     order, history, start = [], [], time.perf_counter()
     classifier.train()
     for step in range(1, steps + 1):
-        lr = train_clm.learning_rate((step - 1) / steps, cfg)
+        lr = train_clm.learning_rate((step - 0.5) / steps, cfg)     # the step's middle, as pretraining
         for group in optimizer.param_groups:
             group["lr"] = lr
         if len(order) < batch_size:                       # a fresh shuffle for each epoch
@@ -490,6 +493,20 @@ def single_run(args, cfg):
     return result, baseline
 
 
+def default_out_dir(args, cfg):
+    """out/finetune/BODY-TASK-INIT-MODE[-nK][-Sshots]-seedS: runs with other settings never share a
+    folder. BODY is the checkpoint's folder (clm for out/clm/ckpt.pt), gpt2, or scratch-KIND."""
+    if args.checkpoint is None:
+        body = f"scratch-{args.kind}"
+    elif os.path.isfile(args.checkpoint):
+        body = Path(args.checkpoint).parent.name
+    else:
+        body = Path(args.checkpoint).name                       # gpt2, or a GPT-2 folder
+    parts = [body, Path(args.task).stem, args.init, cfg.mode] + ([f"n{cfg.n_train}"] if cfg.n_train else [])
+    parts += [f"{cfg.shots}shots"] if cfg.mode == "prompt" else []
+    return os.path.join("out", "finetune", "-".join(parts + [f"seed{cfg.seed}"]))
+
+
 # ----------------------------------------------------------------------------------------------
 # 7. The command line.
 
@@ -515,8 +532,9 @@ def main(argv=None):
     parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results.json and curve.png already in --out-dir")
-    parser.add_argument("--out-dir", help="where results.json and curve.png go (None: out/finetune; "
-                        "'': nothing is saved)")
+    parser.add_argument("--out-dir", help="where results.json and curve.png go ('': nothing is saved; None: "
+                        "out/finetune/BODY-TASK-INIT-MODE[-nK]-seedS, e.g. out/finetune/clm-pydocs-topic-"
+                        "pretrained-full-n256-seed0 for --checkpoint out/clm/ckpt.pt --n-train 256)")
     group = parser.add_argument_group("export: in-domain text for domain-adaptive pretraining")
     group.add_argument("--export-text", metavar="TASK",
                        help="write TASK's training texts (no labels) to -o FILE")
@@ -530,7 +548,8 @@ def main(argv=None):
         return print(f"wrote {text.count(chr(10)):,} training texts ({len(text.encode()) / 1e6:.2f} MB) to "
                      f"{args.output}; pretrain on it with: python train_clm.py --corpus {args.output}")
     cfg = plumbing.config_from_args(args, FinetuneConfig, presets)
-    args.out_dir = "out/finetune" if args.out_dir is None else args.out_dir
+    if args.out_dir is None:              # a folder of its own for each body, task and setting
+        args.out_dir = default_out_dir(args, cfg)
     return single_run(args, cfg)
 
 

@@ -91,7 +91,10 @@ def padded_vocab_size(n_vocab, multiple=64):
 def alibi_slopes(n_head):
     """ALiBi (Press et al. 2022): head h adds -m_h * |i - j| to the score of query i on key j, with
     the geometric slopes m_h = 2^(-8h / n_head), h = 1..n_head (1/4, 1/16, 1/64, 1/256 for 4 heads):
-    some heads look near, some far. No weights, so a checkpoint's tensors are the same with or
+    some heads look near, some far. For a head count that is not a power of two the paper takes
+    the slopes of the power of two just below it, then every other slope of the next power of two
+    (6 heads: 1/4, 1/16, 1/64, 1/256, then 1/2 and 1/8), which keeps every slope a power of 2 and
+    the set spread from near to far. No weights, so a checkpoint's tensors are the same with or
     without it; the learned position table stays and still tells left from right.
 
     Why a bidirectional model needs it. At initialisation every attention row is uniform, so a
@@ -106,7 +109,11 @@ def alibi_slopes(n_head):
     What it costs: nothing in weights, one (n_head, T, T) addition per layer, and on a GPU the
     fused kernel must take an explicit bias, which rules out flash attention (the gpt2 preset
     turns it off)."""
-    return torch.tensor([2.0 ** (-8.0 * h / n_head) for h in range(1, n_head + 1)])
+    below = 2 ** math.floor(math.log2(n_head))                   # the power of two at or below n_head
+    slopes = [2.0 ** (-8.0 * h / below) for h in range(1, below + 1)]
+    if below < n_head:
+        slopes += alibi_slopes(2 * below).tolist()[0::2][:n_head - below]
+    return torch.tensor(slopes)
 
 
 def attention_bias(attention_mask, T, causal, device, dtype, slopes=None):

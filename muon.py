@@ -24,8 +24,9 @@ The coefficients are Jordan et al.'s: they converge in 5 steps to values between
 
 Only the hidden matrices (attention's qkv and proj, the MLP's fc and proj) use Muon. The
 embedding table, which is a lookup and not a linear map, and the LayerNorm gains and biases keep
-AdamW, as in modded-nanogpt and nanochat. `Optimizers` puts the two behind one interface, so
-that the training loop stays the same.
+AdamW, as in modded-nanogpt and nanochat. Muon here applies no weight decay: --weight-decay
+acts on AdamW's matrices only (the embedding table, when Muon has the rest). `Optimizers` puts
+the two behind one interface, so that the training loop stays the same.
 
 Read in this order: orthogonalise, Muon, Optimizers.
 """

@@ -155,6 +155,16 @@ def config_from_args(args, config_class, presets=None):
     return cfg
 
 
+def default_out_dir(kind, preset, corpus, preset_corpus):
+    """Where a run goes when --out-dir is not given: a folder per kind of model, preset and corpus
+    (out/clm for the default run, out/shakespeare for --preset shakespeare, out/mlm-tiny, out/clm-
+    mytext for --corpus mytext.txt), so that different commands never ask for the same folder."""
+    name = kind if preset == "cpu" else preset if kind == "clm" else f"{kind}-{preset}"
+    if corpus != preset_corpus:
+        name += "-" + (Path(corpus).stem if corpus not in ("pydocs", "shakespeare") else corpus)
+    return os.path.join("out", name)
+
+
 def run_cli(main_function, interrupted="interrupted; the last checkpoint is intact (continue with --resume)"):
     """Bad input ends in one line on stderr and exit status 2, never in a traceback."""
     try:
@@ -432,6 +442,12 @@ def bf16_is_accelerated(device):
     return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
 
 
+def bf16_tensor_cores(device):
+    """bf16 tensor cores came with compute capability 8.0 (Ampere). torch.cuda.is_bf16_supported()
+    also says yes on a V100 or a T4, which emulate bf16 several times slower than their fp16."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def choose_precision(model, loss_fn, batch, device, cache_dir=None):
     """Measure, don't assume: time a few training steps in each candidate precision on this model
     and this device, and keep the fastest; the answer is cached per machine and model shape. On a
@@ -439,7 +455,7 @@ def choose_precision(model, loss_fn, batch, device, cache_dir=None):
     and on the model (tiny models are bound by per-op overhead, where autocast's casts cost more
     than they save)."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if bf16_tensor_cores(device) else "fp16"
     if device.type == "mps":
         return "fp32"   # bf16 autocast on MPS varies by macOS version; fp32 is always correct
     if not bf16_is_accelerated(device):
@@ -470,18 +486,28 @@ def time_precisions(model, loss_fn, batch, device):
     return min(timings, key=timings.get)
 
 
-# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets (FLOP/s).
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
-                  "L40S": 362e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+# Dense peaks from the vendors' datasheets (FLOP/s, no sparsity): (16-bit tensor cores, bf16 or
+# for V100 and T4 fp16; fp32 matrix products, on TF32 tensor cores where the card has them, on
+# plain fp32 units on V100 and T4, which have none).
+GPU_PEAK_FLOPS = {"H100 PCIe": (756e12, 378e12), "H100 NVL": (835e12, 418e12), "H100": (989e12, 495e12),
+                  "H200": (989e12, 495e12), "A100": (312e12, 156e12), "A10G": (125e12, 62.5e12),
+                  "L40S": (362e12, 183e12), "L4": (121e12, 60e12), "RTX 4090": (165e12, 82.6e12),
+                  "RTX 3090": (71e12, 35.6e12), "V100": (125e12, 15.7e12), "T4": (65e12, 8.1e12)}
+
+
+def gpu_peak_flops(name, precision):
+    """The datasheet figure for a GPU by its name (torch.cuda.get_device_name), or None. The most
+    specific entry wins: "NVIDIA L40S" contains "L4", and "NVIDIA H100 PCIe" contains "H100"."""
+    matches = [key for key in GPU_PEAK_FLOPS if key in name]
+    if not matches:
+        return None
+    half, single = GPU_PEAK_FLOPS[max(matches, key=len)]
+    return single if precision == "fp32" else half
 
 
 def datasheet_peak_flops(device, precision):
-    """The vendor's figure for a known GPU (TF32 for fp32: half the bf16 rate); None otherwise."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    value = next((v for key, v in GPU_PEAK_FLOPS.items() if key in name), None)
-    return None if value is None else (value / 2 if precision == "fp32" else value)
+    """The vendor's figure for a known GPU; None for other devices and unknown cards."""
+    return gpu_peak_flops(torch.cuda.get_device_name(device), precision) if device.type == "cuda" else None
 
 
 def peak_flops(device, precision, cache_dir=None):
@@ -951,10 +977,11 @@ class Meter:
 
 def count_step(state, meter, tokens, seconds):
     """One optimiser step done: the counters a checkpoint keeps (steps, tokens, FLOPs, seconds of the
-    loop) and the meter's tokens."""
+    loop, and the length of this step) and the meter's tokens."""
     state["step"] += 1
     state["tokens"] += tokens
     state["flops"] += meter.flops_per_token * tokens
+    state["step_seconds"] = seconds - state["seconds"]
     state["seconds"] = seconds
     meter.add(tokens)
 

@@ -14,10 +14,10 @@ What we count (section 1). N is every parameter that takes part in a matrix mult
 non-embedding weights plus the tied output head (vocab x width), as Hoffmann et al. 2022 and
 Porian et al. 2024 advise, not Kaplan et al.'s non-embedding count (Pearce & Song 2024 trace
 much of the Kaplan/Chinchilla disagreement to that choice: at small N the head is a large share).
-C = model.flops_per_token() * D: 6N plus attention's 12 * n_layer * T * width (PaLM), which at
-these widths is 10-30% of the total, so C = 6ND alone would be wrong here. Because the head
-grows with the vocabulary, the sweep uses a byte tokenizer: with a 50k vocabulary the "model"
-would be mostly head.
+C = model.flops_per_token() * D: 6N plus attention's 12 * n_layer * T * width (PaLM), which in
+the cpu grid (one layer, T = 64, widths 16-144: 768 C of 72 C^2 + 2,688 C) is 6-20% of the
+total, so C = 6ND alone would be wrong here. Because the head grows with the vocabulary, the
+sweep uses a byte tokenizer: with a 50k vocabulary the "model" would be mostly head.
 
 How we measure (section 2). An IsoFLOP grid (Hoffmann et al.'s approach 2): a few compute
 budgets, and at each budget 5 model sizes ~2x apart around a guess of the optimum, each trained
@@ -650,7 +650,7 @@ def plot_loss_vs_compute(ax, records, report):
                     fmt="_", color="red", capsize=4, label="held-out prediction (approach 3)")
         ax.plot(hold["C"], hold["measured"], "r*", ms=14, label=f"held-out run, {100 * abs(hold['error']):.1f}% off")
     ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs: 6N + attention, per token)",
-           ylabel="loss (nats per byte)", title="lines: training loss so far; dots: final validation loss")
+           ylabel="loss (nats per token)", title="lines: training loss so far; dots: final validation loss")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3, which="both")
 

@@ -280,7 +280,7 @@ BESIROGLU = dict(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
 #     N_opt = G (C/6)^a,  D_opt = (C/6) / N_opt,  G = (alpha A / (beta B))^(1/(alpha+beta)),
 #     a = beta / (alpha + beta),  tokens per parameter D/N = G^-2 (C/6)^((alpha-beta)/(alpha+beta)).
 # The exponent of C in D/N is a small difference of two fitted numbers, multiplied by
-# log(C/6) ~ 54 at Chinchilla's budget (5.76e23 FLOPs), so two-decimal rounding is amplified:
+# log(C/6) = 52.9 at Chinchilla's budget (5.76e23 FLOPs), so two-decimal rounding is amplified:
 #   published E=1.69 A=406.4 B=410.7 alpha=.34 beta=.28: a = 0.452 (Hoffmann et al.'s Table 2 says
 #       0.46 for approach 3 and ~0.50 for approaches 1 and 2); at 5.76e23 N_opt = 32B and
 #       D/N = 93, not Chinchilla's own 70B params on 1.4T tokens (D/N = 20);

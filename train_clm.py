@@ -31,7 +31,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -77,7 +77,9 @@ class TrainConfig:
     min_lr: float = knob(2e-4, "final learning rate (1/10 of the peak, as Chinchilla); at most --lr",
                          "[0, inf)")
     warmup: float = knob(0.05, "warmup length, as a fraction of the whole budget", "[0, 1)")
-    weight_decay: float = knob(0.1, "AdamW weight decay on matrices (GPT-3's 0.1)", "[0, inf)")
+    weight_decay: float = knob(0.1, "AdamW weight decay on the matrices AdamW steps (GPT-3's 0.1); with "
+                                    "--muon-lr > 0 the blocks' matrices go to Muon, which applies none",
+                               "[0, inf)")
     beta1: float = knob(0.9, "AdamW beta1", "[0, 1)")
     beta2: float = knob(0.95, "AdamW beta2 (0.95 as GPT-3: steadier for large batches)", "[0, 1)")
     grad_clip: float = knob(1.0, "clip the global gradient norm to this (0: off)", "[0, inf)")
@@ -93,7 +95,9 @@ class TrainConfig:
     precision: str = knob("auto", "auto (fastest measured, cached per machine), fp32, bf16 or fp16")
     compile: bool = knob(False, "torch.compile the model (slow start, faster steps)")
     seed: int = knob(1337, "random seed (same seed + same device = same losses on CPU)", "[0, inf)")
-    out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing)")
+    out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing); from "
+                                             "the command line, without the flag: out/clm for the cpu preset on "
+                                             "pydocs, out/PRESET for another preset, -CORPUS added for another corpus")
     resume: bool = knob(False, "continue the run saved in --out-dir")
     init_from: Optional[str] = knob(None, "pretrain this checkpoint (or gpt2) further on --corpus (domain-"
                                           "adaptive pretraining), with a fresh optimiser and schedule; its "
@@ -225,9 +229,10 @@ def make_optimizer(model, cfg, device, muon_lr=0.0):
 
 def learning_rate(progress, cfg):
     """Linear warmup to the peak over the first `warmup` fraction of the budget, then a cosine down to
-    min_lr exactly at the end of the budget (progress = 1). Expressing it in progress, not steps,
-    is what lets a wall-clock budget (--max-seconds) end its schedule on time: Hoffmann et al.
-    2022 show that a cosine longer than the run leaves loss on the table."""
+    min_lr, reached exactly where the budget ends (progress = 1). Expressing it in progress, not
+    steps, is what lets a wall-clock budget (--max-seconds) end its schedule on time: Hoffmann et
+    al. 2022 show that a cosine longer than the run leaves loss on the table. Each step runs at
+    the rate of its own middle (step_progress)."""
     if progress < cfg.warmup:
         return cfg.lr * progress / cfg.warmup
     decay = min(1.0, (progress - cfg.warmup) / max(1e-12, 1.0 - cfg.warmup))
@@ -240,6 +245,17 @@ def budget_progress(cfg, state):
                  state["tokens"] / cfg.max_tokens if cfg.max_tokens else 0.0,
                  state["seconds"] / cfg.max_seconds if cfg.max_seconds else 0.0]
     return max(fractions)
+
+
+def step_progress(cfg, state, tokens_per_step):
+    """The fraction of the budget at the middle of the step about to run: where the schedule is read
+    for that step. At its start, the first step of n would run at rate 0 and move no weight; at its
+    end, the last would run at exactly min_lr (nothing, when that is 0). At the middle, the first
+    runs at lr / (2 n warmup), as nanoGPT's (it + 1) / (warmup + 1) also starts above zero, and the
+    schedule still reaches min_lr exactly where the budget ends. A wall-clock budget takes the last
+    step's length as this one's (state["step_seconds"], 0 before the first step)."""
+    return budget_progress(cfg, dict(step=state["step"] + 0.5, tokens=state["tokens"] + tokens_per_step / 2,
+                                     seconds=state["seconds"] + state.get("step_seconds", 0.0) / 2))
 
 
 def precision_context(device, precision):
@@ -328,7 +344,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         progress = budget_progress(cfg, state)
         if plumbing.agree_max(progress, device, dist) >= 1.0:      # all ranks stop together
             break
-        lr = learning_rate(progress, cfg)
+        lr = learning_rate(step_progress(cfg, state, tokens_per_step), cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         loss_sum = 0.0
@@ -459,6 +475,9 @@ def main(argv=None):
                      args.top_k, getattr(args, "seed", 0)))
         return
     cfg = plumbing.config_from_args(args, TrainConfig, PRESETS)
+    if "out_dir" not in vars(args):       # a folder of its own for each preset and corpus
+        cfg = replace(cfg, out_dir=plumbing.default_out_dir("clm", args.preset, cfg.corpus,
+                                                            PRESETS[args.preset].get("corpus", "pydocs")))
     start = time.perf_counter()
     result = train(cfg, causal=True)
     if plumbing.is_main_process() and not cfg.quiet and cfg.sample_tokens > 0:

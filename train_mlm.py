@@ -26,7 +26,7 @@ evaluation, fill-in-the-blank, the causal-vs-bidirectional comparison, the comma
 """
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -41,7 +41,10 @@ from train_clm import PRESETS, TrainConfig, fixed_windows, load_pretrained, pret
 
 @dataclass
 class MLMConfig(TrainConfig):
-    out_dir: Optional[str] = knob("out/mlm", "where checkpoint, log and plot go ('' to save nothing)")
+    out_dir: Optional[str] = knob("out/mlm", "where checkpoint, log and plot go ('' to save nothing); from "
+                                             "the command line, without the flag: out/mlm for the cpu preset on "
+                                             "pydocs, out/mlm-PRESET for another preset, -CORPUS added for another "
+                                             "corpus")
     mask_prob: float = knob(0.15, "fraction of the text tokens selected for prediction (BERT: 0.15; the "
                                   "cpu preset: 0.4, as Wettig et al. 2022)", "(0, 1]")
     mask_draw: str = knob("fixed", "fixed: exactly round(mask_prob * n) tokens per sequence (static "
@@ -387,6 +390,9 @@ def main(argv=None):
         data_dir, cache_dir = getattr(args, "data_dir", None), getattr(args, "cache_dir", None)
         return print_comparison(compare_causal(*args.compare_causal, data_dir, cache_dir))
     cfg = plumbing.config_from_args(args, MLMConfig, MLM_PRESETS)
+    if "out_dir" not in vars(args):       # a folder of its own for each preset and corpus
+        cfg = replace(cfg, out_dir=plumbing.default_out_dir("mlm", args.preset, cfg.corpus,
+                                                            MLM_PRESETS[args.preset].get("corpus", "pydocs")))
     start = time.perf_counter()
     # The model without the causal mask, trained by train_clm's loop on this file's batches.
     result = train(cfg, causal=False, get_batch=get_mlm_batch, evaluate=evaluate_mlm,

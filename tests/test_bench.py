@@ -210,3 +210,22 @@ def test_a_cpu_device_flushes_subnormal_floats_to_zero():
     assert tiny.mul(1.0).item() != 0.0                     # subnormals survive without the setting
     plumbing.pick_device("cpu")
     assert tiny.mul(1.0).item() == 0.0
+
+
+@pytest.mark.parametrize("name, precision, peak", [
+    ("NVIDIA L40S", "bf16", 362e12), ("NVIDIA L4", "bf16", 121e12),          # L4 is inside "L40S"
+    ("NVIDIA H100 PCIe", "bf16", 756e12), ("NVIDIA H100 80GB HBM3", "bf16", 989e12),
+    ("NVIDIA H100 80GB HBM3", "fp32", 495e12),                                 # TF32: half the bf16 rate
+    ("Tesla V100-SXM2-16GB", "fp32", 15.7e12), ("Tesla T4", "fp32", 8.1e12),   # no TF32 on these
+    ("Tesla T4", "fp16", 65e12), ("NVIDIA GeForce RTX 4090", "bf16", 165e12), ("Some Future GPU", "bf16", None)])
+def test_datasheet_peak_matches_the_most_specific_gpu_name(name, precision, peak):
+    assert plumbing.gpu_peak_flops(name, precision) == peak
+
+
+def test_bf16_is_chosen_only_where_the_gpu_has_bf16_tensor_cores(monkeypatch):
+    """V100 (7.0) and T4 (7.5) emulate bf16, slower than their fp16; A100 (8.0) and later have it."""
+    model, batch = torch.nn.Linear(2, 2), {}
+    for capability, expected in (((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)      # what it says on a T4
+        assert plumbing.choose_precision(model, None, batch, torch.device("cuda")) == expected

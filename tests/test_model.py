@@ -201,3 +201,15 @@ def test_alibi_lets_a_bidirectional_model_find_its_neighbours():
             optimizer.step()
         accuracy[alibi] = (logits.argmax(-1) == x[blank]).float().mean().item()
     assert accuracy[True] > 0.5 and accuracy[False] < 0.15, accuracy
+
+
+def test_alibi_slopes_follow_press_et_al_for_any_head_count():
+    """The paper's published rule (its get_slopes): powers of two are geometric from 2^(-8/n);
+    others take the power of two below, then every other slope of the next power of two."""
+    assert alibi_slopes(4).tolist() == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]
+    assert alibi_slopes(8).tolist() == [2.0 ** -h for h in range(1, 9)]
+    assert alibi_slopes(6).tolist() == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]
+    assert alibi_slopes(12).tolist() == pytest.approx([2.0 ** -h for h in range(1, 9)] +
+                                                      [2 ** -0.5, 2 ** -1.5, 2 ** -2.5, 2 ** -3.5])
+    assert alibi_slopes(3).tolist() == [2 ** -4, 2 ** -8, 2 ** -2]
+    assert alibi_slopes(1).tolist() == [2 ** -8]

@@ -4,10 +4,13 @@ import json
 import math
 import os
 import shutil
+import types
 
 import pytest
 import torch
 
+import data
+import finetune
 import plumbing
 import train_clm
 from model import ModelConfig, Transformer
@@ -76,6 +79,36 @@ def test_learning_rate_schedule_hits_warmup_peak_and_minimum():
     assert math.isclose(learning_rate(1.0, cfg), 1e-4)            # the minimum, at the end
     values = [learning_rate(p / 100, cfg) for p in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:]))        # monotone decay after warmup
+
+
+def test_every_step_moves_the_weights_and_the_schedule_ends_at_min_lr(corpus_file, tmp_path, monkeypatch):
+    """Each step runs at the rate of its middle: the first step is above zero (at the start of the
+    budget the rate is 0, and step 1 would change no weight), the last just above min_lr, and the
+    schedule function reaches min_lr exactly at the end of the budget."""
+    moved = []
+    step = train_clm.optimizer_step
+
+    def recording_step(model, optimizer, *args):
+        before = [p.detach().clone() for p in model.parameters()]
+        step(model, optimizer, *args)
+        moved.append(max((p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before)))
+    monkeypatch.setattr(train_clm, "optimizer_step", recording_step)
+    cfg = tiny_config(corpus_file, "", max_iters=10, log_interval=1, warmup=0.2, lr=1e-2, min_lr=1e-3)
+    lrs = [r["lr"] for r in train(cfg)["history"] if "lr" in r]
+    assert lrs[0] == pytest.approx(cfg.lr * 0.05 / 0.2)              # step 1's middle: 0.05 of the budget
+    assert all(m > 0 for m in moved) and len(moved) == 10             # every step, the first too, moves
+    assert cfg.min_lr < lrs[-1] < cfg.min_lr + 0.01 * (cfg.lr - cfg.min_lr)
+    assert learning_rate(1.0, cfg) == pytest.approx(cfg.min_lr)
+    # Fine-tuning's schedule, read the same way: BERT's floor of 0 and still no step of size zero.
+    labelled = [("cat dog", 0), ("red blue", 1)] * 8
+    ft_cfg = finetune.FinetuneConfig(min_steps=4, epochs=1, batch_size=4, eval_points=0, device="cpu",
+                                     precision="fp32", lr=1e-2, min_lr=0.0, warmup=0.25)
+    classifier = finetune.make_classifier(Transformer(ModelConfig(vocab_size=320, block_size=16, n_layer=1,
+                                                                  n_head=1, n_embd=8)), 2, ft_cfg)
+    enc = data.get_tokenizer("bytes")
+    history, _ = finetune.finetune(classifier, finetune.encode_texts(enc, [t for t, _ in labelled], 16, False),
+                                   [y for _, y in labelled], ft_cfg, data.special_ids(enc)["pad"], torch.device("cpu"))
+    assert [r["lr"] for r in history][0] > 0 and [r["lr"] for r in history][-1] > 0
 
 
 def test_wall_clock_budget_ends_the_schedule(corpus_file, tmp_path, monkeypatch):
@@ -244,3 +277,43 @@ def test_help_shows_the_values_the_default_preset_runs_with(capsys):
     assert "(default: 2 from --preset cpu in [1, inf))" in mlm               # --n-layer
     assert "(default: 64 from --preset cpu in [1, inf))" in mlm              # --block-size
     assert "(default: 0.4 from --preset cpu in (0, 1])" in mlm               # --mask-prob
+
+
+def test_same_seed_same_losses_whether_or_not_precision_was_measured(corpus_file, tmp_path, monkeypatch):
+    """With --precision auto the first run on a machine times training steps (the answer is then
+    cached). Those steps run with dropout on; measuring must not move the random stream dropout
+    draws from, or the first run would differ from every later one."""
+    monkeypatch.setattr(plumbing, "bf16_is_accelerated", lambda device: True)   # measure on any CPU
+    monkeypatch.setattr(plumbing, "MEASURED_THIS_PROCESS", {})
+    cfg = tiny_config(corpus_file, "", precision="auto", dropout=0.2, max_iters=6, log_interval=1,
+                      cache_dir=str(tmp_path / "cache"))
+    cold = train(cfg)                                           # measures, then trains
+    measured = json.loads((tmp_path / "cache" / "measured.json").read_text())
+    assert any(key.startswith("precision|") for key in measured)
+    monkeypatch.setattr(plumbing, "MEASURED_THIS_PROCESS", {})
+    warm = train(cfg)                                           # reads the cached answer
+    assert cold["precision"] == warm["precision"]
+    losses = lambda result: [r["train_loss"] for r in result["history"] if "train_loss" in r]
+    assert losses(cold) == losses(warm) and cold["val_loss"] == warm["val_loss"]
+
+
+def test_each_preset_and_corpus_has_its_own_default_folder():
+    """The README's commands run one after another as printed: without --out-dir, different presets
+    and corpora never ask for the same folder."""
+    import train_mlm
+    folders = [plumbing.default_out_dir("clm", "cpu", "pydocs", "pydocs"),
+               plumbing.default_out_dir("clm", "shakespeare", "shakespeare", "shakespeare"),
+               plumbing.default_out_dir("clm", "cpu", "my/notes.txt", "pydocs"),
+               plumbing.default_out_dir("clm", "cpu", "shakespeare", "pydocs"),
+               plumbing.default_out_dir("mlm", "cpu", "pydocs", "pydocs"),
+               plumbing.default_out_dir("mlm", "tiny", "pydocs", "pydocs")]
+    assert folders == [os.path.join("out", name) for name in
+                       ("clm", "shakespeare", "clm-notes", "clm-shakespeare", "mlm", "mlm-tiny")]
+    ft = finetune.FinetuneConfig(n_train=256)
+    args = lambda **kw: types.SimpleNamespace(**{**dict(checkpoint="gpt2", kind="causal", task="pydocs-topic",
+                                                        init="pretrained"), **kw})
+    assert finetune.default_out_dir(args(checkpoint="gpt2", task="data/sst2.tsv"), ft) == os.path.join(
+        "out", "finetune", "gpt2-sst2-pretrained-full-n256-seed0")
+    assert len({finetune.default_out_dir(args(init=init, checkpoint=ckpt), finetune.FinetuneConfig(mode=mode))
+                for init in ("pretrained", "scratch") for ckpt in (None, "gpt2") for mode in ("full", "lora")}) == 8
+    assert train_mlm.MLMConfig().out_dir == "out/mlm"
