@@ -348,6 +348,22 @@ def tokenizer_identity(enc):
     return dict(name=enc.name, n_vocab=enc.n_vocab, fingerprint=fingerprint(blob))
 
 
+def cached_ranks(path, size):
+    """A BPE's ranks from the cache, read whole and checked (the format, and `size` tokens); None if
+    there is none yet, or if it is damaged, which is said in one line: it is then trained again."""
+    if not path.exists():
+        return None
+    try:
+        ranks = parse_ranks(read_text(path), path)
+        if len(ranks) != size:
+            raise UserError(f"{len(ranks)} tokens, not {size}")
+        return ranks
+    except UserError as error:
+        print(f"note: the cached tokenizer {path} is damaged ({str(error).split(';')[0]}); training it "
+              f"again", file=sys.stderr)
+        return None
+
+
 def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False):
     """"bytes", "gpt2" (offline from gpt2.tiktoken in the data dir) or "bpe:N" trained on `text`."""
     if name == "bytes":
@@ -364,12 +380,14 @@ def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False)
             raise ValueError(f"{name} is learned from a text: pass text= (the training split)")
         key = f"bpe{int(size)}-{fingerprint(text)}"
         path = resolve_cache_dir(cache_dir) / "tokenizers" / f"{key}.tiktoken"
-        if not path.exists():
+        ranks = cached_ranks(path, int(size))
+        if ranks is None:
             start = time.time()
-            write_atomic(path, ranks_text(train_bpe(text, int(size))).encode())
+            ranks = train_bpe(text, int(size))
+            write_atomic(path, ranks_text(ranks).encode())
             if verbose:
                 print(f"trained {name} on {len(text):,} chars in {time.time() - start:.1f} s -> {path}")
-        enc = make_encoding(key, parse_ranks(read_text(path), path))
+        enc = make_encoding(key, ranks)
         sample = text[:20_000]
         assert enc.decode(enc.encode_ordinary(sample)) == sample, f"{path} does not round-trip"
         return enc
@@ -407,6 +425,28 @@ def encode_text(enc, text, chunk_chars=1 << 18):
     return np.fromiter((t for piece in encoded for t in piece), dtype=np.int64)
 
 
+def cached_dataset(folder):
+    """The meta.json of a cached encoded dataset, checked against its token files; None if there is
+    none yet, or if anything is off (meta.json cut or not JSON, a token file missing or of another
+    length than meta.json records: a full disk, an interrupted copy), which is then said in one
+    line and the dataset encoded again. meta.json is written last, so a whole one vouches for the
+    rest once the lengths agree."""
+    path = folder / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        for split in ("train", "val"):
+            expected = meta[f"n_{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+            size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else None
+            if size != expected:
+                raise ValueError(f"{split}.bin holds {size} bytes, meta.json says {expected}")
+        return meta
+    except (ValueError, KeyError, TypeError) as error:                # JSONDecodeError is a ValueError
+        print(f"note: the cached dataset in {folder} is damaged ({error}); encoding it again", file=sys.stderr)
+        return None
+
+
 def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbose=True):
     """Load a corpus, split it 90/10 by characters, encode both parts once, memory-map them.
     `tokenizer` is a name for get_tokenizer, or a ready encoding (a checkpoint's, for --init-from).
@@ -422,7 +462,8 @@ def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbo
     identity = tokenizer_identity(enc)
     safe_name = re.sub(r"[^\w.-]", "_", Path(corpus.name).name)
     folder = resolve_cache_dir(cache_dir) / "datasets" / f"{safe_name}-{corpus.fingerprint}-{identity['fingerprint']}"
-    cached = (folder / "meta.json").exists()  # written last: its presence means the rest is whole
+    meta = cached_dataset(folder)             # None: not cached yet, or damaged (and said so)
+    cached = meta is not None
     if not cached:
         dtype = "uint16" if enc.n_vocab <= 1 << 16 else "uint32"
         meta = dict(corpus=dict(name=corpus.name, fingerprint=corpus.fingerprint),
@@ -433,7 +474,6 @@ def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbo
             meta.update({f"n_{split}_tokens": len(tokens), f"{split}_chars": len(text),
                          f"{split}_bytes": len(text.encode("utf-8"))})
         write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
-    meta = json.loads((folder / "meta.json").read_text())
     meta["tokenizer"] = identity  # same vocabulary, maybe another name (bpe:256 is bytes)
     arrays = {split: np.memmap(folder / f"{split}.bin", dtype=meta["dtype"], mode="r")
               if meta[f"n_{split}_tokens"] else np.zeros(0, meta["dtype"]) for split in parts}

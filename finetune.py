@@ -474,6 +474,7 @@ def single_run(args, cfg):
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     train = tasks.subsample_balanced(labelled.train, cfg.n_train, cfg.seed) if cfg.n_train else labelled.train
     forgetting = pretraining_eval(checkpoint, device, args.data_dir, args.cache_dir) if args.forgetting else None
+    lock = plumbing.lock_folder(args.out_dir)         # every input is good: the folder is this run's
     print(f"task {args.task}: {len(labelled.label_names)} classes, {len(train)} train"
           f"{' (balanced subsample)' if cfg.n_train else ''} / {len(labelled.dev)} dev / "
           f"{len(labelled.test)} test")
@@ -490,6 +491,8 @@ def single_run(args, cfg):
                       **result, bag_of_words=baseline, majority_class=majority)
         title = f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels"
         plumbing.save_results(args.out_dir, record, title)
+    if lock:
+        lock.release()
     return result, baseline
 
 

@@ -23,10 +23,17 @@ import multiprocessing
 import os
 import pickle
 import platform
+import signal
 import sys
+import threading
 import time
 import urllib.request
 import zipfile
+
+try:
+    import fcntl                        # POSIX: the run-folder lock (FolderLock)
+except ImportError:                     # Windows
+    fcntl = None
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,15 +243,18 @@ def write_atomic(path, data):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a file name to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:                    # a full disk, a read-only folder, Ctrl-C
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise UserError(f"cannot write {path}: {error.strerror}; choose a writable path") from None
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write {path}: {error.strerror}; nothing there was replaced (free "
+                            f"some space, or choose a writable folder)") from None
+        raise
 
 
 def read_text(path):
@@ -301,6 +311,15 @@ def obtain_data_file(name, data_dir=None, cache_dir=None, also=(), sources=SOURC
     """A file of `sources`: found (as `name` or one of `also`), else downloaded into the cache,
     else one UserError that says what to do."""
     found = find_data_file((name, *also), data_dir, cache_dir)
+    cache = resolve_cache_dir(cache_dir) / "data"
+    if found is not None and found.parent.is_relative_to(cache) and name in sources:
+        # A copy this code downloaded: check it is still the file it checked then (a full disk or
+        # an interrupted sync can cut it). A data dir's files are the user's, and are used as given.
+        got = hashlib.sha256(found.read_bytes()).hexdigest()
+        if got != sources[name][1]:
+            print(f"note: the cached {found} is damaged (sha256 {got[:12]}..., expected "
+                  f"{sources[name][1][:12]}...); downloading it again", file=sys.stderr)
+            found = None
     if found is not None:
         return found
     dest = resolve_cache_dir(cache_dir) / "data" / name
@@ -420,8 +439,11 @@ def cached_measurement(kind, key, measure, cache_dir=None):
         return MEASURED_THIS_PROCESS[full_key]
     path = resolve_cache_dir(cache_dir) / "measured.json"
     table = {}
-    with contextlib.suppress(OSError, ValueError):
-        table = json.loads(path.read_text())
+    with contextlib.suppress(OSError):
+        try:
+            table = json.loads(path.read_text())
+        except ValueError:                                      # cut or edited: measure again
+            print(f"note: {path} is damaged (not JSON); measuring again", file=sys.stderr)
     if full_key not in table or os.environ.get("PTFT_REMEASURE"):
         table[full_key] = measure()
         with contextlib.suppress(OSError, UserError):         # a read-only cache only costs speed
@@ -659,6 +681,7 @@ class Run:
     resume_from: Optional[dict]        # the checkpoint of --resume
     verbose: bool                      # rank 0 and not --quiet: print progress
     out_dir: Optional[str] = None      # set by start_run; None on ranks other than 0 or when nothing is saved
+    lock: Optional[object] = None      # rank 0's FolderLock on --out-dir, held until the process ends
 
     def log(self, *args, **kwargs):
         if self.verbose:
@@ -692,19 +715,24 @@ def open_run(cfg):
             raise UserError(f"--resume: the run was saved by {len(resume_from['rng']['batches'])} "
                             f"process(es), this one has {dist['world_size']}; resume with the same "
                             f"torchrun --nproc_per_node")
-    return Run(cfg, dist, device, resume_from, verbose=dist["rank"] == 0 and not cfg.quiet)
+    # Rank 0 writes the folder: it takes the lock now if the folder exists (a second run into the
+    # same folder stops here, before any work), else when start_run creates it.
+    lock = lock_folder(cfg.out_dir, create=False) if dist["rank"] == 0 else None
+    return Run(cfg, dist, device, resume_from, verbose=dist["rank"] == 0 and not cfg.quiet, lock=lock)
 
 
 def start_run(run, description):
     """The last checks, now that the model and its tokenizer are known (`description`: what a
     checkpoint records about them, see save_run): a --resume checkpoint must hold this very model.
-    Then, on rank 0, --out-dir is created and log.jsonl started."""
+    Then, on rank 0, --out-dir is created, locked and log.jsonl started. Returns the description."""
     if run.resume_from is not None:
         check_kind(run.resume_from, description["kind"], "--resume")
         check_tokenizer(run.resume_from, description["tokenizer"])
         check_same_model(run.resume_from, description["model_config"], "--resume")
     if run.dist["rank"] == 0:
+        run.lock = run.lock or lock_folder(run.cfg.out_dir)
         run.out_dir = prepare_out_dir(run.cfg, run.resume_from["history"] if run.resume_from else [])
+    return description
 
 
 def restore(run, model, optimizer, batch_generator, start_from=None):
@@ -779,6 +807,64 @@ def check_writable_folder(folder, flag="--out-dir"):
                         f"folder; choose a writable folder")
 
 
+class FolderLock:
+    """An exclusive lock on a run folder, held while this process writes there. It is the operating
+    system's (flock on the folder itself), so it goes when the process dies, SIGKILL included: no
+    lock file to delete by hand, and no file added to the folder. Another process that wants the
+    folder is refused at once, told which process holds it (on Linux, read from /proc/locks). Where
+    flock does not exist (Windows), nothing is locked."""
+
+    def __init__(self, folder):
+        self.folder, self.fd = folder, None
+        if fcntl is None:
+            return
+        self.fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self.holder()
+            os.close(self.fd)
+            raise UserError(f"{folder} is in use by {f'process {holder}' if holder else 'another process'}, "
+                            f"a run writing there; wait for it to finish, or choose another folder") from None
+
+    def holder(self):
+        """The process id holding a lock on this folder, from /proc/locks (Linux), or None. A line
+        reads `1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF`."""
+        inode = str(os.fstat(self.fd).st_ino)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in open("/proc/locks"):
+                fields = line.split()
+                if "FLOCK" in fields:
+                    at = fields.index("FLOCK")
+                    if fields[at + 4].rsplit(":", 1)[-1] == inode:
+                        return int(fields[at + 3])
+        return None
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)                 # closing the descriptor releases the lock
+            self.fd = None
+        HELD_FOLDERS.pop(os.path.realpath(self.folder), None)
+
+
+HELD_FOLDERS = {}   # folder -> this process's FolderLock: a process never conflicts with itself
+
+
+def lock_folder(folder, create=True):
+    """This process's lock on `folder` (FolderLock), taken once: a second run in the same process
+    (a test, a resumed run) reuses it. create=False: None if the folder does not exist yet."""
+    if not folder or not (create or os.path.isdir(folder)):
+        return None
+    key = os.path.realpath(folder)
+    if key not in HELD_FOLDERS:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create {folder}: {error.strerror}; choose a writable folder") from None
+        HELD_FOLDERS[key] = FolderLock(folder)
+    return HELD_FOLDERS[key]
+
+
 def prepare_out_dir(cfg, history):
     """Create --out-dir and start log.jsonl from the history the run carries: empty for a new run,
     the checkpoint's for a resumed one (so records that a killed run wrote after its last
@@ -809,9 +895,17 @@ def save_checkpoint(path, payload):
     except BaseException as error:      # disk full, Ctrl-C mid-write: the old checkpoint stands
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(error, OSError):
-            raise UserError(f"cannot write checkpoint {path}: {error.strerror}; the previous "
+        # torch.save closes its archive on the way out, and that fails too when a write did: the
+        # OSError that says why (no space, a read-only folder) is then the RuntimeError's context.
+        # Ctrl-C in the middle of it likewise.
+        cause = error
+        while cause is not None and not isinstance(cause, (OSError, KeyboardInterrupt)):
+            cause = cause.__context__
+        if isinstance(cause, OSError):
+            raise UserError(f"cannot write checkpoint {path}: {cause.strerror}; the previous "
                             f"checkpoint is intact") from None
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
         raise
     with contextlib.suppress(OSError):                     # make the rename itself durable
         directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -932,12 +1026,16 @@ def append_jsonl(path, record, durable=False):
     """Append one JSON line. A line cut by a writer that was killed is closed first, so that it
     cannot swallow this record; durable=True also flushes the line to disk (a sweep's results,
     each of which may have cost minutes)."""
-    with open(path, "a+b") as f:                      # "a": every write goes to the end
-        cut = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
-        f.write((b"\n" if cut else b"") + json.dumps(record).encode() + b"\n")
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with open(path, "a+b") as f:                  # "a": every write goes to the end
+            cut = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+            f.write((b"\n" if cut else b"") + json.dumps(record).encode() + b"\n")
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as error:                          # a full disk, a folder made read-only
+        raise UserError(f"cannot write {path}: {error.strerror}; the records before are kept "
+                        f"(a cut last line is skipped when read)") from None
 
 
 def read_jsonl(path):
@@ -1025,10 +1123,51 @@ def log_step(run, record, last_metrics, progress):
 
 
 def finish_run(run, history, title):
-    """The final record appended to log.jsonl, and the loss curves drawn to loss.png."""
+    """The final record appended to log.jsonl, the loss curves drawn to loss.png, the folder freed."""
     if run.out_dir:
         append_jsonl(os.path.join(run.out_dir, "log.jsonl"), history[-1])
         plot_history(history, os.path.join(run.out_dir, "loss.png"), title)
+    if run.lock:
+        run.lock.release()
+
+
+class StopSignals:
+    """SIGTERM (cloud preemption, Slurm's time limit, `docker stop`) and SIGUSR1 (which Slurm can
+    send ahead of its limit) taken as a request to stop: the step under way finishes, the loop
+    saves a checkpoint, and the run ends with exit status 143 (terminate), instead of dying at
+    once and losing every step since the last checkpoint. A second signal during the save changes
+    nothing (and the save is atomic anyway). Only the main thread can take signals; elsewhere
+    this does nothing. The handlers in place before are restored on leaving the block."""
+
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGTERM", "SIGUSR1"):
+                if hasattr(signal, name):                     # SIGUSR1 does not exist on Windows
+                    number = getattr(signal, name)
+                    self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def handle(self, number, frame):
+        self.received = signal.Signals(number).name
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    @property
+    def budget(self):
+        """As a fraction of the budget: past its end once a signal came, so the loop stops."""
+        return 2.0 if self.received else 0.0
+
+
+def terminated(run, step):
+    """The one line a stopped run prints (rank 0), then exit status 143, as SIGTERM's default."""
+    if run.dist["rank"] == 0:
+        print(f"terminated at step {step}; checkpoint saved, continue with --resume", file=sys.stderr)
+    sys.exit(143)
 
 
 @contextlib.contextmanager
@@ -1041,8 +1180,10 @@ def figure(path, ncols=1, size=(7, 4.5), dpi=100):
     fig, axes = plt.subplots(1, ncols, figsize=size)
     yield fig, axes
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    write_atomic(path, buffer.getvalue())             # a full disk: one line, and no half a picture
 
 
 def colormap(name, fraction):

@@ -546,7 +546,7 @@ def sweep(setup, dataset, out_dir, dry_run, n_boot, workers=1):
     """Plan, probe, train what the results file lacks, then the held-out run. False on a dry run."""
     preset, path = setup.preset, os.path.join(out_dir, "results.jsonl")
     plan = plan_sweep(setup)
-    os.makedirs(out_dir, exist_ok=True)
+    plumbing.lock_folder(out_dir)                     # one sweep at a time writes this folder
     shared = {k: v for k, v in setup.settings.items() if k not in ("device", "data_dir", "cache_dir")}
     per_width = {k: getattr(preset, k) for k in ("lr_width", "init_width") if getattr(preset, k)}
     sid = settings_id(dict(shared, min_steps=preset.min_steps, min_batch=preset.min_batch, **per_width),

@@ -95,9 +95,9 @@ class TrainConfig:
     precision: str = knob("auto", "auto (fastest measured, cached per machine), fp32, bf16 or fp16")
     compile: bool = knob(False, "torch.compile the model (slow start, faster steps)")
     seed: int = knob(1337, "random seed (same seed + same device = same losses on CPU)", "[0, inf)")
-    out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing); from "
-                                             "the command line, without the flag: out/clm for the cpu preset on "
-                                             "pydocs, out/PRESET for another preset, -CORPUS added for another corpus")
+    out_dir: Optional[str] = knob("out/clm", "where checkpoint, log and plot go ('' to save nothing); "
+                                             "without the flag: out/clm for the cpu preset on pydocs, "
+                                             "out/PRESET for another preset, -CORPUS added for another corpus")
     resume: bool = knob(False, "continue the run saved in --out-dir")
     init_from: Optional[str] = knob(None, "pretrain this checkpoint (or gpt2) further on --corpus (domain-"
                                           "adaptive pretraining), with a fresh optimiser and schedule; its "
@@ -161,7 +161,8 @@ def evaluate_clm(model, dataset, cfg, n_batches, device):
     the mean over every scored token, and in bits per byte and per character of the validation
     text (data.bits_per_unit). Every position is a prediction target at once, which is why causal
     pretraining gets more signal per sequence than a masked LM's 15%."""
-    windows = fixed_windows(dataset.val, cfg.block_size, None if n_batches is None else n_batches * cfg.batch_size)
+    n_windows = None if n_batches is None else n_batches * cfg.batch_size
+    windows = fixed_windows(dataset.val, cfg.block_size, n_windows)
     total, count = 0.0, 0
     for i in range(0, len(windows), cfg.batch_size):
         chunk = torch.from_numpy(np.stack(windows[i:i + cfg.batch_size])).to(device)    # (B, T + 1)
@@ -169,7 +170,8 @@ def evaluate_clm(model, dataset, cfg, n_batches, device):
         total += loss.item() * chunk[:, 1:].numel()
         count += chunk[:, 1:].numel()
     val_loss, meta = total / count, dataset.meta
-    return dict(val_loss=val_loss, val_bpb=data.bits_per_unit(val_loss, meta["n_val_tokens"], meta["val_bytes"]),
+    return dict(val_loss=val_loss,
+                val_bpb=data.bits_per_unit(val_loss, meta["n_val_tokens"], meta["val_bytes"]),
                 val_bpc=data.bits_per_unit(val_loss, meta["n_val_tokens"], meta["val_chars"]))
 
 
@@ -189,7 +191,8 @@ def model_config(cfg, enc, causal, start_from=None):
     causal=True is GPT (each position sees only its left); causal=False is BERT (train_mlm.py).
     --init-from (start_from): the checkpoint's own shape, since its weights must fit."""
     if start_from is not None:
-        config = ModelConfig(**{**start_from["model_config"], "dropout": cfg.dropout, "attention": cfg.attention})
+        config = ModelConfig(**{**start_from["model_config"], "dropout": cfg.dropout,
+                                "attention": cfg.attention})
         if cfg.block_size > config.block_size:
             raise UserError(f"--block-size {cfg.block_size} is longer than {cfg.init_from}'s position "
                             f"table ({config.block_size}); give at most that")
@@ -312,8 +315,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     # The model. `causal` is the one flag between a GPT (True) and a BERT (False): model.py.
     torch.manual_seed(cfg.seed)                     # same seed on every rank: same init
     model = Transformer(model_config(cfg, dataset.enc, causal, start_from)).to(device)
-    description = describe(model, dataset.enc)
-    plumbing.start_run(run, description)            # a --resume checkpoint must hold this model
+    description = plumbing.start_run(run, describe(model, dataset.enc))   # --resume must hold this model
     optimizer = make_optimizer(model, cfg, device, cfg.muon_lr)
     # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
     batch_generator = torch.Generator().manual_seed(cfg.seed + 1000 * dist["rank"])
@@ -337,41 +339,45 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         return metrics
 
     plumbing.restore_random_state(run, scaler)      # last: set-up drew random numbers too
-    model.train()
     last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
     loop_start = time.perf_counter() - state["seconds"]
-    while True:
-        progress = budget_progress(cfg, state)
-        if plumbing.agree_max(progress, device, dist) >= 1.0:      # all ranks stop together
-            break
-        lr = learning_rate(step_progress(cfg, state, tokens_per_step), cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):                 # gradient accumulation (see above)
-            batch = get_batch(dataset.train, cfg, dataset.enc, batch_generator, device)  # (B, T) tensors
-            with plumbing.sync_gradients(train_model, last=micro == cfg.grad_accum - 1):  # DDP: once a step
-                with autocast():
-                    logits, loss = train_model(**batch)              # forward: the model scores itself
-                scaler.scale(loss / cfg.grad_accum).backward()       # backward: gradients add up
-            loss_sum += loss.detach() / cfg.grad_accum
-        loss = plumbing.agree_mean(float(loss_sum), device, dist)   # the whole batch's loss
-        plumbing.check_finite(loss, "loss", state["step"])         # a NaN stops the run at once
-        optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+    with plumbing.StopSignals() as stop:            # SIGTERM: finish the step, save, exit 143
+        while True:
+            progress = budget_progress(cfg, state)
+            if plumbing.agree_max(max(progress, stop.budget), device, dist) >= 1.0:   # all ranks together
+                break
+            lr = learning_rate(step_progress(cfg, state, tokens_per_step), cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):             # gradient accumulation (see above)
+                batch = get_batch(dataset.train, cfg, dataset.enc, batch_generator, device)  # (B, T) tensors
+                with plumbing.sync_gradients(train_model, last=micro == cfg.grad_accum - 1):  # DDP: once a step
+                    with autocast():
+                        logits, loss = train_model(**batch)          # forward: the model scores itself
+                    scaler.scale(loss / cfg.grad_accum).backward()   # backward: gradients add up
+                loss_sum += loss.detach() / cfg.grad_accum
+            loss = plumbing.agree_mean(float(loss_sum), device, dist)   # the whole batch's loss
+            plumbing.check_finite(loss, "loss", state["step"])         # a NaN stops the run at once
+            optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
-        plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
-        is_eval = state["step"] % cfg.eval_interval == 0
-        if is_eval or state["step"] % cfg.log_interval == 0:
-            record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
-            if is_eval:
-                last_metrics = evaluate_now(cfg.eval_batches)
-                record.update(last_metrics)
-            history.append(record)
-            plumbing.log_step(run, record, last_metrics, budget_progress(cfg, state))
-            if is_eval:
-                plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
-                                  precision, last_metrics)
-            meter.restart()                                # evaluation is not training
+            plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
+            is_eval = state["step"] % cfg.eval_interval == 0
+            if is_eval or state["step"] % cfg.log_interval == 0:
+                record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
+                if is_eval:
+                    last_metrics = evaluate_now(cfg.eval_batches)
+                    record.update(last_metrics)
+                history.append(record)
+                plumbing.log_step(run, record, last_metrics, budget_progress(cfg, state))
+                if is_eval:
+                    plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state,
+                                      history, precision, last_metrics)
+                meter.restart()                                # evaluation is not training
+        if stop.received:                           # stopped by a signal: keep every step done
+            plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
+                              precision, last_metrics)
+            plumbing.terminated(run, state["step"])
 
     # Final evaluation over the WHOLE validation split, not a sample of it.
     final = evaluate_now(None)

@@ -41,10 +41,9 @@ from train_clm import PRESETS, TrainConfig, fixed_windows, load_pretrained, pret
 
 @dataclass
 class MLMConfig(TrainConfig):
-    out_dir: Optional[str] = knob("out/mlm", "where checkpoint, log and plot go ('' to save nothing); from "
-                                             "the command line, without the flag: out/mlm for the cpu preset on "
-                                             "pydocs, out/mlm-PRESET for another preset, -CORPUS added for another "
-                                             "corpus")
+    out_dir: Optional[str] = knob("out/mlm", "where checkpoint, log and plot go ('' to save nothing); "
+                                             "without the flag: out/mlm for the cpu preset on pydocs, "
+                                             "out/mlm-PRESET for another preset, -CORPUS added for another corpus")
     mask_prob: float = knob(0.15, "fraction of the text tokens selected for prediction (BERT: 0.15; the "
                                   "cpu preset: 0.4, as Wettig et al. 2022)", "(0, 1]")
     mask_draw: str = knob("fixed", "fixed: exactly round(mask_prob * n) tokens per sequence (static "

@@ -100,12 +100,14 @@ def sweep(args, cfg):
     settings = [args.task, {p: os.path.getmtime(p) for p in (args.clm, args.mlm) if p and os.path.isfile(p)},
                 args.clm, args.mlm, dataclasses.asdict(cfg)]
     print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, seeds {list(seeds)}")
+    lock = plumbing.lock_folder(args.out_dir)          # one sweep at a time writes this folder
     records = plumbing.run_sweep(plan, run, os.path.join(args.out_dir, "sweep.jsonl"), settings)
     # Each pretrained method's gain is read against scratch in its own architecture.
     twin = {m: next((s for s in methods if SWEEP_METHODS[s][:2] == (SWEEP_METHODS[m][0], "scratch")), None)
             for m in methods if m != "prompt" and SWEEP_METHODS[m][1] == "pretrained"}
     print(write_sweep_report(records, ["bow"] + methods, sizes, labelled, twin, args.out_dir))
     print(f"saved {args.out_dir}/sweep.jsonl, sweep.md and sweep.png")
+    lock.release()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import ast
 import contextlib
 import dataclasses
 import errno
+import hashlib
+import io
 import json
 import math
 import os
@@ -28,6 +30,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -587,3 +590,197 @@ def test_resume_refuses_a_switched_alibi_and_restores_the_fp16_loss_scale(corpus
     save_checkpoint(str(run / "ckpt.pt"), checkpoint)
     train(TrainConfig(**tiny_settings(corpus_file, run, max_iters=12, eval_interval=12, resume=True)))
     assert load_checkpoint(run / "ckpt.pt")["scaler"]["scale"] == 1024.0     # 2,000 steps before it grows
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per folder, a clean stop on SIGTERM, a cache that cannot lie, a full disk.
+
+def start_run_process(corpus, out_dir, *flags):
+    """A real training process (tiny preset, one log record per step), and a wait until it has
+    taken its folder and logged a step."""
+    argv = cli_args(corpus, out_dir, "--log-interval", "1", *flags)
+    process = subprocess.Popen([sys.executable, "train_clm.py", *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not log_records(out_dir):
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the run never logged a step"
+        time.sleep(0.01)
+    return process
+
+
+def test_a_second_run_into_a_busy_folder_stops_at_once_and_touches_nothing(good_run, corpus_file, tmp_path):
+    """Two runs in one folder would interleave their logs and race for ckpt.pt. The first holds an
+    OS lock on the folder; a second (--overwrite, or --resume) stops in one line naming the folder
+    and the process, exit 2, while the first goes on untouched. Every script that writes a run
+    folder takes the same lock (finetune.py, transfer.py and scaling.py are refused here too)."""
+    run = tmp_path / "run"
+    first = start_run_process(corpus_file, run, "--max-iters", "400", "--eval-interval", "200")
+    try:
+        second = run_script("train_clm.py", *cli_args(corpus_file, run, "--overwrite", "--max-iters", "5"))
+        assert second.returncode == 2, second.stderr
+        assert re.fullmatch(rf"error: {re.escape(str(run))} is in use by process {first.pid}, a run writing "
+                            r"there; .*\n", second.stderr), second.stderr
+        assert first.poll() is None                                        # the first run goes on
+        tsv = tmp_path / "task.tsv"
+        tsv.write_text("".join(f"{'a cat' if i % 2 else 'a friend'} sees it\t{i % 2}\n" for i in range(40)))
+        for script, argv in ((finetune, ["--task", str(tsv), "--init", "scratch", "--corpus", corpus_file,
+                                         "--tokenizer", "bytes", "--out-dir", str(run)]),
+                             (transfer, ["--clm", str(good_run["run"] / "ckpt.pt"), "--task", str(tsv),
+                                         "--out-dir", str(run)])):
+            with pytest.raises(UserError, match=rf"is in use by process {first.pid}"):
+                script.main(argv)
+    finally:
+        first.wait(timeout=120)
+        first.stderr.close()
+    assert first.returncode == 0
+    steps = [r["step"] for r in log_records(run) if not r.get("final")]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) == 400   # one run's log, in order
+    # The lock went with the process: the folder is free again, and a resumed run takes it.
+    plumbing.lock_folder(str(run)).release()
+
+
+def test_a_lock_dies_with_its_process_even_by_sigkill(tmp_path):
+    folder = tmp_path / "run"
+    script = (f"import plumbing, time; plumbing.lock_folder({str(folder)!r}); print('locked', flush=True); "
+              "time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"is in use by process {holder.pid}"):
+            plumbing.lock_folder(str(folder))
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    finally:
+        holder.kill()
+        holder.stdout.close()
+    plumbing.lock_folder(str(folder)).release()                        # no stale lock to delete
+    assert os.listdir(folder) == []                                    # and no lock file was ever left
+
+
+def test_sigterm_finishes_the_step_saves_and_resumes_to_the_same_loss(corpus_file, tmp_path):
+    """Preemption, Slurm's time limit and docker stop send SIGTERM: the run finishes its step,
+    saves it (not the last evaluation's), says so in one line and exits 143; --resume then ends
+    at the very loss of a run never stopped."""
+    settings = dict(max_iters=60, eval_interval=20, dropout=0.1)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    run = tmp_path / "stopped"
+    process = start_run_process(corpus_file, run, *flags)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r["step"] >= 25 for r in log_records(run)):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        err = process.stderr.read()
+    finally:
+        process.kill()
+        process.stderr.close()
+    assert process.returncode == 143, err
+    step = load_checkpoint(run / "ckpt.pt")["state"]["step"]
+    assert err == f"terminated at step {step}; checkpoint saved, continue with --resume\n"
+    assert 25 <= step < 60 and step != 40                              # saved where it stopped
+    assert not list(run.glob("*.tmp"))
+    resumed = train(TrainConfig(**tiny_settings(corpus_file, run, resume=True, log_interval=1, **settings)))
+    straight = train(TrainConfig(**tiny_settings(corpus_file, tmp_path / "straight", log_interval=1, **settings)))
+    assert resumed["val_loss"] == straight["val_loss"]
+
+
+def test_a_damaged_cache_is_said_and_rebuilt(corpus_file, tmp_path, capsys):
+    """A cached token stream cut short, a meta.json that is not JSON, a tokenizer file cut in the
+    middle, measured speeds that are not JSON: each is reported in one line and rebuilt from its
+    source, and the run trains on the whole corpus."""
+    cache = tmp_path / "cache"
+    dataset = data.prepare_dataset(corpus_file, "bpe:300", cache_dir=cache, verbose=False)
+    whole = np.array(dataset.train)               # a copy: the memory map must go before the file is cut
+    n_train = len(whole)
+    del dataset
+    folder = next((cache / "datasets").iterdir())
+    with open(folder / "train.bin", "r+b") as f:
+        f.truncate(1000)                                                  # a full disk, a cut copy
+    again = data.prepare_dataset(corpus_file, "bpe:300", cache_dir=cache, verbose=False)
+    assert len(again.train) == n_train and np.array_equal(again.train, whole)
+    assert "the cached dataset" in capsys.readouterr().err
+    (folder / "meta.json").write_text('{"n_train_tokens": 12')
+    assert len(data.prepare_dataset(corpus_file, "bpe:300", cache_dir=cache, verbose=False).train) == n_train
+    assert "is damaged" in capsys.readouterr().err
+    ranks = next((cache / "tokenizers").iterdir())
+    ranks.write_text(ranks.read_text()[:2000])                            # cut mid-line
+    text = open(corpus_file).read()
+    enc = data.get_tokenizer("bpe:300", text=text[:int(0.9 * len(text))], cache_dir=cache)   # the training split
+    assert enc.n_vocab == 304 and "the cached tokenizer" in capsys.readouterr().err
+    (cache / "measured.json").write_text("{not json")
+    kept = dict(plumbing.MEASURED_THIS_PROCESS)                           # measured in this process
+    plumbing.MEASURED_THIS_PROCESS.clear()
+    try:
+        assert plumbing.measured_peak_flops(torch.device("cpu"), "fp32", cache) > 0
+    finally:
+        plumbing.MEASURED_THIS_PROCESS.update(kept)
+    assert "measured.json is damaged" in capsys.readouterr().err
+    assert json.loads((cache / "measured.json").read_text())              # rewritten whole
+
+
+def test_a_damaged_download_in_the_cache_is_fetched_again(tmp_path, monkeypatch, capsys):
+    payload = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
+    sources = {"shakespeare.txt": ("https://example.invalid/input.txt", hashlib.sha256(payload).hexdigest(), None)}
+    fetched = []
+    monkeypatch.setattr(plumbing.urllib.request, "urlopen",
+                        lambda url, timeout: fetched.append(url) or io.BytesIO(payload))
+    path = plumbing.obtain_data_file("shakespeare.txt", cache_dir=tmp_path, sources=sources)
+    assert path.read_bytes() == payload and len(fetched) == 1
+    path.write_bytes(payload[:10])                                        # cut by a full disk
+    assert plumbing.obtain_data_file("shakespeare.txt", cache_dir=tmp_path, sources=sources).read_bytes() == payload
+    assert len(fetched) == 2 and "is damaged (sha256" in capsys.readouterr().err
+
+
+class DiskFullAfter:
+    """Stands in for `open` in plumbing: files opened for writing take `limit` bytes in all, then
+    every write fails with ENOSPC, as a disk that fills up part way through a run."""
+    def __init__(self, limit):
+        self.left = limit
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        return f if not any(c in mode for c in "wa+") else FillingFile(f, self)
+
+
+class FillingFile:
+    """A file whose writes draw on a shared budget of bytes (DiskFullAfter)."""
+    def __init__(self, f, disk):
+        self.f, self.disk = f, disk
+
+    def write(self, data):
+        if len(data) > self.disk.left:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.disk.left -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("limit, failing", [(50_000, "ckpt.pt"), (0, "log.jsonl")])
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(limit, failing, corpus_file,
+                                                                              tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    train(TrainConfig(**tiny_settings(corpus_file, run, max_iters=10)))      # a good checkpoint at step 10
+    before = (run / "ckpt.pt").read_bytes()
+    monkeypatch.setattr(plumbing, "open", DiskFullAfter(limit), raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--resume", "--max-iters", "30")))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    written = re.escape(str(run / failing))
+    assert re.match(rf"error: cannot write (checkpoint )?{written}: No space left on device", err), err
+    monkeypatch.undo()
+    assert not list(run.glob("*.tmp"))                                     # nothing half-written left
+    if failing == "ckpt.pt":
+        assert (run / "ckpt.pt").read_bytes() == before                    # the last good one, loadable
+    assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
