@@ -82,7 +82,8 @@ def parse_shape(text):
         ordinary = {"bytes": 256, "gpt2": 50257}.get(cfg.tokenizer) or int(cfg.tokenizer[4:])   # bpe:N
         return text, dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                           batch_size=cfg.batch_size,           # one micro-batch
-                          vocab_size=ordinary + len(data.SPECIAL_TOKENS))
+                          vocab_size=ordinary + len(data.SPECIAL_TOKENS),
+                          alibi=cfg.alibi)                     # the gpt2 preset has none, as GPT-2
     parts = text.split("/")
     if len(parts) != len(SHAPE_KEYS) or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise UserError(f"unknown shape {text!r}; use one of {', '.join(SHAPES)}, preset:NAME "
@@ -123,7 +124,7 @@ def measure_training(spec):
     model_config = ModelConfig(vocab_size=padded_vocab_size(shape["vocab_size"]),
                                block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                                n_embd=cfg.n_embd, attention=cfg.attention,
-                               alibi=cfg.alibi)      # as train_clm.py trains: its default
+                               alibi=shape.get("alibi", cfg.alibi))   # a preset's own, else the default
     model = Transformer(model_config).to(device)
     optimizer = train_clm.make_optimizer(model, cfg, device)      # AdamW, as nanoGPT's step
     autocast, scaler = train_clm.precision_context(device, spec["precision"])

@@ -144,8 +144,9 @@ class LoRALinear(nn.Module):
 
     def merged(self):
         """One nn.Linear with W = W0 + (alpha / r) B A: the same function, no extra cost."""
-        linear = nn.Linear(self.base.in_features, self.base.out_features,
-                           bias=self.base.bias is not None)
+        weight = self.base.weight                   # on its device, in its dtype (a GPU, bf16)
+        linear = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+                           device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(self.base.weight + self.scale * self.B @ self.A)
             if self.base.bias is not None:

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 import zipfile
 
 try:
@@ -376,6 +377,16 @@ def pick_device(name, dist=None):
                         f"numbered from 0; use a smaller N")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps asked for, but this machine has no Apple MPS; use --device cpu or auto")
+    if dist["world_size"] > 1:                          # under torchrun: one device per process
+        if name.startswith("cuda:"):
+            raise UserError(f"--device {name} under torchrun would put every process on GPU {name[5:]}; "
+                            f"pass --device cuda (each process takes the GPU of its LOCAL_RANK)")
+        if name == "mps":
+            raise UserError("torchrun on Apple MPS is not supported (gloo cannot carry MPS tensors); "
+                            "pass --device cpu")
+        if name == "cuda" and dist["local_rank"] >= torch.cuda.device_count():
+            raise UserError(f"torchrun started more processes on this machine than its "
+                            f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node at most that")
     if name == "cuda" and dist["world_size"] > 1:
         name = f"cuda:{dist['local_rank']}"
     device = torch.device(name)
@@ -413,6 +424,20 @@ def keep_freed_memory():
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                   # the option numbers in glibc's malloc.h
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def check_autocast(device, dtype):
+    """Refuse, in one line, a precision this device's autocast cannot run. PyTorch only warns and
+    runs in fp32 instead (on MPS before it learned bf16 and fp16, for one), while the logs would
+    still say bf16."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast(device.type, dtype=dtype):
+            pass
+    unsupported = [w for w in caught if "not supported" in str(w.message) or "disabl" in str(w.message).lower()]
+    if unsupported:
+        raise UserError(f"{str(dtype).removeprefix('torch.')} autocast does not run on {device.type} with "
+                        f"PyTorch {torch.__version__}; use --precision fp32 (or a newer PyTorch)")
 
 
 def machine_key(device):
@@ -551,8 +576,8 @@ def measure_peak_flops(device, precision, shapes=None, repeats=10, warmup_s=0.3)
     """The best FLOP/s over square and tall matrix products (m, n) @ (n, n) in this precision,
     each timed `repeats` times. Its own random generator: measuring must not move the global one
     that dropout draws from."""
-    shapes = shapes or (((4096, 4096), (8192, 8192), (16384, 4096)) if device.type == "cuda"
-                        else ((256, 256), (512, 512), (1024, 1024), (2048, 512)))
+    shapes = shapes or (((4096, 4096), (8192, 8192), (16384, 4096)) if device.type in ("cuda", "mps")
+                        else ((256, 256), (512, 512), (1024, 1024), (2048, 512)))   # a GPU needs big ones
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32       # CPUs without fp16 units emulate it (~1 GFLOP/s): not a peak
@@ -624,7 +649,10 @@ def teardown_distributed(dist):
 def wrap_for_training(model, compile, device, dist):
     """torch.compile and DDP wrap the model for the training steps; the plain model is kept for
     evaluation and checkpoints (so their weights carry no `_orig_mod.` or `module.` prefix)."""
-    if compile:
+    if compile and device.type == "mps":
+        print("note: --compile is skipped on Apple MPS, where torch.compile is not supported yet",
+              file=sys.stderr)
+    elif compile:
         model = torch.compile(model)
     if dist["world_size"] > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -1056,10 +1084,11 @@ def read_jsonl(path):
 
 
 class Meter:
-    """Tokens per second, MFU and ETA between two log lines; evaluation time is not counted."""
+    """Tokens per second, MFU and ETA between two log lines; evaluation time is not counted. The
+    tokens are every process's, so MFU divides by the peak of one device times their number."""
 
-    def __init__(self, flops_per_token, peak):
-        self.flops_per_token, self.peak = flops_per_token, peak
+    def __init__(self, flops_per_token, peak, devices=1):
+        self.flops_per_token, self.peak, self.devices = flops_per_token, peak, devices
         self.start, self.tokens = time.perf_counter(), 0
 
     def add(self, tokens):
@@ -1067,7 +1096,7 @@ class Meter:
 
     def read(self):
         tokens_per_second = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-        return tokens_per_second, tokens_per_second * self.flops_per_token / self.peak
+        return tokens_per_second, tokens_per_second * self.flops_per_token / (self.peak * self.devices)
 
     def restart(self):
         self.start, self.tokens = time.perf_counter(), 0
@@ -1095,11 +1124,23 @@ def step_record(state, meter, **values):
     return dict(counters(state), **values, tokens_per_s=round(tokens_per_second), mfu=mfu)
 
 
-def log_model(run, model, precision, tokens_per_step, peak):
+MANY_PASSES = 16   # Muennighoff et al. 2023: up to ~4 passes repeated text is nearly as good as new;
+                   # past ~16 more passes add almost nothing, and the model memorises
+
+
+def log_model(run, model, precision, tokens_per_step, peak, n_train_tokens):
+    """The run's first line: the model, device, precision and speed reference; and a warning when
+    the budget would pass over the training text more than MANY_PASSES times."""
     run.log(f"model: {model.num_params(non_embedding=False):,} parameters "
             f"({model.num_params():,} non-embedding), {'causal' if model.config.causal else 'bidirectional'}; "
             f"device {run.device}, precision {precision}, {tokens_per_step:,} tokens/step, "
             f"peak {peak / 1e12:.2f} TFLOP/s for MFU")
+    budgets = [n for n in (run.cfg.max_iters and run.cfg.max_iters * tokens_per_step, run.cfg.max_tokens) if n]
+    passes = min(budgets) / max(n_train_tokens, 1) if budgets else 0
+    if passes > MANY_PASSES and run.dist["rank"] == 0:
+        print(f"note: this budget passes over the {n_train_tokens:,} training tokens {passes:,.0f} times; past "
+              f"about {MANY_PASSES} more passes add almost nothing and the model memorises (Muennighoff et al. "
+              f"2023): give a larger --corpus, or fewer steps", file=sys.stderr)
 
 
 def check_finite(value, what, step):

@@ -97,11 +97,20 @@ def prompt_scores(body, enc, demos, words, texts, max_len, device, batch_size=32
         chunk = rows[start:start + batch_size]
         idx, _ = tasks.collate([queries[i] + word_ids[c] for i, c in chunk], pad)  # (B, T), right-padded
         logits = body(idx.to(device))[0].float()                          # (B, T, V)
-        logprobs = torch.log_softmax(logits[..., :n_text], dim=-1).cpu()  # over text tokens only
+        logprobs = torch.log_softmax(logits[..., :n_text], dim=-1)       # over text tokens only
+        # Gather each row's scored tokens where they are (a GPU), and bring home only those: the
+        # whole (B, T, V) tensor is about 2 GB a batch with GPT-2 and 4 demonstrations.
+        row_of, at, token = [], [], []
         for row, (i, c) in enumerate(chunk):
             # the word's j-th token is predicted at the position just before it
-            at = torch.arange(len(queries[i]) - 1, len(queries[i]) - 1 + len(word_ids[c]))
-            scores[i, c] = logprobs[row, at, word_ids[c]].sum()
+            row_of += [row] * len(word_ids[c])
+            at += range(len(queries[i]) - 1, len(queries[i]) - 1 + len(word_ids[c]))
+            token += word_ids[c]
+        where = [torch.tensor(index, device=logprobs.device) for index in (row_of, at, token)]
+        picked = logprobs[where[0], where[1], where[2]].cpu()                               # (n,)
+        per_row = torch.zeros(len(chunk)).index_add_(0, torch.tensor(row_of), picked)       # (B,)
+        for row, (i, c) in enumerate(chunk):
+            scores[i, c] = per_row[row]
     return scores
 
 

@@ -275,6 +275,7 @@ def precision_context(device, precision):
         autocast = contextlib.nullcontext
     else:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        plumbing.check_autocast(device, dtype)              # refused in one line where it cannot run
         autocast = lambda: torch.autocast(device.type, dtype=dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
     return autocast, scaler
@@ -327,8 +328,9 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             model, lambda m, batch: m(**batch)[1], probe, device, cfg.cache_dir), dist)
     autocast, scaler = precision_context(device, precision)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
-    meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir))
-    plumbing.log_model(run, model, precision, tokens_per_step, meter.peak)
+    meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir),
+                           devices=dist["world_size"])
+    plumbing.log_model(run, model, precision, tokens_per_step, meter.peak, len(dataset.train))
 
     def evaluate_now(n_batches):                    # no dropout, no gradients, the run's precision
         model.eval()
@@ -476,9 +478,10 @@ def main(argv=None):
     if args.sample:                 # no training: a causal checkpoint continues --prompt
         checkpoint, enc = load_pretrained(args.sample, "causal", getattr(args, "data_dir", None),
                                           getattr(args, "cache_dir", None))
-        model = Transformer.from_checkpoint(checkpoint)
-        print(sample(model, enc, args.prompt, args.num_tokens, torch.device("cpu"), args.temperature,
-                     args.top_k, getattr(args, "seed", 0)))
+        device = plumbing.pick_device(getattr(args, "device", "auto"))        # --device, as training
+        model = Transformer.from_checkpoint(checkpoint).to(device)
+        print(sample(model, enc, args.prompt, args.num_tokens, device, args.temperature, args.top_k,
+                     getattr(args, "seed", 0)))
         return
     cfg = plumbing.config_from_args(args, TrainConfig, PRESETS)
     if "out_dir" not in vars(args):       # a folder of its own for each preset and corpus

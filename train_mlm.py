@@ -61,7 +61,8 @@ class MLMConfig(TrainConfig):
 # What differs in the presets: the cpu preset. In the causal preset's wall-clock budget a masked LM
 # did best shallow and wide, on shorter windows (finetune.py reads 64 tokens per text anyway), with
 # more of each window masked (Wettig et al. 2022's finding, at our scale), and with AdamW alone:
-# on these cheaper steps Muon's cost per step weighs more, and it did not buy accuracy (RESULTS.md).
+# on these cheaper steps Muon's cost per step weighs more, and at the preset's learning rate it cost
+# both time and accuracy (RESULTS.md).
 MLM_PRESETS = dict(PRESETS, cpu=dict(PRESETS["cpu"], n_layer=2, n_embd=192, n_head=6, block_size=64,
                                      batch_size=32, mask_prob=0.4, max_iters=1150, eval_interval=230,
                                      lr=2e-3, min_lr=2e-4, muon_lr=0.0, init_std=0.02))
@@ -93,7 +94,8 @@ def mask_tokens(idx, enc, mask_prob, generator, draw="fixed", corruption=(0.8, 0
     Two ways to select, `draw`:
       "fixed"      exactly max(1, round(mask_prob * n)) of a sequence's n ordinary tokens, as BERT's
                    create_pretraining_data.py: full-length sequences all yield as many predictions,
-                   so the sparse LM head sees one (N, C) shape and torch.compile compiles once.
+                   so the sparse LM head sees one (N, C) shape (torch.compile still breaks its
+                   graph at the boolean indexing of the masked positions; short sequences vary N).
       "bernoulli"  each ordinary token independently with probability mask_prob (Hugging Face's
                    DataCollatorForLanguageModeling), so N varies. A sequence that drew none gets one
                    random position, which adds about (1 - mask_prob)^n / n to the rate at length n.
@@ -162,6 +164,10 @@ def mlm_batch(windows, enc, mask_prob, generator, short_seq_prob=0.0, draw="fixe
 # The batch and the evaluation: what train_clm.train() calls instead of the causal ones.
 
 def to_device(batch, device):
+    """The batch's tensors on the device: to a GPU from pinned memory without waiting, so the copy
+    overlaps with compute (as data.get_batch does)."""
+    if torch.device(device).type == "cuda":
+        return {name: tensor.pin_memory().to(device, non_blocking=True) for name, tensor in batch.items()}
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
@@ -382,9 +388,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.fill:                   # no training: a bidirectional checkpoint fills --text's blanks
         checkpoint, enc = load_pretrained(args.fill, "bidirectional")
-        model = Transformer.from_checkpoint(checkpoint)
+        device = plumbing.pick_device(getattr(args, "device", "auto"))        # --device, as training
+        model = Transformer.from_checkpoint(checkpoint).to(device)
         tokens = encode_with_blanks(enc, args.text, model.config.block_size)
-        return print_fills(enc, tokens, fill_blanks(model, enc, tokens, args.top_k, torch.device("cpu")))
+        return print_fills(enc, tokens, fill_blanks(model, enc, tokens, args.top_k, device))
     if args.compare_causal:         # no training: what the right-hand context is worth, measured
         data_dir, cache_dir = getattr(args, "data_dir", None), getattr(args, "cache_dir", None)
         return print_comparison(compare_causal(*args.compare_causal, data_dir, cache_dir))

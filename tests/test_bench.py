@@ -229,3 +229,47 @@ def test_bf16_is_chosen_only_where_the_gpu_has_bf16_tensor_cores(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)      # what it says on a T4
         assert plumbing.choose_precision(model, None, batch, torch.device("cuda")) == expected
+
+
+def test_gpu_readiness_checks_that_run_on_a_cpu(monkeypatch, capsys):
+    """The CUDA, Apple and torchrun mistakes whose cause a CPU can show: a refused autocast, the
+    device a process under torchrun may take, torch.compile skipped on MPS, MFU per device, and the
+    bench's gpt2 shape without ALiBi (as GPT-2, and as flash attention needs)."""
+    with pytest.raises(UserError, match="float64 autocast does not run on cpu"):
+        plumbing.check_autocast(torch.device("cpu"), torch.float64)
+    plumbing.check_autocast(torch.device("cpu"), torch.bfloat16)            # runs: no error
+    two = dict(rank=1, local_rank=1, world_size=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="would put every process on GPU 0"):
+        plumbing.pick_device("cuda:0", two)
+    with pytest.raises(UserError, match="more processes on this machine than its 1 GPU"):
+        plumbing.pick_device("cuda", two)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(UserError, match="torchrun on Apple MPS is not supported"):
+        plumbing.pick_device("mps", two)
+    model = torch.nn.Linear(2, 2)
+    assert plumbing.wrap_for_training(model, True, torch.device("mps"), plumbing.SINGLE_PROCESS) is model
+    assert "--compile is skipped on Apple MPS" in capsys.readouterr().err
+    one, two_devices = plumbing.Meter(1000, 1e6), plumbing.Meter(1000, 1e6, devices=2)
+    for meter in (one, two_devices):
+        meter.start -= 1.0
+        meter.add(500)
+    assert two_devices.read()[1] == pytest.approx(one.read()[1] / 2, rel=1e-3)   # the same tokens, 2 devices
+    assert bench.parse_shape("preset:gpt2")[1]["alibi"] is False
+    assert bench.parse_shape("preset:cpu")[1]["alibi"] is True
+
+
+def test_a_budget_that_repeats_its_text_many_times_is_warned_about(capsys):
+    """The gpt2 preset on pydocs would pass over its half a million tokens ~1,200 times."""
+    import types
+    run = types.SimpleNamespace(cfg=types.SimpleNamespace(max_iters=5000, max_tokens=None), dist=dict(rank=0),
+                                device=torch.device("cpu"), log=lambda *a: None)
+    model = Transformer(ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    plumbing.log_model(run, model, "bf16", 131_072, 1e12, 550_000)
+    assert "passes over the 550,000 training tokens 1,192 times" in capsys.readouterr().err
+    plumbing.log_model(run, model, "bf16", 4_096, 1e12, 550_000)             # 37 passes: warned too
+    assert "37 times" in capsys.readouterr().err
+    run.cfg.max_iters = 420
+    plumbing.log_model(run, model, "bf16", 4_096, 1e12, 491_242)             # the main job: 3.5 passes
+    assert capsys.readouterr().err == ""

@@ -99,3 +99,39 @@ def test_ddp_under_torchrun_with_nccl(corpus_file, tmp_path):
         "train_clm.py", *TINY, "--corpus", corpus_file, "--out-dir", out)
     checkpoint = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu", weights_only=True)
     assert len(checkpoint["rng"]["batches"]) == n
+
+
+def test_sample_and_fill_run_on_the_gpu(corpus_file, tmp_path):
+    """--sample and --fill follow --device (they used to run on the CPU whatever the machine had)."""
+    clm, mlm = str(tmp_path / "clm"), str(tmp_path / "mlm")
+    run(sys.executable, "train_clm.py", *TINY, "--corpus", corpus_file, "--out-dir", clm)
+    run(sys.executable, "train_mlm.py", *TINY, "--corpus", corpus_file, "--out-dir", mlm)
+    assert run(sys.executable, "train_clm.py", "--sample", os.path.join(clm, "ckpt.pt"), "--prompt", "the cat",
+               "--num-tokens", "10", "--device", "cuda").startswith("the cat")
+    assert "blank 1:" in run(sys.executable, "train_mlm.py", "--fill", os.path.join(mlm, "ckpt.pt"), "--device",
+                             "cuda", "--text", "the cat [MASK] the river.")
+
+
+def test_this_gpu_gets_its_own_precision_and_a_datasheet_peak():
+    """bf16 from compute capability 8.0 (fp16 below: emulated bf16 is slower there); the peak for MFU
+    is the card's own datasheet figure when the card is known."""
+    import plumbing
+    device = torch.device("cuda")
+    expected = "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
+    assert plumbing.choose_precision(torch.nn.Linear(2, 2), None, {}, device) == expected
+    name, peak = torch.cuda.get_device_name(device), plumbing.datasheet_peak_flops(device, "bf16")
+    print(f"{name}: datasheet bf16 peak {peak}")
+    if "H100" in name or "H200" in name or "A100" in name:
+        assert peak is not None and peak >= 312e12
+
+
+def test_mfu_under_torchrun_is_per_device(corpus_file, tmp_path):
+    """Tokens per step count every process; the peak is one device's times their number, so MFU
+    stays below 100% however many GPUs there are."""
+    n = torch.cuda.device_count()
+    out = str(tmp_path / "ddp-mfu")
+    run(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+        "train_clm.py", *TINY, "--corpus", corpus_file, "--out-dir", out, "--log-interval", "1")
+    with open(os.path.join(out, "log.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    assert all(0 < r["mfu"] < 1 for r in records if "mfu" in r)

@@ -385,3 +385,18 @@ def test_user_errors_for_impossible_settings():
     with pytest.raises(data.UserError, match="--sizes"):
         plumbing.parse_sizes("32,abc", 100)
     assert plumbing.parse_sizes("32,128,all,4096", 100) == [32, 100]
+
+
+def test_lora_merges_into_a_layer_on_the_base_weights_device_and_dtype():
+    """The merged layer is built where the base weight is, in its dtype: a bf16 base gives a bf16
+    layer (it used to be a new fp32 layer on the CPU, which a GPU's inputs then could not reach)."""
+    base = torch.nn.Linear(8, 4).to(torch.bfloat16)
+    lora = LoRALinear(base, r=2, alpha=4)
+    torch.nn.init.normal_(lora.B)                     # as after training: the update is not zero
+    merged = lora.merged()
+    assert merged.weight.dtype == torch.bfloat16 and merged.weight.device == base.weight.device
+    expected = base.weight.float() + lora.scale * (lora.B @ lora.A).detach()
+    assert torch.allclose(merged.weight.float(), expected, atol=3e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):       # as fine-tuning runs it
+        x = torch.randn(3, 8)
+        assert torch.allclose(merged(x).float(), lora(x).float(), atol=5e-2)
