@@ -112,11 +112,9 @@ def alibi_slopes(n_head):
     What it costs: nothing in weights, one (n_head, T, T) addition per layer, and on a GPU the
     fused kernel must take an explicit bias, which rules out flash attention (the gpt2 preset
     turns it off)."""
+    geometric = lambda n: [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
     below = 2 ** math.floor(math.log2(n_head))                   # the power of two at or below n_head
-    slopes = [2.0 ** (-8.0 * h / below) for h in range(1, below + 1)]
-    if below < n_head:
-        slopes += alibi_slopes(2 * below).tolist()[0::2][:n_head - below]
-    return torch.tensor(slopes)
+    return torch.tensor(geometric(below) + geometric(2 * below)[0::2][:n_head - below])
 
 
 def attention_bias(attention_mask, T, causal, device, dtype, slopes=None):

@@ -76,8 +76,9 @@ def shape_counts(shape, vocab_size, block_size):
     left out.
     """
     n_layer, n_head, n_embd = shape
-    model = Transformer(ModelConfig(vocab_size=vocab_size, block_size=block_size,
-                                    n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+    with torch.device("meta"):          # shapes only: no memory, no time spent initialising weights
+        model = Transformer(ModelConfig(vocab_size=vocab_size, block_size=block_size,
+                                        n_layer=n_layer, n_head=n_head, n_embd=n_embd))
     return model.num_params(non_embedding=True) + vocab_size * n_embd, model.flops_per_token()
 
 
