@@ -446,6 +446,16 @@ def train_and_save_rank_weights(*args, **kwargs):
     return result
 
 train_clm.train = script.train = train_and_save_rank_weights
+real_save = plumbing.save_checkpoint
+
+def save_and_keep_step_3(path, payload):      # a copy of the step-3 checkpoint, as if the run died then
+    real_save(path, payload)
+    if payload["state"]["step"] == 3:
+        import shutil
+        os.makedirs(os.path.join(sys.argv[2], "died"), exist_ok=True)
+        shutil.copy(path, os.path.join(sys.argv[2], "died", "ckpt.pt"))
+
+plumbing.save_checkpoint = save_and_keep_step_3
 plumbing.run_cli(lambda: script.main(sys.argv[3:]))
 """
 
@@ -477,6 +487,21 @@ def test_two_processes_under_torchrun_end_with_identical_weights(script, corpus_
     assert result.stdout.count("model:") == 1                          # only rank 0 logs ...
     assert result.stdout.count("final:") == 1                          # ... and reports
     assert sorted(p.name for p in run.iterdir()) == ["ckpt.pt", "log.jsonl", "loss.png"]
+    if script == "train_mlm":
+        return
+    # Resumed from step 3, each process takes up its own data position (and the shared RNG state),
+    # and the two end with the uninterrupted run's very weights.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    flags = [a for a in cli_args(corpus_file, tmp_path / "died", "--max-iters", "6", "--eval-interval", "3",
+                                 "--grad-accum", "2", "--resume") if a != "--quiet"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(launcher), script, str(resumed), *flags], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        weights = torch.load(resumed / f"rank{rank}.pt", map_location="cpu", weights_only=True)
+        assert all(torch.equal(weights[k], rank0[k]) for k in rank0), f"rank {rank} after resuming"
 
 
 # ----------------------------------------------------------------------------------------------
