@@ -710,6 +710,8 @@ class Run:
     verbose: bool                      # rank 0 and not --quiet: print progress
     out_dir: Optional[str] = None      # set by start_run; None on ranks other than 0 or when nothing is saved
     lock: Optional[object] = None      # rank 0's FolderLock on --out-dir, held until the process ends
+    keep: list = field(default_factory=list)   # fractions of the budget still to keep a checkpoint at
+    keep_now: Optional[float] = None   # the fraction the next save_run keeps a copy for
 
     def log(self, *args, **kwargs):
         if self.verbose:
@@ -746,7 +748,10 @@ def open_run(cfg):
     # Rank 0 writes the folder: it takes the lock now if the folder exists (a second run into the
     # same folder stops here, before any work), else when start_run creates it.
     lock = lock_folder(cfg.out_dir, create=False) if dist["rank"] == 0 else None
-    return Run(cfg, dist, device, resume_from, verbose=dist["rank"] == 0 and not cfg.quiet, lock=lock)
+    keep = parse_fractions(getattr(cfg, "keep", None), "--keep")
+    kept = {r["kept"] for r in resume_from["history"] if "kept" in r} if resume_from else set()
+    return Run(cfg, dist, device, resume_from, verbose=dist["rank"] == 0 and not cfg.quiet, lock=lock,
+               keep=[f for f in keep if f not in kept])
 
 
 def start_run(run, description):
@@ -794,6 +799,28 @@ def restore_random_state(run, scaler):
         scaler.load_state_dict(saved["scaler"])
 
 
+def parse_fractions(text, flag):
+    """'0.01,0.1' -> [0.01, 0.1], each in (0, 1], sorted; None or '' -> []."""
+    try:
+        fractions = sorted({float(item) for item in text.split(",") if item.strip()}) if text else []
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give fractions of the budget, e.g. {flag} 0.01,0.03,0.1,0.3") from None
+    if any(not 0 < f <= 1 for f in fractions):
+        raise UserError(f"{flag} {text!r}: every fraction must be in (0, 1]")
+    return fractions
+
+
+def keep_due(run, progress):
+    """True when the budget spent has reached the next fraction in --keep: the loop then evaluates
+    and saves at this step, and save_run keeps a copy of the checkpoint for that fraction."""
+    due = [f for f in run.keep if progress >= f - 1e-9]
+    if not due:
+        return False
+    run.keep = [f for f in run.keep if f not in due]
+    run.keep_now = max(due)
+    return True
+
+
 def save_run(run, description, model, optimizer, scaler, batch_generator, state, history, precision,
              metrics):
     """The one checkpoint format: `description` (model_config, kind, objective, tokenizer and
@@ -803,12 +830,20 @@ def save_run(run, description, model, optimizer, scaler, batch_generator, state,
     data_positions = gather_generator_states(batch_generator, run.dist)
     if run.out_dir is None:
         return
+    if run.keep_now is not None:
+        history[-1]["kept"] = run.keep_now           # so a resumed run knows this one is kept
     save_checkpoint(os.path.join(run.out_dir, "ckpt.pt"), dict(
         description, model=model.state_dict(), optimizer=optimizer.state_dict(), state=state,
         history=history, precision=precision, train_config=dataclasses.asdict(run.cfg), metrics=metrics,
         scaler=scaler.state_dict(),                              # fp16's loss scale ({} otherwise)
         rng=dict(torch=torch.get_rng_state(), batches=data_positions,
                  cuda=torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None)))
+    if run.keep_now is not None:     # --keep: a copy that stays, named by its step; like any
+        kept = os.path.join(run.out_dir, f"ckpt-step{state['step']}.pt")   # checkpoint it records its
+        with open(os.path.join(run.out_dir, "ckpt.pt"), "rb") as f:        # step, tokens and FLOPs
+            write_atomic(kept, f.read())
+        run.log(f"kept {kept} ({100 * run.keep_now:g}% of the budget, {state['flops']:.3g} FLOPs)")
+        run.keep_now = None
 
 
 def check_out_dir(cfg):
@@ -1138,9 +1173,9 @@ def log_model(run, model, precision, tokens_per_step, peak, n_train_tokens):
     budgets = [n for n in (run.cfg.max_iters and run.cfg.max_iters * tokens_per_step, run.cfg.max_tokens) if n]
     passes = min(budgets) / max(n_train_tokens, 1) if budgets else 0
     if passes > MANY_PASSES and run.dist["rank"] == 0:
-        print(f"note: this budget passes over the {n_train_tokens:,} training tokens {passes:,.0f} times; past "
-              f"about {MANY_PASSES} more passes add almost nothing and the model memorises (Muennighoff et al. "
-              f"2023): give a larger --corpus, or fewer steps", file=sys.stderr)
+        print(f"note: this budget passes over the {n_train_tokens:,} training tokens {passes:,.0f} times; "
+              f"past about {MANY_PASSES} more passes add almost nothing and the model memorises "
+              f"(Muennighoff et al. 2023): give a larger --corpus, or fewer steps", file=sys.stderr)
 
 
 def check_finite(value, what, step):

@@ -105,6 +105,9 @@ class TrainConfig:
     overwrite: bool = knob(False, "replace a run already saved in --out-dir")
     quiet: bool = knob(False, "print only errors and the final summary")
     sample_tokens: int = knob(200, "tokens to sample at the end (causal models)", "[0, inf)")
+    keep: Optional[str] = knob(None, "also keep a checkpoint at these fractions of the budget, e.g. "
+                                     "0.01,0.03,0.1,0.3 (ckpt-stepN.pt beside ckpt.pt): bodies pretrained for "
+                                     "less compute, for the transfer curve")
 
 
 PRESETS = {
@@ -364,7 +367,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
             plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
-            is_eval = state["step"] % cfg.eval_interval == 0
+            is_eval = state["step"] % cfg.eval_interval == 0 or plumbing.keep_due(run, budget_progress(cfg, state))
             if is_eval or state["step"] % cfg.log_interval == 0:
                 record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
                 if is_eval:

@@ -317,3 +317,27 @@ def test_each_preset_and_corpus_has_its_own_default_folder():
     assert len({finetune.default_out_dir(args(init=init, checkpoint=ckpt), finetune.FinetuneConfig(mode=mode))
                 for init in ("pretrained", "scratch") for ckpt in (None, "gpt2") for mode in ("full", "lora")}) == 8
     assert train_mlm.MLMConfig().out_dir == "out/mlm"
+
+
+def test_kept_checkpoints_along_the_budget_load_and_fine_tune_like_the_final_one(corpus_file, tmp_path):
+    """--keep 0.25,0.5 keeps the checkpoints at 25% and 50% of the budget beside ckpt.pt: normal
+    checkpoints, each recording its step, tokens and FLOPs (the model's count times the tokens),
+    that a fine-tuning run takes like the final one. Without --keep only ckpt.pt is written."""
+    run = tmp_path / "run"
+    result = train(tiny_config(corpus_file, run, max_iters=20, eval_interval=100, keep="0.25,0.5"))
+    assert sorted(p.name for p in run.glob("ckpt*.pt")) == ["ckpt-step10.pt", "ckpt-step5.pt", "ckpt.pt"]
+    flops_per_token = result["model"].flops_per_token()
+    tokens_per_step = 8 * 32                                            # the tiny preset's batch x block
+    for step in (5, 10):
+        checkpoint, enc = train_clm.load_pretrained(str(run / f"ckpt-step{step}.pt"))
+        state = checkpoint["state"]
+        assert (state["step"], state["tokens"]) == (step, step * tokens_per_step)
+        assert state["flops"] == flops_per_token * state["tokens"]
+        assert "val_loss" in checkpoint["metrics"]
+    labels = tmp_path / "task.tsv"
+    labels.write_text("".join(f"{'the cat' if i % 2 else 'my friend'} sees it.\t{i % 2}\n" for i in range(60)))
+    finetune.main(["--checkpoint", str(run / "ckpt-step5.pt"), "--task", str(labels), "--min-steps", "4",
+                   "--epochs", "1", "--precision", "fp32", "--out-dir", str(tmp_path / "ft")])
+    assert json.loads((tmp_path / "ft" / "results.json").read_text())["checkpoint"].endswith("ckpt-step5.pt")
+    with pytest.raises(plumbing.UserError, match="every fraction must be in"):
+        train(tiny_config(corpus_file, "", keep="0.5,2"))
