@@ -449,6 +449,44 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
     return result, classifier
 
 
+def print_results(result, baseline, majority, label):
+    """The run's report: how it went, its scores beside the two reference rows (the floor and the
+    bar, tasks.py), then the forgetting and LoRA checks."""
+    if "verbalizers" in result:
+        print(f"prompting: {result['shots']} demonstrations per prompt, classes scored by the words "
+              f"{result['verbalizers']}, no training step, {result['seconds']:.1f}s")
+    else:
+        print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
+              f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
+              f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
+    print(f"{'':34s} {'dev acc':>8s} {'dev F1':>8s} {'test acc':>9s} {'test F1':>8s}")
+    for name, row in ((label, result), ("bag-of-words logistic regression", baseline),
+                      ("majority class (always one label)", majority)):
+        print(f"{name:34s} {row['dev']['accuracy']:8.3f} {row['dev']['macro_f1']:8.3f} "
+              f"{row['test']['accuracy']:9.3f} {row['test']['macro_f1']:8.3f}")
+    if "pretraining_loss" in result:
+        pre = result["pretraining_loss"]
+        print(f"forgetting: pretraining val loss {pre['before']:.4f} -> {pre['after']:.4f} "
+              f"({pre['after'] - pre['before']:+.4f} nats per token)")
+    if "lora_merge_max_abs_diff" in result:
+        print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
+
+
+def plot_curve(history, path, title):
+    """Training loss by step, and the dev scores at the evaluation points."""
+    evals = [r for r in history if "dev_accuracy" in r]
+    with plumbing.figure(path, ncols=2, size=(11, 4)) as (fig, (left, right)):
+        left.plot([r["step"] for r in history], [r["train_loss"] for r in history], alpha=0.7)
+        left.set(xlabel="step", ylabel="training loss (cross-entropy, nats)", title="training loss")
+        for key in ("dev_accuracy", "dev_macro_f1"):
+            right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key.replace("_", " "))
+        right.set(xlabel="step", ylabel="score", title="dev set", ylim=(0, 1.02))
+        right.legend()
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
+
+
 def single_run(args, cfg):
     """One body on one task: fine-tuned (or prompted), scored beside bag-of-words and the majority
     class, with forgetting if asked; results.json and the curve go to --out-dir."""
@@ -486,12 +524,15 @@ def single_run(args, cfg):
     baseline = tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
     majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)
     label = f"prompted ({cfg.shots} shots)" if cfg.mode == "prompt" else f"fine-tuned ({args.init}, {cfg.mode})"
-    plumbing.print_results(result, baseline, majority, label)
+    print_results(result, baseline, majority, label)
     if args.out_dir:
         record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init, config=dataclasses.asdict(cfg),
                       **result, bag_of_words=baseline, majority_class=majority)
         title = f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels"
-        plumbing.save_results(args.out_dir, record, title)
+        plumbing.save_results(args.out_dir, record)
+        if "history" in record:                    # prompting trains nothing: no curve
+            plot_curve(record["history"], os.path.join(args.out_dir, "curve.png"), title)
+        print(f"saved results in {args.out_dir}")
     if lock:
         lock.release()
     return result, baseline

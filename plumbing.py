@@ -1283,52 +1283,9 @@ def plot_history(history, path, title):
         fig.suptitle(title)
 
 
-# The fine-tuning sweep's results file, tables and plot (finetune.py --sweep).
-
-def plot_curve(history, path, title):
-    """Training loss by step, and the dev scores at the evaluation points."""
-    evals = [r for r in history if "dev_accuracy" in r]
-    with figure(path, ncols=2, size=(11, 4)) as (fig, (left, right)):
-        left.plot([r["step"] for r in history], [r["train_loss"] for r in history], alpha=0.7)
-        left.set(xlabel="step", ylabel="training loss (cross-entropy, nats)", title="training loss")
-        for key in ("dev_accuracy", "dev_macro_f1"):
-            right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key.replace("_", " "))
-        right.set(xlabel="step", ylabel="score", title="dev set", ylim=(0, 1.02))
-        right.legend()
-        for ax in (left, right):
-            ax.grid(alpha=0.3)
-        fig.suptitle(title)
-
-
-def print_results(result, baseline, majority, label):
-    """finetune.py's report: how the run went, the run beside its two reference rows, then the
-    forgetting and LoRA checks."""
-    if "verbalizers" in result:
-        print(f"prompting: {result['shots']} demonstrations per prompt, classes scored by the words "
-              f"{result['verbalizers']}, no training step, {result['seconds']:.1f}s")
-    else:
-        print(f"pooling {result['pooling']}; trained {result['trainable']:,} of {result['total']:,} parameters "
-              f"({100 * result['trainable'] / result['total']:.2f}%), peak lr {result['lr']:g}, "
-              f"{result['steps']} steps in {result['seconds']:.1f}s, precision {result['precision']}")
-    print(f"{'':34s} {'dev acc':>8s} {'dev F1':>8s} {'test acc':>9s} {'test F1':>8s}")
-    for name, row in ((label, result), ("bag-of-words logistic regression", baseline),
-                      ("majority class (always one label)", majority)):
-        print(f"{name:34s} {row['dev']['accuracy']:8.3f} {row['dev']['macro_f1']:8.3f} "
-              f"{row['test']['accuracy']:9.3f} {row['test']['macro_f1']:8.3f}")
-    if "pretraining_loss" in result:
-        pre = result["pretraining_loss"]
-        print(f"forgetting: pretraining val loss {pre['before']:.4f} -> {pre['after']:.4f} "
-              f"({pre['after'] - pre['before']:+.4f} nats per token)")
-    if "lora_merge_max_abs_diff" in result:
-        print(f"lora: merged vs unmerged logits, max |difference| = {result['lora_merge_max_abs_diff']:.2e}")
-
-
-def save_results(out_dir, record, curve_title):
-    """finetune.py's results.json, and curve.png when the run has a training history."""
+def save_results(out_dir, record):
+    """finetune.py's results.json, written atomically."""
     write_atomic(os.path.join(out_dir, "results.json"), json.dumps(record, indent=1).encode())
-    if "history" in record:
-        plot_curve(record["history"], os.path.join(out_dir, "curve.png"), curve_title)
-    print(f"saved results in {out_dir}")
 
 
 def check_results_dir(out_dir, overwrite, names):

@@ -306,9 +306,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     """Pretrain a Transformer on cfg: causal=True with next-token batches (this file), or causal=False
     with train_mlm.py's masked batches and evaluation. Returns the final metrics, the log records,
     the model and the dataset (scaling.py passes a dataset already loaded)."""
-    # Set up. plumbing checks every input (flags, device, DDP, --resume's checkpoint, --out-dir) on
-    # every rank, before anything in --out-dir is created, changed or deleted.
-    run = plumbing.open_run(cfg)
+    run = plumbing.open_run(cfg)    # set up: every input checked before --out-dir is touched (plumbing)
     device, dist = run.device, run.dist
     start_from, tokenizer = None, cfg.tokenizer
     if cfg.init_from and run.resume_from is None:   # another run's weights (or GPT-2's), and its tokenizer
@@ -343,14 +341,15 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         plumbing.check_finite(metrics["val_loss"], "validation loss", state["step"])
         return metrics
 
+    save = lambda metrics: plumbing.save_run(run, description, model, optimizer, scaler, batch_generator,
+                                             state, history, precision, metrics)     # ckpt.pt, atomically
     plumbing.restore_random_state(run, scaler)      # last: set-up drew random numbers too
     last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
     loop_start = time.perf_counter() - state["seconds"]
     with plumbing.StopSignals() as stop:            # SIGTERM: finish the step, save, exit 143
         while True:
-            progress = budget_progress(cfg, state)
-            if plumbing.agree_max(max(progress, stop.budget), device, dist) >= 1.0:   # all ranks together
-                break
+            if plumbing.agree_max(max(budget_progress(cfg, state), stop.budget), device, dist) >= 1.0:
+                break                                           # the budget is spent (all ranks agree)
             lr = learning_rate(step_progress(cfg, state, tokens_per_step), cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
@@ -376,19 +375,16 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
                 history.append(record)
                 plumbing.log_step(run, record, last_metrics, budget_progress(cfg, state))
                 if is_eval:
-                    plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state,
-                                      history, precision, last_metrics)
+                    save(last_metrics)
                 meter.restart()                                # evaluation is not training
         if stop.received:                           # stopped by a signal: keep every step done
-            plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
-                              precision, last_metrics)
+            save(last_metrics)
             plumbing.terminated(run, state["step"])
 
     # Final evaluation over the WHOLE validation split, not a sample of it.
     final = evaluate_now(None)
     history.append(dict(plumbing.counters(state), final=True, **final))
-    plumbing.save_run(run, description, model, optimizer, scaler, batch_generator, state, history,
-                      precision, final)
+    save(final)
     plumbing.finish_run(run, history, f"{description['objective']} pretraining on "
                         f"{os.path.basename(dataset.corpus['name'])}\n{plot_note}".strip())
     plumbing.teardown_distributed(dist)
