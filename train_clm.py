@@ -366,7 +366,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
             plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
-            is_eval = state["step"] % cfg.eval_interval == 0 or plumbing.keep_due(run, budget_progress(cfg, state))
+            is_eval = plumbing.keep_due(run, budget_progress(cfg, state)) or state["step"] % cfg.eval_interval == 0
             if is_eval or state["step"] % cfg.log_interval == 0:
                 record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
                 if is_eval:

@@ -26,6 +26,7 @@ resume); 2. the tables, the gain over scratch and the figure; 3. the command lin
 """
 import dataclasses
 import os
+from pathlib import Path
 
 import torch
 
@@ -49,6 +50,7 @@ SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrain
                  "scratch-mlm": ("mlm", "scratch", "full"), "mlm": ("mlm", "pretrained", "full"),
                  "lora": ("clm", "pretrained", "lora"), "prompt": ("clm", "pretrained", "prompt")}
 PROMPT_SHOTS = (0, 1, 4, 8)   # prompting's rows: its "labels" are the demonstrations in the prompt
+SWEEP_SIZES = "32,128,256,512,2048,all"
 
 
 def sweep(args, cfg):
@@ -182,6 +184,120 @@ def write_sweep_report(records, methods, sizes, labelled, baselines, out_dir):
 
 
 # ----------------------------------------------------------------------------------------------
+# 3. The transfer curve: accuracy after fine-tuning against the compute spent pretraining the body.
+#
+# The bridge between scaling.py (pretraining loss against compute) and the sweep above (accuracy
+# against labels): one pretraining run keeps its body at a few fractions of its budget
+# (`train_clm.py --keep 0.01,0.03,0.1,0.3`), and each kept body is fine-tuned at a few label counts.
+# Scratch, the same architecture with random weights, is the point at zero compute. Does more
+# pretraining compute give a better fine-tuned classifier, and does the pretraining loss predict by
+# how much?
+
+def kept_bodies(folder):
+    """[(step, FLOPs, validation loss, path)] of a run folder's kept checkpoints and its final
+    ckpt.pt, by compute; each checkpoint records the FLOPs and tokens it was trained with."""
+    bodies = {}                                       # step -> body; the final ckpt.pt wins a tie
+    for path in sorted(Path(folder).glob("ckpt-step*.pt")) + [Path(folder) / "ckpt.pt"]:
+        checkpoint = plumbing.load_checkpoint(str(path))
+        state = checkpoint["state"]
+        bodies[state["step"]] = (state["step"], state["flops"], checkpoint["metrics"]["val_loss"], str(path))
+    return sorted(bodies.values())
+
+
+def curve(args, cfg):
+    """Every kept body of --clm and --mlm (run folders), and scratch in each one's architecture,
+    fine-tuned at every size for --seeds seeds; curve.md and curve.png."""
+    device = plumbing.pick_device(cfg.device)
+    folders = {kind: folder for kind, folder in (("clm", args.clm), ("mlm", args.mlm)) if folder}
+    if not folders or not all(os.path.isdir(f) for f in folders.values()):
+        raise UserError("--curve takes run folders: --clm out/clm (and --mlm out/mlm), pretrained with --keep")
+    bodies = {kind: kept_bodies(folder) for kind, folder in folders.items()}
+    labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
+    sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
+    seeds = range(cfg.seed, cfg.seed + args.seeds)
+    cfg = dataclasses.replace(cfg, eval_points=0, n_train=None, mode="full")
+    loaded = {}
+
+    def run(method, k, seed):
+        """One point: bag-of-words, or the body `kind@step` (step 0: scratch) with k labels."""
+        train = tasks.subsample_balanced(labelled.train, k, seed)
+        if method == "bow":
+            return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+        kind, step = method.split("@")
+        # Scratch (step 0) takes the final body's architecture and tokenizer, and random weights.
+        path = bodies[kind][-1][3] if step == "0" else next(p for s, *_, p in bodies[kind] if s == int(step))
+        if path not in loaded:
+            loaded[path] = train_clm.load_pretrained(path, None, args.data_dir, args.cache_dir)
+        checkpoint, enc = loaded[path]
+        body = finetune.body_from(checkpoint, "scratch" if step == "0" else "pretrained", seed)
+        return finetune.run_one(body, enc, labelled, train, dataclasses.replace(cfg, seed=seed), device,
+                                log=lambda *a: None)[0]
+
+    methods = ["bow"] + [f"{kind}@{step}" for kind in bodies for step in [0] + [s for s, *_ in bodies[kind]]]
+    plan = [(m, k, s) for k in sizes for s in seeds for m in methods]
+    settings = ["curve", args.task, {kind: [(s, f) for s, f, *_ in b] for kind, b in bodies.items()},
+                dataclasses.asdict(cfg)]
+    lock = plumbing.lock_folder(args.out_dir)
+    records = plumbing.run_sweep(plan, run, os.path.join(args.out_dir, "curve.jsonl"), settings)
+    majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)["test"]["accuracy"]
+    print(write_curve_report(records, bodies, sizes, labelled, majority, args.out_dir))
+    print(f"saved {args.out_dir}/curve.jsonl, curve.md and curve.png")
+    lock.release()
+
+
+def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
+    """curve.md: test accuracy of every body at every size, with its pretraining FLOPs and loss;
+    curve.png: accuracy against pretraining FLOPs, and against the pretraining validation loss."""
+    lines = [f"Test accuracy on {labelled.name} after full fine-tuning, mean ± std over seeds, against the "
+             f"body's pretraining compute (majority class {majority:.3f}):", "",
+             "| body | step | pretraining FLOPs | pretraining val loss | " + " | ".join(f"{k} labels" for k in sizes)
+             + " |", "|---" * (4 + len(sizes)) + "|"]
+    bow = [summarise(records, "bow", k) for k in sizes]
+    lines.append("| bag-of-words | | | | " + " | ".join(f"{s[0]:.3f} ± {s[1]:.3f}" for s in bow) + " |")
+    points = {}                                      # (kind, k) -> [(FLOPs, loss, mean, std)]
+    for kind, kept in bodies.items():
+        for step, flops, loss in [(0, 0.0, None)] + [(s, f, v) for s, f, v, _ in kept]:
+            cells = []
+            for k in sizes:
+                s = summarise(records, f"{kind}@{step}", k)
+                cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f}")
+                if s is not None:
+                    points.setdefault((kind, k), []).append((flops, loss, s[0], s[1]))
+            name = f"{kind} (scratch)" if step == 0 else kind
+            lines.append(f"| {name} | {step} | {flops:.3g} | {'' if loss is None else f'{loss:.3f}'} | "
+                         + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    with open(os.path.join(out_dir, "curve.md"), "w") as f:
+        f.write(table + "\n")
+    with plumbing.figure(os.path.join(out_dir, "curve.png"), ncols=2, size=(12, 4.5)) as (fig, (left, right)):
+        for i, k in enumerate(sizes):
+            colour = plumbing.colormap("tab10", i / 10)
+            for kind, style in (("clm", "o-"), ("mlm", "s--")):
+                row = points.get((kind, k), [])
+                if not row:
+                    continue
+                x, loss, mean, std = zip(*row)
+                left.errorbar(x, mean, yerr=std, fmt=style, color=colour, capsize=3, label=f"{kind}, {k} labels")
+                trained = [(l, m, s) for l, m, s in zip(loss, mean, std) if l is not None]   # not scratch
+                if trained:
+                    losses, means, stds = zip(*trained)
+                    right.errorbar(losses, means, yerr=stds, fmt=style, color=colour, capsize=3,
+                                   label=f"{kind}, {k} labels")
+            left.axhline(bow[i][0], color=colour, lw=0.8, ls=":", label=f"bag-of-words, {k} labels")
+        for ax in (left, right):
+            ax.axhline(majority, color="black", lw=0.8, ls="-.", label="majority class")
+            ax.grid(alpha=0.3)
+        left.set_xscale("symlog", linthresh=min(f for b in bodies.values() for _, f, *_ in b) / 2)
+        left.set(xlabel="pretraining FLOPs (0: scratch)", ylabel="test accuracy (mean ± std over seeds)",
+                 title=f"{os.path.basename(labelled.name)}: more pretraining compute, better transfer?")
+        right.set(xlabel="the body's pretraining validation loss (nats per token)", ylabel="test accuracy",
+                  title="does the pretraining loss predict the gain?")
+        right.invert_xaxis()
+        left.legend(fontsize=7)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
 # 3. The command line: the sweep's own flags, and every fine-tuning knob of finetune.py.
 
 def main(argv=None):
@@ -194,15 +310,23 @@ def main(argv=None):
                         "or a path to a text<TAB>label .tsv file")
     parser.add_argument("--methods", default="scratch,clm,scratch-mlm,mlm,lora,prompt",
                         help=f"from {', '.join(SWEEP_METHODS)} (prompt: at {PROMPT_SHOTS} demonstrations)")
-    parser.add_argument("--sizes", default="32,128,256,512,2048,all",
+    parser.add_argument("--sizes", default=SWEEP_SIZES,
                         help="labelled set sizes (capped at the train split)")
     plumbing.add_flag(parser, "--seeds", 3, "seeds per point (from --seed on)", "[1, inf)")
     parser.add_argument("--data-dir", help="folder searched for data files (None: $PTFT_DATA_DIR)")
     parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
     parser.add_argument("--out-dir", default="out/sweep", help="sweep.jsonl (results, kept as each run "
                         "finishes: the same command resumes), sweep.md and sweep.png")
+    parser.add_argument("--curve", action="store_true", help="the transfer curve instead: --clm and --mlm "
+                        "are run folders whose kept checkpoints (train_clm.py --keep) are fine-tuned, with "
+                        "scratch at zero compute; sizes default to 32,256")
     args = parser.parse_args(argv)
-    return sweep(args, plumbing.config_from_args(args, FinetuneConfig))
+    cfg = plumbing.config_from_args(args, FinetuneConfig)
+    if args.curve:
+        args.sizes = args.sizes if args.sizes != SWEEP_SIZES else "32,256"
+        args.out_dir = args.out_dir if args.out_dir != "out/sweep" else "out/curve"
+        return curve(args, cfg)
+    return sweep(args, cfg)
 
 
 if __name__ == "__main__":

@@ -400,3 +400,31 @@ def test_lora_merges_into_a_layer_on_the_base_weights_device_and_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):       # as fine-tuning runs it
         x = torch.randn(3, 8)
         assert torch.allclose(merged(x).float(), lora(x).float(), atol=5e-2)
+
+
+def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(pretrained, tmp_path, capsys):
+    """transfer.py --curve: a run folder's kept checkpoints and its final one, each fine-tuned, and
+    scratch at zero compute, which is the same shape with random weights drawn by the same seed
+    (so it equals finetune.py's own scratch run)."""
+    folder = tmp_path / "clm"
+    corpus = str(tmp_path / "corpus.txt")
+    (tmp_path / "corpus.txt").write_text(generated_text())
+    train_clm.train(train_clm.TrainConfig(**{**train_clm.PRESETS["tiny"], "corpus": corpus, "out_dir": str(folder),
+                                             "quiet": True, "precision": "fp32", "keep": "0.5"}))
+    out = tmp_path / "curve"
+    transfer.main(["--curve", "--clm", str(folder), "--task", pretrained["tsv"], "--sizes", "16", "--seeds", "1",
+                   *quick_flags(out)])
+    records = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"bow", "clm@0", "clm@10", "clm@20"}
+    table = (out / "curve.md").read_text()
+    assert "| clm (scratch) | 0 | 0 |" in table and "| clm | 10 |" in table and (out / "curve.png").stat().st_size > 1000
+    scratch = next(r for r in records if r["method"] == "clm@0")
+    checkpoint, enc = train_clm.load_pretrained(str(folder / "ckpt.pt"))
+    labelled = tasks.load_labelled(pretrained["tsv"])
+    alone, _ = finetune.run_one(finetune.body_from(checkpoint, "scratch", 0), enc, labelled,
+                                tasks.subsample_balanced(labelled.train, 16, 0),
+                                FinetuneConfig(min_steps=6, epochs=1, device="cpu", precision="fp32", eval_points=0),
+                                DEVICE, log=lambda *a: None)
+    assert scratch["test"] == alone["test"]
+    kept = train_clm.load_pretrained(str(folder / "ckpt-step10.pt"))[0]["state"]
+    assert kept["flops"] == Transformer.from_checkpoint(checkpoint).flops_per_token() * kept["tokens"]
