@@ -24,6 +24,19 @@ def tiny_config(corpus_file, out_dir, **overrides):
     return TrainConfig(**settings)
 
 
+def keep_a_copy_at_step(step, folder, monkeypatch):
+    """Every checkpoint is saved as usual, and the one of `step` is also copied to folder/ckpt.pt:
+    a run that died right after that save, ready for --resume."""
+    real_save = plumbing.save_checkpoint
+
+    def save_and_copy(path, payload):
+        real_save(path, payload)
+        if payload["state"]["step"] == step:
+            os.makedirs(folder, exist_ok=True)
+            shutil.copy(path, os.path.join(folder, "ckpt.pt"))
+    monkeypatch.setattr(plumbing, "save_checkpoint", save_and_copy)
+
+
 def test_two_layer_model_learns_and_writes_log_and_plot(corpus_file, tmp_path):
     cfg = tiny_config(corpus_file, tmp_path / "run", max_iters=60, eval_interval=20, lr=3e-3)
     result = train(cfg)
@@ -133,14 +146,7 @@ def test_a_wall_clock_run_resumes_where_its_clock_and_schedule_stopped(corpus_fi
     schedule from the saved seconds (not from a fresh warmup) and stops when the total is spent."""
     ticks = iter(range(10**9))
     monkeypatch.setattr(train_clm.time, "perf_counter", lambda: next(ticks) * 0.01)
-    real_save = plumbing.save_checkpoint
-
-    def save_and_keep_step_10(path, payload):
-        real_save(path, payload)
-        if payload["state"]["step"] == 10:
-            os.makedirs(tmp_path / "died", exist_ok=True)
-            shutil.copy(path, tmp_path / "died" / "ckpt.pt")
-    monkeypatch.setattr(plumbing, "save_checkpoint", save_and_keep_step_10)
+    keep_a_copy_at_step(10, tmp_path / "died", monkeypatch)
     settings = dict(max_iters=None, max_seconds=1.5, log_interval=1, eval_interval=10, warmup=0.2)
     straight = train(tiny_config(corpus_file, tmp_path / "a", **settings))
     saved = plumbing.load_checkpoint(str(tmp_path / "died" / "ckpt.pt"))["state"]["seconds"]
@@ -163,15 +169,7 @@ def test_budget_progress_uses_the_tightest_rule():
 def test_resume_reproduces_the_uninterrupted_run(muon_lr, corpus_file, tmp_path, monkeypatch):
     # Keep a copy of the step-10 checkpoint as it was written, as if the run had died right after it.
     # (tests/test_reliability.py does the same with a real SIGKILL.)
-    real_save = plumbing.save_checkpoint
-
-    def save_and_keep_step_10(path, payload):
-        real_save(path, payload)
-        if payload["state"]["step"] == 10:
-            os.makedirs(tmp_path / "died", exist_ok=True)
-            shutil.copy(path, tmp_path / "died" / "ckpt.pt")
-
-    monkeypatch.setattr(plumbing, "save_checkpoint", save_and_keep_step_10)
+    keep_a_copy_at_step(10, tmp_path / "died", monkeypatch)
     straight = train(tiny_config(corpus_file, tmp_path / "a", max_iters=20, eval_interval=10, muon_lr=muon_lr))
     again = train(tiny_config(corpus_file, tmp_path / "b", max_iters=20, eval_interval=10, muon_lr=muon_lr))
     assert again["val_loss"] == straight["val_loss"]                  # determinism, same seed
