@@ -154,11 +154,17 @@ def add_flag(parser, flag, default, help, within=None, type=None, **kw):
                                help=help + suffix, **kw)
 
 
-def config_from_args(args, config_class, presets=None):
+def config_from_args(args, config_class, presets=None, kind=None):
+    """The config of a command line: the preset's values, then the flags given. kind ("clm",
+    "mlm"): without --out-dir the run gets a folder of its own for its preset and corpus."""
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(config_class)}}
     if presets and args.preset not in presets:
         raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(presets)}")
-    cfg = config_class(**{**(presets[args.preset] if presets else {}), **given})
+    preset = presets[args.preset] if presets else {}
+    if kind and "out_dir" not in given:
+        corpus = given.get("corpus", preset.get("corpus", "pydocs"))
+        given["out_dir"] = default_out_dir(kind, args.preset, corpus, preset.get("corpus", "pydocs"))
+    cfg = config_class(**{**preset, **given})
     check_knobs(cfg)
     return cfg
 

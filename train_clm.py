@@ -31,7 +31,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -482,10 +482,7 @@ def main(argv=None):
         print(sample(model, enc, args.prompt, args.num_tokens, device, args.temperature, args.top_k,
                      getattr(args, "seed", 0)))
         return
-    cfg = plumbing.config_from_args(args, TrainConfig, PRESETS)
-    if "out_dir" not in vars(args):       # a folder of its own for each preset and corpus
-        cfg = replace(cfg, out_dir=plumbing.default_out_dir("clm", args.preset, cfg.corpus,
-                                                            PRESETS[args.preset].get("corpus", "pydocs")))
+    cfg = plumbing.config_from_args(args, TrainConfig, PRESETS, kind="clm")
     start = time.perf_counter()
     result = train(cfg, causal=True)
     if plumbing.is_main_process() and not cfg.quiet and cfg.sample_tokens > 0:

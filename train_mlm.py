@@ -26,7 +26,7 @@ evaluation, fill-in-the-blank, the causal-vs-bidirectional comparison, the comma
 """
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -395,10 +395,7 @@ def main(argv=None):
     if args.compare_causal:         # no training: what the right-hand context is worth, measured
         data_dir, cache_dir = getattr(args, "data_dir", None), getattr(args, "cache_dir", None)
         return print_comparison(compare_causal(*args.compare_causal, data_dir, cache_dir))
-    cfg = plumbing.config_from_args(args, MLMConfig, MLM_PRESETS)
-    if "out_dir" not in vars(args):       # a folder of its own for each preset and corpus
-        cfg = replace(cfg, out_dir=plumbing.default_out_dir("mlm", args.preset, cfg.corpus,
-                                                            MLM_PRESETS[args.preset].get("corpus", "pydocs")))
+    cfg = plumbing.config_from_args(args, MLMConfig, MLM_PRESETS, kind="mlm")
     start = time.perf_counter()
     # The model without the causal mask, trained by train_clm's loop on this file's batches.
     result = train(cfg, causal=False, get_batch=get_mlm_batch, evaluate=evaluate_mlm,

@@ -315,6 +315,13 @@ def test_each_preset_and_corpus_has_its_own_default_folder():
     assert len({finetune.default_out_dir(args(init=init, checkpoint=ckpt), finetune.FinetuneConfig(mode=mode))
                 for init in ("pretrained", "scratch") for ckpt in (None, "gpt2") for mode in ("full", "lora")}) == 8
     assert train_mlm.MLMConfig().out_dir == "out/mlm"
+    parse = lambda main_config, presets, argv, kind: plumbing.config_from_args(
+        plumbing.build_parser("x", main_config, presets).parse_args(argv), main_config, presets, kind=kind).out_dir
+    assert parse(TrainConfig, train_clm.PRESETS, [], "clm") == os.path.join("out", "clm")
+    assert parse(TrainConfig, train_clm.PRESETS, ["--preset", "shakespeare"], "clm") == os.path.join("out", "shakespeare")
+    assert parse(TrainConfig, train_clm.PRESETS, ["--corpus", "a/notes.txt"], "clm") == os.path.join("out", "clm-notes")
+    assert parse(train_mlm.MLMConfig, train_mlm.MLM_PRESETS, ["--preset", "tiny"], "mlm") == os.path.join("out", "mlm-tiny")
+    assert parse(TrainConfig, train_clm.PRESETS, ["--out-dir", "mine"], "clm") == "mine"      # given: used
 
 
 def test_kept_checkpoints_along_the_budget_load_and_fine_tune_like_the_final_one(corpus_file, tmp_path):
