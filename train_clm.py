@@ -360,14 +360,15 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
                     with autocast():
                         logits, loss = train_model(**batch)          # forward: the model scores itself
                     scaler.scale(loss / cfg.grad_accum).backward()   # backward: gradients add up
-                loss_sum += loss.detach() / cfg.grad_accum
-            loss = plumbing.agree_mean(float(loss_sum), device, dist)   # the whole batch's loss
-            plumbing.check_finite(loss, "loss", state["step"])         # a NaN stops the run at once
+                loss_sum += loss.detach() / cfg.grad_accum      # stays on the device: no wait here
             optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
             plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
             is_eval = plumbing.keep_due(run, budget_progress(cfg, state)) or state["step"] % cfg.eval_interval == 0
             if is_eval or state["step"] % cfg.log_interval == 0:
+                loss = plumbing.agree_mean(float(loss_sum), device, dist)   # read only here: it waits
+                # for the device. A NaN stops the run here, before any checkpoint holds it.
+                plumbing.check_finite(loss, "loss", state["step"])
                 record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
                 if is_eval:
                     last_metrics = evaluate_now(cfg.eval_batches)

@@ -346,3 +346,14 @@ def test_kept_checkpoints_along_the_budget_load_and_fine_tune_like_the_final_one
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["checkpoint"].endswith("ckpt-step5.pt")
     with pytest.raises(plumbing.UserError, match="every fraction must be in"):
         train(tiny_config(corpus_file, "", keep="0.5,2"))
+
+
+def test_the_loss_is_read_from_the_device_only_when_logged(corpus_file, monkeypatch):
+    """Reading the loss makes the host wait for the device (and, under DDP, is an all-reduce): the
+    loop reads it at log steps only, 4 times in 20 steps logged every 5, not at every step."""
+    reads = []
+    agree_mean = plumbing.agree_mean
+    monkeypatch.setattr(plumbing, "agree_mean", lambda value, *args: reads.append(value) or agree_mean(value, *args))
+    result = train(tiny_config(corpus_file, "", max_iters=20, log_interval=5, eval_interval=10))
+    assert len(reads) == 4
+    assert [r["train_loss"] for r in result["history"] if "train_loss" in r] == reads
