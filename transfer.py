@@ -270,6 +270,8 @@ def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
     with open(os.path.join(out_dir, "curve.md"), "w") as f:
         f.write(table + "\n")
     with plumbing.figure(os.path.join(out_dir, "curve.png"), ncols=2, size=(12, 4.5)) as (fig, (left, right)):
+        # A log axis of compute, with scratch (zero compute) drawn a decade left of the cheapest body.
+        zero = min(f for kept in bodies.values() for _, f, *_ in kept) / 10
         for i, k in enumerate(sizes):
             colour = plumbing.colormap("tab10", i / 10)
             for kind, style in (("clm", "o-"), ("mlm", "s--")):
@@ -277,6 +279,7 @@ def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
                 if not row:
                     continue
                 x, loss, mean, std = zip(*row)
+                x = [f or zero for f in x]
                 left.errorbar(x, mean, yerr=std, fmt=style, color=colour, capsize=3, label=f"{kind}, {k} labels")
                 trained = [(l, m, s) for l, m, s in zip(loss, mean, std) if l is not None]   # not scratch
                 if trained:
@@ -287,8 +290,11 @@ def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
         for ax in (left, right):
             ax.axhline(majority, color="black", lw=0.8, ls="-.", label="majority class")
             ax.grid(alpha=0.3)
-        left.set_xscale("symlog", linthresh=min(f for b in bodies.values() for _, f, *_ in b) / 2)
-        left.set(xlabel="pretraining FLOPs (0: scratch)", ylabel="test accuracy (mean ± std over seeds)",
+        left.set_xscale("log")
+        left.annotate("scratch", (zero, majority), xytext=(0, -12), textcoords="offset points", ha="center",
+                      fontsize=8)
+        left.set(xlabel="pretraining FLOPs (scratch, zero compute, at the left)",
+                 ylabel="test accuracy (mean ± std over seeds)",
                  title=f"{os.path.basename(labelled.name)}: more pretraining compute, better transfer?")
         right.set(xlabel="the body's pretraining validation loss (nats per token)", ylabel="test accuracy",
                   title="does the pretraining loss predict the gain?")
