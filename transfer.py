@@ -19,10 +19,15 @@ and reads off what pretraining buys:
 Every point is a mean over seeds with its sample standard deviation: with a few dozen labels, one
 seed's draw can swing accuracy by several points, and a gain smaller than that spread is not one.
 
+The same question asked of compute instead of labels is the transfer curve: bodies kept along a
+pretraining run (train_clm.py --keep), each fine-tuned, with scratch at zero compute.
+
 Read finetune.py and prompting.py first; then in this order: 1. the sweep (methods, plan, runs,
-resume); 2. the tables, the gain over scratch and the figure; 3. the command line.
+resume); 2. the tables, the gain over scratch and the figure; 3. the transfer curve; 4. the
+command line.
 
     python transfer.py --clm out/clm/ckpt.pt --mlm out/mlm/ckpt.pt   # the paradigm in a picture
+    python transfer.py --curve --clm out/clm-keep --mlm out/mlm-keep  # accuracy against compute
 """
 import dataclasses
 import os
@@ -304,7 +309,7 @@ def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. The command line: the sweep's own flags, and every fine-tuning knob of finetune.py.
+# 4. The command line: the sweep's own flags, and every fine-tuning knob of finetune.py.
 
 def main(argv=None):
     parser = plumbing.build_parser(__doc__.split("\n")[0], FinetuneConfig, None, epilog=(
