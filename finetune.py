@@ -44,7 +44,7 @@ cost); and forgetting, the body's own pretraining validation loss before and aft
 How accuracy grows with the number of labels, for every route at once, is transfer.py's lesson.
 
 Bodies: a checkpoint of train_clm.py or train_mlm.py, or GPT-2 itself (`--checkpoint gpt2`, or a
-Hugging Face GPT-2 folder), read by plumbing's one checkpoint reader into the same format.
+Hugging Face GPT-2 folder), read into the same format by train_clm.load_pretrained.
 
 Read tasks.py first (labelled sets and how a classifier is scored), then in this order:
 1. inputs and pooling; 2. the classifier, the modes and LoRA; 3. bodies (pretrained or scratch);
