@@ -338,7 +338,6 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         with torch.no_grad(), autocast():
             metrics = evaluate(model, dataset, cfg, n_batches, device)
         model.train()
-        plumbing.check_finite(metrics["val_loss"], "validation loss", state["step"])
         return metrics
 
     save = lambda metrics: plumbing.save_run(run, description, model, optimizer, scaler, batch_generator,
@@ -372,6 +371,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
                 record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
                 if is_eval:
                     last_metrics = evaluate_now(cfg.eval_batches)
+                    plumbing.check_finite(last_metrics["val_loss"], "validation loss", state["step"])
                     record.update(last_metrics)
                 history.append(record)
                 plumbing.log_step(run, record, last_metrics, budget_progress(cfg, state))
@@ -382,8 +382,9 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             save(last_metrics)
             plumbing.terminated(run, state["step"])
 
-    # Final evaluation over the WHOLE validation split, not a sample of it.
-    final = evaluate_now(None)
+    # Final evaluation over the WHOLE validation split, by rank 0 alone; its numbers go to every rank.
+    final = plumbing.broadcast_from_rank0(evaluate_now(None) if dist["rank"] == 0 else None, dist)
+    plumbing.check_finite(final["val_loss"], "validation loss", state["step"])      # on every rank
     history.append(dict(plumbing.counters(state), final=True, **final))
     save(final)
     plumbing.finish_run(run, history, f"{description['objective']} pretraining on "
