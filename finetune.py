@@ -538,7 +538,7 @@ def single_run(args, cfg):
     return result, baseline
 
 
-def default_out_dir(args, cfg):
+def results_folder(args, cfg):
     """out/finetune/BODY-TASK-INIT-MODE[-nK][-Sshots]-seedS: runs with other settings never share a
     folder. BODY is the checkpoint's folder (clm for out/clm/ckpt.pt), gpt2, or scratch-KIND."""
     if args.checkpoint is None:
@@ -594,7 +594,7 @@ def main(argv=None):
                      f"{args.output}; pretrain on it with: python train_clm.py --corpus {args.output}")
     cfg = plumbing.config_from_args(args, FinetuneConfig, presets)
     if args.out_dir is None:              # a folder of its own for each body, task and setting
-        args.out_dir = default_out_dir(args, cfg)
+        args.out_dir = results_folder(args, cfg)
     return single_run(args, cfg)
 
 

@@ -1156,7 +1156,8 @@ def count_step(state, meter, tokens, seconds):
 
 def counters(state):
     """The counters a log record starts with."""
-    return dict(step=state["step"], tokens=state["tokens"], flops=state["flops"], seconds=round(state["seconds"], 3))
+    return dict(step=state["step"], tokens=state["tokens"], flops=state["flops"],
+                seconds=round(state["seconds"], 3))
 
 
 def step_record(state, meter, **values):

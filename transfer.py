@@ -114,7 +114,8 @@ def sweep(args, cfg):
             for m in methods if m != "prompt" and SWEEP_METHODS[m][1] == "pretrained"}
     print(write_sweep_report(records, ["bow"] + methods, sizes, labelled, twin, args.out_dir))
     print(f"saved {args.out_dir}/sweep.jsonl, sweep.md and sweep.png")
-    lock.release()
+    if lock:                                           # None for --out-dir ''
+        lock.release()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +248,8 @@ def curve(args, cfg):
     majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)["test"]["accuracy"]
     print(write_curve_report(records, bodies, sizes, labelled, majority, args.out_dir))
     print(f"saved {args.out_dir}/curve.jsonl, curve.md and curve.png")
-    lock.release()
+    if lock:                                           # None for --out-dir ''
+        lock.release()
 
 
 def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):

@@ -310,9 +310,9 @@ def test_each_preset_and_corpus_has_its_own_default_folder():
     ft = finetune.FinetuneConfig(n_train=256)
     args = lambda **kw: types.SimpleNamespace(**{**dict(checkpoint="gpt2", kind="causal", task="pydocs-topic",
                                                         init="pretrained"), **kw})
-    assert finetune.default_out_dir(args(checkpoint="gpt2", task="data/sst2.tsv"), ft) == os.path.join(
+    assert finetune.results_folder(args(checkpoint="gpt2", task="data/sst2.tsv"), ft) == os.path.join(
         "out", "finetune", "gpt2-sst2-pretrained-full-n256-seed0")
-    assert len({finetune.default_out_dir(args(init=init, checkpoint=ckpt), finetune.FinetuneConfig(mode=mode))
+    assert len({finetune.results_folder(args(init=init, checkpoint=ckpt), finetune.FinetuneConfig(mode=mode))
                 for init in ("pretrained", "scratch") for ckpt in (None, "gpt2") for mode in ("full", "lora")}) == 8
     assert train_mlm.MLMConfig().out_dir == "out/mlm"
     parse = lambda main_config, presets, argv, kind: plumbing.config_from_args(
