@@ -1,14 +1,18 @@
 """Tests of scaling.py: the fits on synthetic losses with known constants, the closed-form optimum
 against brute force, the counting convention, the plan, and a 2 x 2 micro sweep that resumes."""
+import contextlib
+import io
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 import plumbing
 import scaling
+from conftest import generated_text
 import scaling_laws
 from plumbing import UserError
 from model import ModelConfig, Transformer
@@ -146,10 +150,26 @@ def test_learning_rate_and_init_follow_the_width():
     assert {r.lr for r in tiny_runs} == {tiny.train["lr"]} and {r.init_std for r in tiny_runs} == {0.02}
 
 
-def test_micro_sweep_writes_jsonl_resumes_and_replots(corpus_file, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def micro_sweep(tmp_path_factory, measured_speeds):
+    """The tiny preset's 2 x 2 sweep, run once for the tests below with the default workers (one
+    process per core), and what it printed. Its cache is its own, as every test's is (conftest)."""
+    folder = tmp_path_factory.mktemp("micro-sweep")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(generated_text(), encoding="utf-8")
+    (folder / "cache").mkdir()
+    shutil.copy(measured_speeds, folder / "cache" / "measured.json")
+    argv = ["--preset", "tiny", "--corpus", str(corpus), "--cache-dir", str(folder / "cache"), "--n-boot", "10"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        scaling.main(argv + ["--out-dir", str(folder / "sweep")])
+    return dict(argv=argv, out=folder / "sweep", printed=printed.getvalue())
+
+
+def test_micro_sweep_writes_jsonl_resumes_and_replots(micro_sweep, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
-    argv = ["--preset", "tiny", "--corpus", corpus_file, "--out-dir", str(out), "--n-boot", "10"]
-    scaling.main(argv)
+    shutil.copytree(micro_sweep["out"], out)
+    argv = micro_sweep["argv"] + ["--out-dir", str(out)]
     results = out / "results.jsonl"
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(records) == 4 and len({r["key"] for r in records}) == 4
@@ -161,7 +181,7 @@ def test_micro_sweep_writes_jsonl_resumes_and_replots(corpus_file, tmp_path, mon
     loss = {(r["N"], r["budget"]): r["val_loss"] for r in records}
     for n in {r["N"] for r in records}:
         assert loss[n, 2e7] < loss[n, 1e7] - 0.05
-    assert "predicted wall time" in capsys.readouterr().out
+    assert "predicted wall time" in micro_sweep["printed"]
 
     # A second call finds every run done: it must not train (or probe) anything.
     def no_training(*args, **kwargs):
@@ -200,16 +220,13 @@ def test_bootstrap_with_distinct_budgets_gives_intervals_of_nonzero_width(capsys
     assert len(boots) >= 15 and max(alphas) - min(alphas) > 1e-3
 
 
-def test_parallel_runs_give_exactly_the_sequential_results(corpus_file, tmp_path):
-    """Each run is seeded and single-threaded, so two worker processes must reproduce the
-    one-process sweep to the last bit, only in another order."""
-    losses = {}
-    for workers in (1, 2):
-        out = tmp_path / f"workers{workers}"
-        scaling.main(["--preset", "tiny", "--corpus", corpus_file, "--out-dir", str(out), "--n-boot", "10",
-                      "--workers", str(workers)])
-        losses[workers] = {r["key"]: r["val_loss"] for r in scaling.load_results(str(out / "results.jsonl"))}
-    assert len(losses[1]) == 4 and losses[2] == losses[1]
+def test_parallel_runs_give_exactly_the_sequential_results(micro_sweep, tmp_path):
+    """Each run is seeded and single-threaded, so the sweep in one process must reproduce the
+    sweep in two worker processes to the last bit, only in another order."""
+    scaling.main(micro_sweep["argv"] + ["--out-dir", str(tmp_path / "one"), "--workers", "1"])
+    losses = {folder: {r["key"]: r["val_loss"] for r in scaling.load_results(str(folder / "results.jsonl"))}
+              for folder in (tmp_path / "one", micro_sweep["out"])}
+    assert len(losses[micro_sweep["out"]]) == 4 and losses[tmp_path / "one"] == losses[micro_sweep["out"]]
 
 
 def synthetic_records(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28, noise=0.002, seed=0):
