@@ -1,5 +1,6 @@
 """Tests of bench.py (quick mode end to end) and of the claim behind its attention rows: the explicit
 and the fast attention compute the same training step in every precision used by default."""
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -22,16 +23,16 @@ def test_quick_mode_writes_a_valid_json_table(tmp_path, corpus_file):
     out = tmp_path / "bench.json"
     # One thread: the children's timings are not checked, and two threads on cores that other
     # processes share can take many times longer (each operation waits for both threads).
+    unit = 2**20 if sys.platform == "darwin" else 2**10          # ru_maxrss: bytes on macOS, KiB on Linux
+    runtime = subprocess.Popen([sys.executable, "-c", "import resource, torch; print(resource.getrusage("
+                                f"resource.RUSAGE_SELF).ru_maxrss / {unit})"], stdout=subprocess.PIPE, text=True)
     done = subprocess.run([sys.executable, "bench.py", "--quick", "--json", str(out), "--corpus",
                            corpus_file, "--tokenizer", "bpe:300", "--threads", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    runtime_mb = float(runtime.communicate(timeout=120)[0])      # measured meanwhile, in parallel
     assert done.returncode == 0, done.stderr
     assert "| tokens/s | MFU |" in done.stdout
     rows = json.loads(out.read_text())
-    unit = 2**20 if sys.platform == "darwin" else 2**10          # ru_maxrss: bytes on macOS, KiB on Linux
-    runtime_mb = float(subprocess.run([sys.executable, "-c", "import resource, torch; print(resource.getrusage("
-                                       f"resource.RUSAGE_SELF).ru_maxrss / {unit})"], capture_output=True,
-                                      text=True, check=True).stdout)
     train_rows = [r for r in rows if r["kind"] == "train_step"]
     assert {(r["precision"], r["attention"]) for r in train_rows} == {
         (p, a) for p in ("fp32", "bf16") for a in ("fast", "explicit")}      # the CPU defaults
@@ -48,16 +49,6 @@ def test_quick_mode_writes_a_valid_json_table(tmp_path, corpus_file):
     tokenizer = next(r for r in rows if r["kind"] == "tokenizer")
     assert tokenizer["encode_mb_per_s"] > 0 and tokenizer["bpe_train_s"] >= 0
     assert 1.0 < tokenizer["bytes_per_token"] < 8.0      # 44 merges of a repetitive text compress it
-
-
-def test_a_row_measured_in_a_fresh_process():
-    """The full benchmark's path: one row in its own process, reported back as JSON."""
-    spec = dict(shape_name="2x32", shape=bench.SHAPES["2x32"], precision="fp32", attention="explicit",
-                compiled=False, steps=2, warmup=1, threads=1, device="cpu")
-    row = bench.run_isolated(spec)
-    assert not row.get("error"), row.get("error")
-    assert row["attention"] == "explicit" and row["threads"] == 1 and row["tokens_per_s"] > 0
-    assert row["memory_kind"] == "max RSS of the process" and row["peak_memory_mb"] > 50
 
 
 def test_bad_shape_and_list_are_user_errors():
@@ -170,12 +161,21 @@ class GPT(torch.nn.Module):
 '''
 
 
-def test_reference_rows_measure_the_given_model_py(tmp_path):
+def test_rows_measured_in_fresh_processes_ours_and_a_given_model_py(tmp_path):
+    """The full benchmark's path: each row in its own process, reported back as JSON; a row of our
+    model, and a row of the reference model.py given (nanoGPT's, here a stand-in). The two
+    processes run at once: starting one is most of the time."""
     path = tmp_path / "model.py"
     path.write_text(REFERENCE_STAND_IN)
-    spec = dict(shape_name="2x32", shape=bench.SHAPES["2x32"], precision="bf16", attention="nanoGPT",
-                compiled=False, steps=2, warmup=1, threads=1, device="cpu", reference=str(path))
-    row = bench.run_isolated(spec)                     # in a fresh process, as the full benchmark runs it
+    ours = dict(shape_name="2x32", shape=bench.SHAPES["2x32"], precision="fp32", attention="explicit",
+                compiled=False, steps=2, warmup=1, threads=1, device="cpu")
+    reference = dict(ours, precision="bf16", attention="nanoGPT", reference=str(path))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        row, reference_row = pool.map(bench.run_isolated, (ours, reference))
+    assert not row.get("error"), row.get("error")
+    assert row["attention"] == "explicit" and row["threads"] == 1 and row["tokens_per_s"] > 0
+    assert row["memory_kind"] == "max RSS of the process" and row["peak_memory_mb"] > 50
+    row = reference_row
     assert not row.get("error"), row.get("error")
     assert row["attention"] == "nanoGPT" and row["precision"] == "bf16" and row["tokens_per_s"] > 0
     assert 3.0 < row["final_loss"] < 6.0               # it trained the stand-in: ~ln(64) on random tokens

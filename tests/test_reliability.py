@@ -325,13 +325,15 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_run(flags, message, setu
         assert after == before
 
 
-def test_nan_in_a_real_process_exits_2_and_keeps_the_checkpoint(good_run, tmp_path):
+def test_nan_ends_the_command_in_one_line_exit_2_and_keeps_the_checkpoint(good_run, tmp_path, capsys):
     run = copy_of(good_run, tmp_path)
     before = (run / "ckpt.pt").read_bytes()
-    result = run_script("train_clm.py", *cli_args(good_run["corpus"], run, "--resume", "--max-iters", "20",
-                                                  "--lr", "1e30"))
-    assert result.returncode == 2
-    assert re.fullmatch(r"error: loss became (nan|inf) at step 1\d; .*\n", result.stderr), result.stderr
+    with pytest.raises(SystemExit) as exit_info:          # the command line, as a real process runs it
+        plumbing.run_cli(lambda: train_clm.main(cli_args(good_run["corpus"], run, "--resume", "--max-iters", "20",
+                                                         "--lr", "1e30")))
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert re.fullmatch(r"error: loss became (nan|inf) at step 1\d; .*\n", stderr), stderr
     assert (run / "ckpt.pt").read_bytes() == before
     assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
 
