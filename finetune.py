@@ -58,6 +58,7 @@ third route, comes after, and transfer.py, which measures all three against the 
 """
 import copy
 import dataclasses
+import json
 import math
 import os
 import time
@@ -529,7 +530,7 @@ def single_run(args, cfg):
         record = dict(task=args.task, checkpoint=args.checkpoint, init=args.init, config=dataclasses.asdict(cfg),
                       **result, bag_of_words=baseline, majority_class=majority)
         title = f"{Path(args.task).name}: {args.init} {cfg.mode}, {len(train)} labels"
-        plumbing.save_results(args.out_dir, record)
+        plumbing.write_atomic(os.path.join(args.out_dir, "results.json"), json.dumps(record, indent=1).encode())
         if "history" in record:                    # prompting trains nothing: no curve
             plot_curve(record["history"], os.path.join(args.out_dir, "curve.png"), title)
         print(f"saved results in {args.out_dir}")

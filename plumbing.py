@@ -401,26 +401,21 @@ def pick_device(name, dist=None):
         torch.backends.cuda.matmul.allow_tf32 = True       # TF32 for any fp32 matmul left: free speed
         torch.backends.cudnn.allow_tf32 = True
     if device.type == "cpu":
-        keep_freed_memory()                   # 10-15% of a CPU step was page faults (bench.py)
-        # Subnormal floats (below 1.2e-38) take a slow path on x86 CPUs. ALiBi's penalty on far
-        # keys (up to 0.4 x 255 at 6 heads and 256 positions) sends exp() of those scores there in
-        # attention's backward: 6% of a training step at 6 layers x 384 (bench.py, RESULTS.md).
-        # Flushed to zero they changed no logged loss. OpenMP's worker threads copy this setting when
-        # they start, so it has to come before the first parallel operation: scripts pick the
-        # device first. A no-op on CPUs without the feature.
+        keep_freed_memory()
+        # Subnormal floats (below 1.2e-38) take a slow path on x86 CPUs, and ALiBi's penalty on far
+        # keys sends exp() of their scores there in attention's backward (RESULTS.md, "Subnormal
+        # floats"). Flushed to zero, no logged loss changed. OpenMP's threads copy the setting when they
+        # start, so it comes before the first parallel operation: scripts pick the device first.
         torch.set_flush_denormal(True)
     return device
 
 
 def keep_freed_memory():
-    """Ask the C allocator (glibc) to keep the memory a training step frees, for the next step.
-
-    By default glibc returns large freed blocks to the operating system at once, so each step's
-    activations come back as fresh pages that the kernel zeroes and maps one page fault at a time:
-    10-15% of a CPU training step (measured with bench.py). Every step allocates the same sizes,
-    so keeping the memory costs nothing beyond the peak already reached. The same as setting
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 (jemalloc or tcmalloc keep it by design).
-    Linux with glibc only; elsewhere nothing changes. Returns whether the setting took effect."""
+    """Ask glibc to keep the memory a training step frees for the next step (as MALLOC_MMAP_MAX_=0
+    MALLOC_TRIM_THRESHOLD_=2147483647 would), instead of returning it to the system at once and
+    taking each step's activations back as fresh pages, one page fault at a time (bench.py shows it
+    in a CPU step's time). Every step allocates the same sizes, so this costs nothing beyond the
+    peak. Linux with glibc only; returns whether the setting took effect."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -502,11 +497,9 @@ def bf16_tensor_cores(device):
 
 
 def choose_precision(model, loss_fn, batch, device, cache_dir=None):
-    """Measure, don't assume: time a few training steps in each candidate precision on this model
-    and this device, and keep the fastest; the answer is cached per machine and model shape. On a
-    GPU bf16 wins (fp16 where bf16 is missing); on a CPU it depends on the chip (bf16 units or not)
-    and on the model (tiny models are bound by per-op overhead, where autocast's casts cost more
-    than they save)."""
+    """On a GPU bf16 (fp16 without bf16 tensor cores). On a CPU, measured: the faster of fp32 and
+    bf16 for this model (tiny models are bound by per-op overhead, where autocast's casts cost more
+    than they save), cached per machine and model shape."""
     if device.type == "cuda":
         return "bf16" if bf16_tensor_cores(device) else "fp16"
     if device.type == "mps":
@@ -564,12 +557,10 @@ def datasheet_peak_flops(device, precision):
 
 
 def peak_flops(device, precision, cache_dir=None):
-    """Peak FLOP/s to measure MFU against (model FLOPs utilisation, Chowdhery et al. 2022). On a
-    GPU the datasheet's dense figure where the card is known, as nanoGPT and nanochat report MFU.
-    Elsewhere measured, and a peak must be an upper bound: the best of several matrix shapes, each
-    timed repeatedly, cached per machine: one square product had under-read the peak on an AVX2
-    CPU, where a training step then showed an MFU above 100%. MFU is never capped or clipped;
-    bench.py prints the measured and the datasheet figures side by side."""
+    """Peak FLOP/s to measure MFU against (model FLOPs utilisation, Chowdhery et al. 2022): a known
+    GPU's datasheet figure, as nanoGPT and nanochat report MFU; elsewhere measured, as an upper
+    bound (one square product had under-read an AVX2 CPU's peak, and a step showed MFU over 100%).
+    MFU is never capped; bench.py prints measured and datasheet peaks side by side."""
     return datasheet_peak_flops(device, precision) or measured_peak_flops(device, precision, cache_dir)
 
 
@@ -877,11 +868,9 @@ def check_writable_folder(folder, flag="--out-dir"):
 
 
 class FolderLock:
-    """An exclusive lock on a run folder, held while this process writes there. It is the operating
-    system's (flock on the folder itself), so it goes when the process dies, SIGKILL included: no
-    lock file to delete by hand, and no file added to the folder. Another process that wants the
-    folder is refused at once, told which process holds it (on Linux, read from /proc/locks). Where
-    flock does not exist (Windows), nothing is locked."""
+    """An exclusive lock on a run folder while this process writes there: flock on the folder itself,
+    so it dies with the process (SIGKILL too) and leaves no lock file. Another process is refused at
+    once and told which process holds it (/proc/locks, Linux). Windows: nothing is locked."""
 
     def __init__(self, folder):
         self.folder, self.fd = folder, None
@@ -951,9 +940,8 @@ def prepare_out_dir(cfg, history):
 
 
 def save_checkpoint(path, payload):
-    """Write to a temporary file, flush it to disk, then rename it over the old checkpoint. A
-    rename is atomic on POSIX and Windows, so a crash at any instant leaves either the old
-    checkpoint or the new one, never half of one."""
+    """Write a temporary file, flush it to disk, rename it over the old checkpoint (atomic on POSIX
+    and Windows): a crash at any instant leaves the old checkpoint or the new one, never half."""
     tmp = f"{path}.tmp"                 # a fixed name: a killed run's leftover is simply overwritten
     try:
         with open(tmp, "wb") as f:
@@ -964,9 +952,7 @@ def save_checkpoint(path, payload):
     except BaseException as error:      # disk full, Ctrl-C mid-write: the old checkpoint stands
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        # torch.save closes its archive on the way out, and that fails too when a write did: the
-        # OSError that says why (no space, a read-only folder) is then the RuntimeError's context.
-        # Ctrl-C in the middle of it likewise.
+        # When a write fails, torch.save's own RuntimeError hides the OSError (or Ctrl-C) that says why.
         cause = error
         while cause is not None and not isinstance(cause, (OSError, KeyboardInterrupt)):
             cause = cause.__context__
@@ -986,27 +972,11 @@ CHECKPOINT_KEYS = {"model", "model_config", "kind", "tokenizer", "tokenizer_stat
 
 
 def load_checkpoint(path, kind=None):
-    """The one reader of checkpoint files (train_clm.load_pretrained also reads GPT-2's weights
-    into the same format). weights_only=True, so only tensors, numbers, strings and containers
-    are unpickled, and a crafted file cannot run code. map_location='cpu': a checkpoint from a GPU
-    loads on any machine, and never onto a GPU that is already full. A checkpoint is a zip archive
-    whose members each carry a CRC32; torch.load does not check them, so a flipped bit in a tensor
-    would load silently: testzip() reads every member and checks it first. kind: "causal" or
-    "bidirectional" when only one will do."""
-    checkpoint = read_checkpoint_file(path)
-    check_kind(checkpoint, kind, path)
-    return checkpoint
-
-
-def check_kind(checkpoint, kind, name="this checkpoint"):
-    """kind: "causal" or "bidirectional" when only one will do (None: either)."""
-    if kind and checkpoint["kind"] != kind:
-        raise UserError(f"{name} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
-                        f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
-
-
-def read_checkpoint_file(path):
-    """A checkpoint file written by save_run, checked as load_checkpoint describes."""
+    """The one reader of checkpoint files (train_clm.load_pretrained turns GPT-2's weights into the
+    same format). weights_only=True: only tensors and plain data are unpickled, so a crafted file
+    cannot run code. map_location='cpu': a GPU's checkpoint loads anywhere, never onto a full GPU.
+    torch.load skips the zip archive's CRC32s, so a flipped bit would load silently: testzip()
+    checks every member first. kind: "causal" or "bidirectional" when only one will do."""
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}; check the path")
     try:
@@ -1034,7 +1004,15 @@ def read_checkpoint_file(path):
     if missing:
         raise UserError(f"{path} is not a pretraining checkpoint (no {', '.join(sorted(missing))}); "
                         f"use a ckpt.pt written by train_clm.py or train_mlm.py")
+    check_kind(checkpoint, kind, path)
     return checkpoint
+
+
+def check_kind(checkpoint, kind, name="this checkpoint"):
+    """kind: "causal" or "bidirectional" when only one will do (None: either)."""
+    if kind and checkpoint["kind"] != kind:
+        raise UserError(f"{name} holds a {checkpoint['kind']} model, but a {kind} one is needed here; "
+                        f"use a checkpoint from {'train_clm.py' if kind == 'causal' else 'train_mlm.py'}")
 
 
 def check_tokenizer(checkpoint, identity):
@@ -1205,22 +1183,19 @@ def log_step(run, record, last_metrics, progress):
         append_jsonl(os.path.join(run.out_dir, "log.jsonl"), record)
 
 
-def finish_run(run, history, title):
-    """The final record appended to log.jsonl, the loss curves drawn to loss.png, the folder freed."""
+def finish_run(run, history):
+    """The final record appended to log.jsonl, and the folder freed for other runs."""
     if run.out_dir:
         append_jsonl(os.path.join(run.out_dir, "log.jsonl"), history[-1])
-        plot_history(history, os.path.join(run.out_dir, "loss.png"), title)
     if run.lock:
         run.lock.release()
 
 
 class StopSignals:
-    """SIGTERM (cloud preemption, Slurm's time limit, `docker stop`) and SIGUSR1 (which Slurm can
-    send ahead of its limit) taken as a request to stop: the step under way finishes, the loop
-    saves a checkpoint, and the run ends with exit status 143 (terminate), instead of dying at
-    once and losing every step since the last checkpoint. A second signal during the save changes
-    nothing (and the save is atomic anyway). Only the main thread can take signals; elsewhere
-    this does nothing. The handlers in place before are restored on leaving the block."""
+    """SIGTERM (preemption, Slurm's time limit, `docker stop`) and SIGUSR1 (Slurm's early warning)
+    as a request to stop: the step under way finishes, the loop saves, and the run exits 143
+    instead of losing every step since its last checkpoint. Main thread only (elsewhere nothing
+    happens); the previous handlers come back on leaving the block."""
 
     def __init__(self):
         self.received, self.previous = None, {}
@@ -1274,27 +1249,6 @@ def colormap(name, fraction):
     return matplotlib.colormaps[name](fraction)
 
 
-def plot_history(history, path, title):
-    """Validation and training loss against tokens seen and against training FLOPs (C ~ 6ND)."""
-    train = [r for r in history if "train_loss" in r]
-    val = [r for r in history if "val_loss" in r]
-    with figure(path, ncols=2, size=(11, 4)) as (fig, axes):
-        for ax, x in zip(axes, ("tokens", "flops")):
-            ax.plot([r[x] for r in train], [r["train_loss"] for r in train], label="train", alpha=0.6)
-            ax.plot([r[x] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
-            ax.set_xlabel("training tokens" if x == "tokens" else "training FLOPs (6N + attention) x tokens")
-            ax.set_ylabel("loss (nats per token)")
-            ax.set_xscale("log")
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.suptitle(title)
-
-
-def save_results(out_dir, record):
-    """finetune.py's results.json, written atomically."""
-    write_atomic(os.path.join(out_dir, "results.json"), json.dumps(record, indent=1).encode())
-
-
 def check_results_dir(out_dir, overwrite, names):
     """Refuse, before any work, an --out-dir that is a file or that already holds results (unless
     --overwrite): a second run must not silently replace the first run's files."""
@@ -1340,7 +1294,7 @@ def run_sweep(plan, run, path, settings):
     made with other settings are never mixed in. Prints one line per run, with the time left."""
     sid = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    records = load_records(path, sid)
+    records = [r for r in read_jsonl(path) if r.get("sweep_id") == sid]     # this sweep's alone
     done = {(r["method"], r["n_train"], r["seed"]) for r in records}
     todo = [item for item in plan if item not in done]
     print(f"{len(todo)} runs to do ({len(records)} done in {path})")
@@ -1358,9 +1312,5 @@ def run_sweep(plan, run, path, settings):
               f"({elapsed:.0f}s elapsed, about {elapsed / i * (len(todo) - i):.0f}s left)")
     return records
 
-
-def load_records(path, sid):
-    """The records of one sweep (its id) from a JSONL file written as runs finish."""
-    return [r for r in read_jsonl(path) if r.get("sweep_id") == sid]
 
 

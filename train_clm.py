@@ -387,8 +387,10 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     plumbing.check_finite(final["val_loss"], "validation loss", state["step"])      # on every rank
     history.append(dict(plumbing.counters(state), final=True, **final))
     save(final)
-    plumbing.finish_run(run, history, f"{description['objective']} pretraining on "
-                        f"{os.path.basename(dataset.corpus['name'])}\n{plot_note}".strip())
+    if run.out_dir:
+        plot_losses(history, os.path.join(run.out_dir, "loss.png"), f"{description['objective']} pretraining "
+                    f"on {os.path.basename(dataset.corpus['name'])}\n{plot_note}".strip())
+    plumbing.finish_run(run, history)
     plumbing.teardown_distributed(dist)
     return dict(final, tokens=state["tokens"], flops=state["flops"], steps=state["step"],
                 seconds=state["seconds"], n_params=model.num_params(non_embedding=False),
@@ -396,7 +398,25 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. What pretraining leaves: a model to sample from, and a checkpoint to load. The command line.
+# 5. What pretraining leaves: its loss curves, a model to sample from, and a checkpoint to load.
+#    The command line.
+
+def plot_losses(history, path, title):
+    """loss.png: training and validation loss against tokens seen, and against training compute
+    (C ~ 6ND, plus attention), the x axis of scaling.py's curves."""
+    train_records = [r for r in history if "train_loss" in r]
+    val_records = [r for r in history if "val_loss" in r]
+    with plumbing.figure(path, ncols=2, size=(11, 4)) as (fig, axes):
+        for ax, x in zip(axes, ("tokens", "flops")):
+            ax.plot([r[x] for r in train_records], [r["train_loss"] for r in train_records], label="train", alpha=0.6)
+            ax.plot([r[x] for r in val_records], [r["val_loss"] for r in val_records], "o-", label="validation")
+            ax.set_xlabel("training tokens" if x == "tokens" else "training FLOPs (6N + attention) x tokens")
+            ax.set_ylabel("loss (nats per token)")
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(title)
+
 
 def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50, seed=0):
     """The prompt and its continuation, drawn token by token from the model's own predictions
