@@ -15,6 +15,7 @@ import argparse
 import base64
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -1287,20 +1288,22 @@ def makespan(seconds, workers):
     return max(loads)
 
 
-def run_sweep(plan, run, path, settings):
+def run_sweep(plan, run, path, settings, workers=1):
     """Run every (method, size, seed) of `plan` through run(method, size, seed) -> result dict,
     appending a record to the JSONL file at `path` as each run finishes: a sweep that is stopped
     resumes where it was, skipping what is done. Records carry an id of `settings`, so results
-    made with other settings are never mixed in. Prints one line per run, with the time left."""
+    made with other settings are never mixed in. Prints one line per run, with the time left.
+    workers > 1: that many runs at once, in worker processes (in_processes); `run` must then be a
+    module-level function, or a functools.partial of one, so that it can be sent to them."""
     sid = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     records = [r for r in read_jsonl(path) if r.get("sweep_id") == sid]     # this sweep's alone
     done = {(r["method"], r["n_train"], r["seed"]) for r in records}
     todo = [item for item in plan if item not in done]
-    print(f"{len(todo)} runs to do ({len(records)} done in {path})")
+    print(f"{len(todo)} runs to do ({len(records)} done in {path}), {min(workers, max(len(todo), 1))} at a time")
     start = time.perf_counter()
-    for i, (method, k, seed) in enumerate(todo, 1):
-        result = run(method, k, seed)
+    for i, ((method, k, seed), result) in enumerate(in_processes(functools.partial(with_item, run), todo,
+                                                                 workers), 1):
         record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"],
                       test=result["test"], trainable=result.get("trainable"), lr=result.get("lr"),
                       seconds=result.get("seconds"))
@@ -1309,8 +1312,10 @@ def run_sweep(plan, run, path, settings):
         elapsed = time.perf_counter() - start
         print(f"[{i}/{len(todo)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
               f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
-              f"({elapsed:.0f}s elapsed, about {elapsed / i * (len(todo) - i):.0f}s left)")
+              f"({elapsed:.0f}s elapsed, about {elapsed / i * (len(todo) - i):.0f}s left)", flush=True)
     return records
 
 
-
+def with_item(run, item):
+    """(item, run(*item)): results from worker processes arrive in the order they finish."""
+    return item, run(*item)

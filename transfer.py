@@ -30,6 +30,7 @@ command line.
     python transfer.py --curve --clm out/clm-keep --mlm out/mlm-keep  # accuracy against compute
 """
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -212,44 +213,62 @@ def kept_bodies(folder):
 
 def curve(args, cfg):
     """Every kept body of --clm and --mlm (run folders), and scratch in each one's architecture,
-    fine-tuned at every size for --seeds seeds; curve.md and curve.png."""
+    fine-tuned at every size for --seeds seeds; curve.md and curve.png. On a CPU the runs go one
+    per core, each in its own process with one thread (--workers)."""
     device = plumbing.pick_device(cfg.device)
     folders = {kind: folder for kind, folder in (("clm", args.clm), ("mlm", args.mlm)) if folder}
     if not folders or not all(os.path.isdir(f) for f in folders.values()):
         raise UserError("--curve takes run folders: --clm out/clm (and --mlm out/mlm), pretrained with --keep")
     bodies = {kind: kept_bodies(folder) for kind, folder in folders.items()}
-    labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
+    labelled = load_task(args.task, args.data_dir, args.cache_dir)
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None, mode="full")
-    loaded = {}
-
-    def run(method, k, seed):
-        """One point: bag-of-words, or the body `kind@step` (step 0: scratch) with k labels."""
-        train = tasks.subsample_balanced(labelled.train, k, seed)
-        if method == "bow":
-            return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-        kind, step = method.split("@")
-        # Scratch (step 0) takes the final body's architecture and tokenizer, and random weights.
-        path = bodies[kind][-1][3] if step == "0" else next(p for s, *_, p in bodies[kind] if s == int(step))
-        if path not in loaded:
-            loaded[path] = train_clm.load_pretrained(path, None, args.data_dir, args.cache_dir)
-        checkpoint, enc = loaded[path]
-        body = finetune.body_from(checkpoint, "scratch" if step == "0" else "pretrained", seed)
-        return finetune.run_one(body, enc, labelled, train, dataclasses.replace(cfg, seed=seed), device,
-                                log=lambda *a: None)[0]
-
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = args.workers or (cores if device.type == "cpu" else 1)
     methods = ["bow"] + [f"{kind}@{step}" for kind in bodies for step in [0] + [s for s, *_ in bodies[kind]]]
     plan = [(m, k, s) for k in sizes for s in seeds for m in methods]
     settings = ["curve", args.task, {kind: [(s, f) for s, f, *_ in b] for kind, b in bodies.items()},
                 dataclasses.asdict(cfg)]
+    context = (args.task, bodies, cfg, args.data_dir, args.cache_dir, workers > 1)
     lock = plumbing.lock_folder(args.out_dir)
-    records = plumbing.run_sweep(plan, run, os.path.join(args.out_dir, "curve.jsonl"), settings)
+    records = plumbing.run_sweep(plan, functools.partial(curve_point, context),
+                                 os.path.join(args.out_dir, "curve.jsonl"), settings, workers)
     majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)["test"]["accuracy"]
     print(write_curve_report(records, bodies, sizes, labelled, majority, args.out_dir))
     print(f"saved {args.out_dir}/curve.jsonl, curve.md and curve.png")
     if lock:                                           # None for --out-dir ''
         lock.release()
+
+
+def curve_point(context, method, k, seed):
+    """One point of the curve: bag-of-words, or the body `kind@step` (step 0: scratch) fine-tuned
+    with k labels. Plain data in, so that a worker process can run it (one thread each: these
+    models cannot keep two cores busy, and two threads on a shared core wait on each other)."""
+    task, bodies, cfg, data_dir, cache_dir, in_worker = context
+    if in_worker:
+        torch.set_num_threads(1)
+    labelled = load_task(task, data_dir, cache_dir)
+    train = tasks.subsample_balanced(labelled.train, k, seed)
+    if method == "bow":
+        return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+    kind, step = method.split("@")
+    # Scratch (step 0) takes the final body's architecture and tokenizer, and random weights.
+    path = bodies[kind][-1][3] if step == "0" else next(p for s, *_, p in bodies[kind] if s == int(step))
+    checkpoint, enc = load_body(path, data_dir, cache_dir)
+    body = finetune.body_from(checkpoint, "scratch" if step == "0" else "pretrained", seed)
+    return finetune.run_one(body, enc, labelled, train, dataclasses.replace(cfg, seed=seed),
+                            plumbing.pick_device(cfg.device), log=lambda *a: None)[0]
+
+
+@functools.lru_cache(maxsize=None)             # once per process: every point of a task reads it
+def load_task(task, data_dir, cache_dir):
+    return tasks.load_labelled(task, data_dir, cache_dir)
+
+
+@functools.lru_cache(maxsize=None)             # once per process: a body serves every size and seed
+def load_body(path, data_dir, cache_dir):
+    return train_clm.load_pretrained(path, None, data_dir, cache_dir)
 
 
 def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
@@ -330,6 +349,8 @@ def main(argv=None):
     parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
     parser.add_argument("--out-dir", default="out/sweep", help="sweep.jsonl (results, kept as each run "
                         "finishes: the same command resumes), sweep.md and sweep.png")
+    plumbing.add_flag(parser, "--workers", 0, "--curve: runs at once, each in its own process with one "
+                      "thread (0: one per core on a CPU, one on a GPU)", "[0, inf)")
     parser.add_argument("--curve", action="store_true", help="the transfer curve instead: --clm and --mlm "
                         "are run folders whose kept checkpoints (train_clm.py --keep) are fine-tuned, with "
                         "scratch at zero compute; sizes default to 32,256")

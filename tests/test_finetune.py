@@ -413,6 +413,7 @@ def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(
                                              "quiet": True, "precision": "fp32", "keep": "0.5"}))
     out = tmp_path / "curve"
     transfer.main(["--curve", "--clm", str(folder), "--task", pretrained["tsv"], "--sizes", "16", "--seeds", "1",
+                   "--workers", "2",
                    *quick_flags(out)])
     records = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert {r["method"] for r in records} == {"bow", "clm@0", "clm@10", "clm@20"}
