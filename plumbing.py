@@ -1279,6 +1279,13 @@ def in_processes(function, items, workers):
         pool.shutdown(cancel_futures=True)
 
 
+def default_workers(requested, device):
+    """Runs at once in a sweep: as asked, else one per CPU core on a CPU (each process with one
+    thread: these models cannot keep two cores busy alone), and one at a time on a GPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return requested or (cores if device.type == "cpu" else 1)
+
+
 def makespan(seconds, workers):
     """Wall time of jobs taking `seconds` on `workers` processes, each job going to the worker
     that frees up first, longest first (the order to submit them in)."""

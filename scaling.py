@@ -531,11 +531,8 @@ def main(argv=None):
                                    settings.get("cache_dir"))
     setup = make_setup(preset, settings, padded_vocab_size(dataset.enc.n_vocab),
                        len(dataset.train), args.seed)
-    on_cpu = plumbing.pick_device(settings.get("device", "auto")).type == "cpu"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # A CPU sweep trains one run per core, each with one thread (run_all): these models are too small
-    # to keep two cores busy alone. A GPU trains them one at a time.
-    workers = args.workers or (cores if on_cpu else 1)
+    # A CPU sweep trains one run per core, each with one thread (run_all); a GPU one run at a time.
+    workers = plumbing.default_workers(args.workers, plumbing.pick_device(settings.get("device", "auto")))
     if not sweep(setup, dataset, out_dir, args.dry_run, args.n_boot, workers):
         return None
     report = report_and_plot(load_results(path), out_dir, args.n_boot, args.seed)

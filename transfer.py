@@ -220,12 +220,11 @@ def curve(args, cfg):
     if not folders or not all(os.path.isdir(f) for f in folders.values()):
         raise UserError("--curve takes run folders: --clm out/clm (and --mlm out/mlm), pretrained with --keep")
     bodies = {kind: kept_bodies(folder) for kind, folder in folders.items()}
-    labelled = load_task(args.task, args.data_dir, args.cache_dir)
+    labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None, mode="full")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = args.workers or (cores if device.type == "cpu" else 1)
+    workers = plumbing.default_workers(args.workers, device)
     methods = ["bow"] + [f"{kind}@{step}" for kind in bodies for step in [0] + [s for s, *_ in bodies[kind]]]
     plan = [(m, k, s) for k in sizes for s in seeds for m in methods]
     settings = ["curve", args.task, {kind: [(s, f) for s, f, *_ in b] for kind, b in bodies.items()},
@@ -244,31 +243,22 @@ def curve(args, cfg):
 def curve_point(context, method, k, seed):
     """One point of the curve: bag-of-words, or the body `kind@step` (step 0: scratch) fine-tuned
     with k labels. Plain data in, so that a worker process can run it (one thread each: these
-    models cannot keep two cores busy, and two threads on a shared core wait on each other)."""
+    models cannot keep two cores busy, and two threads on a shared core wait on each other). It
+    reads the task and the body itself: a few hundredths of a second against a run's second or two."""
     task, bodies, cfg, data_dir, cache_dir, in_worker = context
     if in_worker:
         torch.set_num_threads(1)
-    labelled = load_task(task, data_dir, cache_dir)
+    labelled = tasks.load_labelled(task, data_dir, cache_dir)
     train = tasks.subsample_balanced(labelled.train, k, seed)
     if method == "bow":
         return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
     kind, step = method.split("@")
     # Scratch (step 0) takes the final body's architecture and tokenizer, and random weights.
     path = bodies[kind][-1][3] if step == "0" else next(p for s, *_, p in bodies[kind] if s == int(step))
-    checkpoint, enc = load_body(path, data_dir, cache_dir)
+    checkpoint, enc = train_clm.load_pretrained(path, None, data_dir, cache_dir)
     body = finetune.body_from(checkpoint, "scratch" if step == "0" else "pretrained", seed)
     return finetune.run_one(body, enc, labelled, train, dataclasses.replace(cfg, seed=seed),
                             plumbing.pick_device(cfg.device), log=lambda *a: None)[0]
-
-
-@functools.lru_cache(maxsize=None)             # once per process: every point of a task reads it
-def load_task(task, data_dir, cache_dir):
-    return tasks.load_labelled(task, data_dir, cache_dir)
-
-
-@functools.lru_cache(maxsize=None)             # once per process: a body serves every size and seed
-def load_body(path, data_dir, cache_dir):
-    return train_clm.load_pretrained(path, None, data_dir, cache_dir)
 
 
 def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
