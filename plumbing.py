@@ -1266,12 +1266,15 @@ def check_results_dir(out_dir, overwrite, names):
 
 def in_processes(function, items, workers):
     """function(item) for every item, in `workers` fresh processes at once, yielding the results as
-    they finish (workers <= 1: one after another, here). `spawn` starts each worker as a new
-    interpreter: a forked copy of a process that has run PyTorch's thread pools can deadlock."""
+    they finish (workers <= 1: one after another, here). Each worker runs one thread: the models
+    swept here cannot keep two cores busy alone, and two threads sharing a core wait on each
+    other. `spawn` starts each worker as a new interpreter: a forked copy of a process that has
+    run PyTorch's thread pools can deadlock."""
     if workers <= 1 or len(items) <= 1:
         yield from map(function, items)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(1,))
     try:
         for future in as_completed([pool.submit(function, item) for item in items]):
             yield future.result()

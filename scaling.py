@@ -354,10 +354,9 @@ def run_all(runs, settings, dataset, path, sid, workers=1):
 
 
 def train_run_in_worker(job):
-    """train_run in a worker process: one thread, and the dataset opened from the cache (memory-
-    mapped, so every worker reads the same file instead of receiving a copy)."""
+    """train_run in a worker process (one thread, plumbing.in_processes), the dataset opened from
+    the cache (memory-mapped, so every worker reads the same file instead of receiving a copy)."""
     run, settings = job
-    torch.set_num_threads(1)
     dataset = data.prepare_dataset(settings["corpus"], settings["tokenizer"], settings.get("data_dir"),
                                    settings.get("cache_dir"), verbose=False)
     return train_run(run, settings, dataset)

@@ -229,7 +229,7 @@ def curve(args, cfg):
     plan = [(m, k, s) for k in sizes for s in seeds for m in methods]
     settings = ["curve", args.task, {kind: [(s, f) for s, f, *_ in b] for kind, b in bodies.items()},
                 dataclasses.asdict(cfg)]
-    context = (args.task, bodies, cfg, args.data_dir, args.cache_dir, workers > 1)
+    context = (args.task, bodies, cfg, args.data_dir, args.cache_dir)
     lock = plumbing.lock_folder(args.out_dir)
     records = plumbing.run_sweep(plan, functools.partial(curve_point, context),
                                  os.path.join(args.out_dir, "curve.jsonl"), settings, workers)
@@ -242,12 +242,9 @@ def curve(args, cfg):
 
 def curve_point(context, method, k, seed):
     """One point of the curve: bag-of-words, or the body `kind@step` (step 0: scratch) fine-tuned
-    with k labels. Plain data in, so that a worker process can run it (one thread each: these
-    models cannot keep two cores busy, and two threads on a shared core wait on each other). It
+    with k labels. Plain data in, so that a worker process (plumbing.in_processes) can run it. It
     reads the task and the body itself: a few hundredths of a second against a run's second or two."""
-    task, bodies, cfg, data_dir, cache_dir, in_worker = context
-    if in_worker:
-        torch.set_num_threads(1)
+    task, bodies, cfg, data_dir, cache_dir = context
     labelled = tasks.load_labelled(task, data_dir, cache_dir)
     train = tasks.subsample_balanced(labelled.train, k, seed)
     if method == "bow":

@@ -21,11 +21,11 @@ REQUIRED = ("shape", "precision", "attention", "compiled", "tokens_per_s", "mfu"
 
 def test_quick_mode_writes_a_valid_json_table(tmp_path, corpus_file):
     out = tmp_path / "bench.json"
-    # One thread: the children's timings are not checked, and two threads on cores that other
-    # processes share can take many times longer (each operation waits for both threads).
     unit = 2**20 if sys.platform == "darwin" else 2**10          # ru_maxrss: bytes on macOS, KiB on Linux
     runtime = subprocess.Popen([sys.executable, "-c", "import resource, torch; print(resource.getrusage("
                                 f"resource.RUSAGE_SELF).ru_maxrss / {unit})"], stdout=subprocess.PIPE, text=True)
+    # One thread: the children's timings are not checked, and two threads on cores that other
+    # processes share can take many times longer (each operation waits for both threads).
     done = subprocess.run([sys.executable, "bench.py", "--quick", "--json", str(out), "--corpus",
                            corpus_file, "--tokenizer", "bpe:300", "--threads", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
