@@ -61,14 +61,17 @@ SWEEP_SIZES = "32,128,256,512,2048,all"
 
 def sweep(args, cfg):
     """Every method at every size for --seeds seeds, beside bag-of-words; prompting at PROMPT_SHOTS
-    demonstrations. Each pretrained method is compared with scratch in its own architecture."""
+    demonstrations. Each pretrained method is compared with scratch in its own architecture. On a
+    CPU the runs go one per core, each in its own process with one thread (--workers)."""
     device = plumbing.pick_device(cfg.device)
     if not args.clm:
         raise UserError("give --clm CKPT (and --mlm CKPT for the MLM rows)")
     methods = plumbing.parse_choices(args.methods, SWEEP_METHODS, "--methods")
+    paths = {which: path for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
+    # Read here once, so that a bad checkpoint stops the command before any worker starts.
     checkpoints = {which: train_clm.load_pretrained(path, None, args.data_dir, args.cache_dir)
-                   for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
-    skipped = [m for m in methods if SWEEP_METHODS[m][0] not in checkpoints]
+                   for which, path in paths.items()}
+    skipped = [m for m in methods if SWEEP_METHODS[m][0] not in paths]
     methods = [m for m in methods if m not in skipped]
     if skipped:
         print(f"skipping {', '.join(skipped)}: no --mlm checkpoint given")
@@ -78,22 +81,8 @@ def sweep(args, cfg):
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None)        # the sweep scores at the end only
-
-    def body_for(method, seed):
-        """A fresh body for each run: fine-tuning changes it in place, and scratch is seeded."""
-        which, init, _ = SWEEP_METHODS[method]
-        checkpoint, enc = checkpoints[which]
-        return finetune.body_from(checkpoint, init, seed), enc
-
-    def run(method, k, seed):
-        """One point of the curve: `method` with k labels (prompting: k demonstrations)."""
-        if method == "bow":
-            train = tasks.subsample_balanced(labelled.train, k, seed)
-            return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-        body, enc = body_for(method, seed)
-        run_cfg = dataclasses.replace(cfg, seed=seed, mode=SWEEP_METHODS[method][2], shots=k)
-        train = [] if method == "prompt" else tasks.subsample_balanced(labelled.train, k, seed)
-        return finetune.run_one(body, enc, labelled, train, run_cfg, device, log=lambda *a: None)[0]
+    # method -> (checkpoint, init, mode): what fine_tune_point builds for each row.
+    bodies = {m: (paths[SWEEP_METHODS[m][0]], *SWEEP_METHODS[m][1:]) for m in methods}
 
     # The plan: every (method, labels, seed) point; bag-of-words is a row at every size, beside the
     # Transformers trained on the very same subsample (same size, same seed).
@@ -101,15 +90,21 @@ def sweep(args, cfg):
     if "prompt" in methods:
         # Prompting's "labels" are the demonstrations in its prompt: its rows are at PROMPT_SHOTS,
         # as many of them as fit the body's positions, beside the fine-tuning rows of equal size.
-        shots = prompting.shots_that_fit(*body_for("prompt", cfg.seed), labelled, PROMPT_SHOTS, cfg)
+        checkpoint, enc = checkpoints["clm"]
+        shots = prompting.shots_that_fit(finetune.body_from(checkpoint, "pretrained", cfg.seed), enc,
+                                         labelled, PROMPT_SHOTS, cfg)
         plan += [("prompt", k, s) for k in shots for s in seeds]
         sizes = sorted(set(sizes) | set(shots))
-    # Records made with other settings (or from a checkpoint since rewritten) are never mixed in.
-    settings = [args.task, {p: os.path.getmtime(p) for p in (args.clm, args.mlm) if p and os.path.isfile(p)},
-                args.clm, args.mlm, dataclasses.asdict(cfg)]
+    # Records made with other settings (or from a checkpoint since rewritten, or when --pooling auto
+    # meant another pooling) are never mixed in.
+    settings = [args.task, {p: os.path.getmtime(p) for p in paths.values() if os.path.isfile(p)},
+                args.clm, args.mlm, dataclasses.asdict(cfg), finetune.AUTO_POOLING]
+    workers = plumbing.default_workers(args.workers, device)
     print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, seeds {list(seeds)}")
     lock = plumbing.lock_folder(args.out_dir)          # one sweep at a time writes this folder
-    records = plumbing.run_sweep(plan, run, os.path.join(args.out_dir, "sweep.jsonl"), settings)
+    context = (args.task, bodies, cfg, args.data_dir, args.cache_dir)
+    records = plumbing.run_sweep(plan, functools.partial(fine_tune_point, context),
+                                 os.path.join(args.out_dir, "sweep.jsonl"), settings, workers)
     # Each pretrained method's gain is read against scratch in its own architecture.
     twin = {m: next((s for s in methods if SWEEP_METHODS[s][:2] == (SWEEP_METHODS[m][0], "scratch")), None)
             for m in methods if m != "prompt" and SWEEP_METHODS[m][1] == "pretrained"}
@@ -117,6 +112,26 @@ def sweep(args, cfg):
     print(f"saved {args.out_dir}/sweep.jsonl, sweep.md and sweep.png")
     if lock:                                           # None for --out-dir ''
         lock.release()
+
+
+def fine_tune_point(context, method, k, seed):
+    """One point: bag-of-words, or the body `bodies[method]` = (checkpoint, init, mode) fine-tuned on
+    k labels (prompting: shown k demonstrations). Plain data in, so that a worker process
+    (plumbing.in_processes) can run it: it reads the task and the checkpoint itself, a few
+    hundredths of a second against a run's second or more. A fresh body for each run: fine-tuning
+    changes it in place, and scratch weights are seeded."""
+    task, bodies, cfg, data_dir, cache_dir = context
+    labelled = tasks.load_labelled(task, data_dir, cache_dir)
+    if method == "bow":
+        train = tasks.subsample_balanced(labelled.train, k, seed)
+        return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
+    path, init, mode = bodies[method]
+    checkpoint, enc = train_clm.load_pretrained(path, None, data_dir, cache_dir)
+    body = finetune.body_from(checkpoint, init, seed)
+    train = [] if mode == "prompt" else tasks.subsample_balanced(labelled.train, k, seed)
+    run_cfg = dataclasses.replace(cfg, seed=seed, mode=mode, shots=k)
+    return finetune.run_one(body, enc, labelled, train, run_cfg, plumbing.pick_device(cfg.device),
+                            log=lambda *a: None)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,34 +243,19 @@ def curve(args, cfg):
     methods = ["bow"] + [f"{kind}@{step}" for kind in bodies for step in [0] + [s for s, *_ in bodies[kind]]]
     plan = [(m, k, s) for k in sizes for s in seeds for m in methods]
     settings = ["curve", args.task, {kind: [(s, f) for s, f, *_ in b] for kind, b in bodies.items()},
-                dataclasses.asdict(cfg)]
-    context = (args.task, bodies, cfg, args.data_dir, args.cache_dir)
+                dataclasses.asdict(cfg), finetune.AUTO_POOLING]
+    # Scratch (step 0) takes the final body's architecture and tokenizer, and random weights.
+    points = {f"{kind}@{step}": (path, "pretrained", "full") for kind in bodies for step, *_, path in bodies[kind]}
+    points.update({f"{kind}@0": (bodies[kind][-1][3], "scratch", "full") for kind in bodies})
+    context = (args.task, points, cfg, args.data_dir, args.cache_dir)
     lock = plumbing.lock_folder(args.out_dir)
-    records = plumbing.run_sweep(plan, functools.partial(curve_point, context),
+    records = plumbing.run_sweep(plan, functools.partial(fine_tune_point, context),
                                  os.path.join(args.out_dir, "curve.jsonl"), settings, workers)
     majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)["test"]["accuracy"]
     print(write_curve_report(records, bodies, sizes, labelled, majority, args.out_dir))
     print(f"saved {args.out_dir}/curve.jsonl, curve.md and curve.png")
     if lock:                                           # None for --out-dir ''
         lock.release()
-
-
-def curve_point(context, method, k, seed):
-    """One point of the curve: bag-of-words, or the body `kind@step` (step 0: scratch) fine-tuned
-    with k labels. Plain data in, so that a worker process (plumbing.in_processes) can run it. It
-    reads the task and the body itself: a few hundredths of a second against a run's second or two."""
-    task, bodies, cfg, data_dir, cache_dir = context
-    labelled = tasks.load_labelled(task, data_dir, cache_dir)
-    train = tasks.subsample_balanced(labelled.train, k, seed)
-    if method == "bow":
-        return tasks.bag_of_words_baseline(train, labelled.dev, labelled.test, len(labelled.label_names))
-    kind, step = method.split("@")
-    # Scratch (step 0) takes the final body's architecture and tokenizer, and random weights.
-    path = bodies[kind][-1][3] if step == "0" else next(p for s, *_, p in bodies[kind] if s == int(step))
-    checkpoint, enc = train_clm.load_pretrained(path, None, data_dir, cache_dir)
-    body = finetune.body_from(checkpoint, "scratch" if step == "0" else "pretrained", seed)
-    return finetune.run_one(body, enc, labelled, train, dataclasses.replace(cfg, seed=seed),
-                            plumbing.pick_device(cfg.device), log=lambda *a: None)[0]
 
 
 def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
@@ -336,8 +336,8 @@ def main(argv=None):
     parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
     parser.add_argument("--out-dir", default="out/sweep", help="sweep.jsonl (results, kept as each run "
                         "finishes: the same command resumes), sweep.md and sweep.png")
-    plumbing.add_flag(parser, "--workers", 0, "--curve: runs at once, each in its own process with one "
-                      "thread (0: one per core on a CPU, one on a GPU)", "[0, inf)")
+    plumbing.add_flag(parser, "--workers", 0, "runs at once, each in its own process with one thread "
+                      "(0: one per core on a CPU, one on a GPU)", "[0, inf)")
     parser.add_argument("--curve", action="store_true", help="the transfer curve instead: --clm and --mlm "
                         "are run folders whose kept checkpoints (train_clm.py --keep) are fine-tuned, with "
                         "scratch at zero compute; sizes default to 32,256")

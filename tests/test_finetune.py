@@ -75,15 +75,15 @@ def test_pooling_reads_the_last_real_token_and_averages_only_real_tokens():
     assert torch.equal(pool(h, mask, "cls"), h[:, 0])
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_classifier_output_does_not_depend_on_padding(causal):
-    classifier = make_classifier(tiny_body(causal), 3, tiny_config()).eval()
+@pytest.mark.parametrize("causal, pooling", [(True, "auto"), (True, "last"), (False, "auto"), (False, "mean")])
+def test_classifier_output_does_not_depend_on_padding(causal, pooling):
+    classifier = make_classifier(tiny_body(causal), 3, tiny_config(pooling=pooling)).eval()
     texts = ["a short one", "a much longer text that forces padding on the first one"]
     alone = classifier(*padded_batch(texts[:1], cls_first=not causal))
     batched = classifier(*padded_batch(texts, cls_first=not causal))
     assert padded_batch(texts)[1][0].sum() < padded_batch(texts)[1][1].sum()    # really padded
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
-    assert classifier.pooling == ("last" if causal else "cls")
+    assert classifier.pooling == {"auto": "mean" if causal else "cls"}.get(pooling, pooling)
 
 
 def test_inputs_put_cls_first_for_bidirectional_models_and_truncate():
@@ -235,7 +235,7 @@ def test_cli_single_runs_measure_forgetting(pretrained, tmp_path, capsys):
         # The curve's last dev point is the reported dev score: the same model, scored once more.
         history = runs[which, mode]["history"]
         assert history[-1]["dev_accuracy"] == runs[which, mode]["dev"]["accuracy"]
-    assert runs["mlm", "frozen"]["pooling"] == "cls" and runs["clm", "full"]["pooling"] == "last"
+    assert runs["mlm", "frozen"]["pooling"] == "cls" and runs["clm", "full"]["pooling"] == "mean"
     assert runs["clm", "lora"]["lora_merge_max_abs_diff"] < 1e-4
     assert runs["clm", "lora"]["trainable"] < runs["clm", "full"]["trainable"]
     assert runs["clm", "full"]["bag_of_words"]["test"]["accuracy"] > 0.5
@@ -260,7 +260,7 @@ def test_cli_scratch_without_a_checkpoint_builds_the_preset_shape_with_the_asked
 
 def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_path, capsys):
     flags = ["--clm", pretrained["clm"][0], "--task", pretrained["tsv"], "--sizes", "8,all",
-             "--seeds", "2", *quick_flags(tmp_path / "sweep", precision="auto")]
+             "--seeds", "2", "--workers", "1", *quick_flags(tmp_path / "sweep", precision="auto")]
     transfer.main([*flags, "--methods", "scratch,mlm"])
     assert "skipping mlm" in capsys.readouterr().out
     transfer.main([*flags, "--mlm", pretrained["mlm"][0]])
@@ -429,3 +429,4 @@ def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(
     assert scratch["test"] == alone["test"]
     kept = train_clm.load_pretrained(str(folder / "ckpt-step10.pt"))[0]["state"]
     assert kept["flops"] == Transformer.from_checkpoint(checkpoint).flops_per_token() * kept["tokens"]
+
