@@ -66,6 +66,10 @@ class MLMConfig(TrainConfig):
 MLM_PRESETS = dict(PRESETS, cpu=dict(PRESETS["cpu"], n_layer=2, n_embd=192, n_head=6, block_size=64,
                                      batch_size=32, mask_prob=0.4, max_iters=1150, eval_interval=230,
                                      lr=2e-3, min_lr=2e-4, muon_lr=0.0, init_std=0.02))
+# The transfer curve's top for a GPU, beside the causal one: its shape, Muon and rates (AdamW alone
+# at 2e-3 is untried at 88M parameters), with the masked preset's windows and masking, for four
+# times its steps: about 200x its compute (5.0e15 FLOPs). Not run on a GPU yet.
+MLM_PRESETS["large"] = dict(PRESETS["large"], block_size=64, mask_prob=0.4, max_iters=4600, eval_interval=575)
 
 # The validation mask is the same in every run, whatever --seed and --mask-prob, so runs compare:
 # BERT's 15% of the positions, drawn by one fixed seed. (Scored at the training rate instead, a

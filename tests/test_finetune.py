@@ -430,3 +430,16 @@ def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(
     kept = train_clm.load_pretrained(str(folder / "ckpt-step10.pt"))[0]["state"]
     assert kept["flops"] == Transformer.from_checkpoint(checkpoint).flops_per_token() * kept["tokens"]
 
+
+@pytest.mark.parametrize("presets, causal", [(train_clm.PRESETS, True), (train_mlm.MLM_PRESETS, False)])
+def test_large_preset_extends_the_transfer_curve_two_decades_past_the_main_job(presets, causal):
+    """The GPU preset for the curve's top spends 100-1000x the default preset's pretraining FLOPs
+    (the README's estimate: about 250x and 200x), counted as a run counts them."""
+    def pretraining_flops(name):
+        cfg = (train_clm.TrainConfig if causal else train_mlm.MLMConfig)(**presets[name])
+        with torch.device("meta"):                  # the shape alone: no 88M weights allocated
+            model = Transformer(ModelConfig(vocab_size=padded_vocab_size(4096 + 4), block_size=cfg.block_size,
+                                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                                            causal=causal))
+        return model.flops_per_token() * cfg.max_iters * cfg.batch_size * cfg.block_size
+    assert 100 <= pretraining_flops("large") / pretraining_flops("cpu") <= 1000
