@@ -126,14 +126,11 @@ PRESETS = {
     "shakespeare": dict(corpus="shakespeare", tokenizer="bpe:1024", n_layer=4, n_head=4, n_embd=128,
                         block_size=64, batch_size=32, lr=3e-3, min_lr=3e-4, muon_lr=0.02, init_std=0.049,
                         max_iters=380, eval_interval=100_000),
-    # The top of the transfer curve (transfer.py --curve), for a GPU: the main job's data, recipe and
-    # batch, with GPT-2 small's depth and width (12 x 768, 88M parameters, 66x the main job's) and
-    # four times its steps (14 passes over pydocs). Both levers raised fine-tuned accuracy on the
-    # CPU (RESULTS.md: a 6 x 192 body, and 1,680 steps), so this one spends about 250x the main
-    # job's compute (3.7e15 FLOPs) on them. Init std 0.02 * sqrt(768 / 768). No dropout, as measured
-    # on the CPU; a body this much larger memorises sooner, so --dropout 0.1 (GPT-2's) is the first
-    # thing to try if its validation loss turns up early. Not run on a GPU yet: the README's
-    # estimate is arithmetic.
+    # The top of the transfer curve, for a GPU (not run on one yet): the main job with GPT-2 small's
+    # depth and width (12 x 768, 88M parameters) and four times its steps (14 passes over pydocs),
+    # the two levers that raised fine-tuned accuracy on the CPU: about 250x the main job's compute
+    # (RESULTS.md, with a wall-time estimate). Init std 0.02 * sqrt(768 / 768). No dropout, as
+    # measured; a body this large memorises sooner: try --dropout 0.1 if its val loss turns up early.
     "large": dict(n_layer=12, n_head=12, n_embd=768, block_size=128, batch_size=32, max_iters=1680,
                   eval_interval=210, lr=3e-3, min_lr=3e-4, muon_lr=0.02, init_std=0.02, compile=True),
     # For tests and smoke runs: seconds.
