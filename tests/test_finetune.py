@@ -438,7 +438,8 @@ def test_large_preset_extends_the_transfer_curve_two_decades_past_the_main_job(p
     def pretraining_flops(name):
         cfg = (train_clm.TrainConfig if causal else train_mlm.MLMConfig)(**presets[name])
         with torch.device("meta"):                  # the shape alone: no 88M weights allocated
-            model = Transformer(ModelConfig(vocab_size=padded_vocab_size(4096 + 4), block_size=cfg.block_size,
+            model = Transformer(ModelConfig(vocab_size=padded_vocab_size(4096 + len(data.SPECIAL_TOKENS)),
+                                            block_size=cfg.block_size,
                                             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                                             causal=causal))
         return model.flops_per_token() * cfg.max_iters * cfg.batch_size * cfg.block_size
