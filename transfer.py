@@ -227,38 +227,44 @@ def kept_bodies(folder):
 
 
 def curve(args, cfg):
-    """Every kept body of --clm and --mlm (run folders), and scratch in each one's architecture,
-    fine-tuned at every size for --seeds seeds; curve.md and curve.png. On a CPU the runs go one
-    per core, each in its own process with one thread (--workers)."""
+    """Every kept body of --clm and --mlm (run folders, comma-separated for several), and scratch in
+    each run's architecture, fine-tuned at every size for --seeds seeds; curve.md and curve.png. On
+    a CPU the runs go one per core, each in its own process with one thread (--workers)."""
     device = plumbing.pick_device(cfg.device)
-    folders = {kind: folder for kind, folder in (("clm", args.clm), ("mlm", args.mlm)) if folder}
-    if not folders or not all(os.path.isdir(f) for f in folders.values()):
+    runs = [(kind, folder.strip()) for kind, given in (("clm", args.clm), ("mlm", args.mlm)) if given
+            for folder in given.split(",")]
+    if not runs or not all(os.path.isdir(folder) for _, folder in runs):
         raise UserError("--curve takes run folders: --clm out/clm (and --mlm out/mlm), pretrained with --keep")
-    bodies = {kind: kept_bodies(folder) for kind, folder in folders.items()}
+    # One line of the figure per run: named by its kind when it is the only run of that kind, else
+    # by its folder (--clm out/clm-keep,out/clm-4x: "clm-keep", "clm-4x").
+    kinds = {(kind if sum(k == kind for k, _ in runs) == 1 else Path(folder).name): kind for kind, folder in runs}
+    if len(kinds) < len(runs):
+        raise UserError("--curve: two run folders of one kind have the same name; give each run its own name")
+    bodies = {name: kept_bodies(folder) for name, (_, folder) in zip(kinds, runs)}
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None, mode="full")
     workers = plumbing.default_workers(args.workers, device)
-    methods = ["bow"] + [f"{kind}@{step}" for kind in bodies for step in [0] + [s for s, *_ in bodies[kind]]]
+    methods = ["bow"] + [f"{name}@{step}" for name in bodies for step in [0] + [s for s, *_ in bodies[name]]]
     plan = [(m, k, s) for k in sizes for s in seeds for m in methods]
-    settings = ["curve", args.task, {kind: [(s, f) for s, f, *_ in b] for kind, b in bodies.items()},
+    settings = ["curve", args.task, {name: [(s, f) for s, f, *_ in b] for name, b in bodies.items()},
                 dataclasses.asdict(cfg), finetune.AUTO_POOLING]
     # Scratch (step 0) takes the final body's architecture and tokenizer, and random weights.
-    points = {f"{kind}@{step}": (path, "pretrained", "full") for kind in bodies for step, *_, path in bodies[kind]}
-    points.update({f"{kind}@0": (bodies[kind][-1][3], "scratch", "full") for kind in bodies})
+    points = {f"{name}@{step}": (path, "pretrained", "full") for name in bodies for step, *_, path in bodies[name]}
+    points.update({f"{name}@0": (bodies[name][-1][3], "scratch", "full") for name in bodies})
     context = (args.task, points, cfg, args.data_dir, args.cache_dir)
     lock = plumbing.lock_folder(args.out_dir)
     records = plumbing.run_sweep(plan, functools.partial(fine_tune_point, context),
                                  os.path.join(args.out_dir, "curve.jsonl"), settings, workers)
     majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)["test"]["accuracy"]
-    print(write_curve_report(records, bodies, sizes, labelled, majority, args.out_dir))
+    print(write_curve_report(records, bodies, kinds, sizes, labelled, majority, args.out_dir))
     print(f"saved {args.out_dir}/curve.jsonl, curve.md and curve.png")
     if lock:                                           # None for --out-dir ''
         lock.release()
 
 
-def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
+def write_curve_report(records, bodies, kinds, sizes, labelled, majority, out_dir):
     """curve.md: test accuracy of every body at every size, with its pretraining FLOPs and loss;
     curve.png: accuracy against pretraining FLOPs, and against the pretraining validation loss."""
     lines = [f"Test accuracy on {labelled.name} after full fine-tuning, mean ± std over seeds, against the "
@@ -267,17 +273,17 @@ def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
              + " |", "|---" * (4 + len(sizes)) + "|"]
     bow = [summarise(records, "bow", k) for k in sizes]
     lines.append("| bag-of-words | | | | " + " | ".join(f"{s[0]:.3f} ± {s[1]:.3f}" for s in bow) + " |")
-    points = {}                                      # (kind, k) -> [(FLOPs, loss, mean, std)]
-    for kind, kept in bodies.items():
+    points = {}                                      # (run, k) -> [(FLOPs, loss, mean, std)]
+    for name, kept in bodies.items():
         for step, flops, loss in [(0, 0.0, None)] + [(s, f, v) for s, f, v, _ in kept]:
             cells = []
             for k in sizes:
-                s = summarise(records, f"{kind}@{step}", k)
+                s = summarise(records, f"{name}@{step}", k)
                 cells.append("–" if s is None else f"{s[0]:.3f} ± {s[1]:.3f}")
                 if s is not None:
-                    points.setdefault((kind, k), []).append((flops, loss, s[0], s[1]))
-            name = f"{kind} (scratch)" if step == 0 else kind
-            lines.append(f"| {name} | {step} | {flops:.3g} | {'' if loss is None else f'{loss:.3f}'} | "
+                    points.setdefault((name, k), []).append((flops, loss, s[0], s[1]))
+            row_name = f"{name} (scratch)" if step == 0 else name
+            lines.append(f"| {row_name} | {step} | {flops:.3g} | {'' if loss is None else f'{loss:.3f}'} | "
                          + " | ".join(cells) + " |")
     table = "\n".join(lines)
     with open(os.path.join(out_dir, "curve.md"), "w") as f:
@@ -287,18 +293,20 @@ def write_curve_report(records, bodies, sizes, labelled, majority, out_dir):
         zero = min(f for kept in bodies.values() for _, f, *_ in kept) / 10
         for i, k in enumerate(sizes):
             colour = plumbing.colormap("tab10", i / 10)
-            for kind, style in (("clm", "o-"), ("mlm", "s--")):
-                row = points.get((kind, k), [])
+            for j, name in enumerate(bodies):         # a marker per run; solid causal, dashed masked
+                style = "osD^vP"[j % 6] + ("-" if kinds[name] == "clm" else "--")
+                row = points.get((name, k), [])
                 if not row:
                     continue
-                x, loss, mean, std = zip(*row)
-                x = [f or zero for f in x]
-                left.errorbar(x, mean, yerr=std, fmt=style, color=colour, capsize=3, label=f"{kind}, {k} labels")
-                trained = [(l, m, s) for l, m, s in zip(loss, mean, std) if l is not None]   # not scratch
+                # Scratch stands alone at the left: a line from it would draw decades never measured.
+                for _, _, mean, std in (p for p in row if p[0] == 0):
+                    left.errorbar([zero], [mean], yerr=[std], fmt=style[0], color=colour, capsize=3)
+                trained = [p for p in row if p[0] > 0]
                 if trained:
-                    losses, means, stds = zip(*trained)
-                    right.errorbar(losses, means, yerr=stds, fmt=style, color=colour, capsize=3,
-                                   label=f"{kind}, {k} labels")
+                    flops, losses, means, stds = zip(*trained)
+                    for ax, x in ((left, flops), (right, losses)):
+                        ax.errorbar(x, means, yerr=stds, fmt=style, color=colour, capsize=3,
+                                    label=f"{name}, {k} labels")
             left.axhline(bow[i][0], color=colour, lw=0.8, ls=":", label=f"bag-of-words, {k} labels")
         for ax in (left, right):
             ax.axhline(majority, color="black", lw=0.8, ls="-.", label="majority class")
@@ -339,8 +347,8 @@ def main(argv=None):
     plumbing.add_flag(parser, "--workers", 0, "runs at once, each in its own process with one thread "
                       "(0: one per core on a CPU, one on a GPU)", "[0, inf)")
     parser.add_argument("--curve", action="store_true", help="the transfer curve instead: --clm and --mlm "
-                        "are run folders whose kept checkpoints (train_clm.py --keep) are fine-tuned, with "
-                        "scratch at zero compute; sizes default to 32,256")
+                        "are run folders (comma-separated for several) whose kept checkpoints (train_clm.py "
+                        "--keep) are fine-tuned, with scratch at zero compute; sizes default to 32,256")
     args = parser.parse_args(argv)
     cfg = plumbing.config_from_args(args, FinetuneConfig)
     if args.curve:

@@ -405,20 +405,24 @@ def test_lora_merges_into_a_layer_on_the_base_weights_device_and_dtype():
 def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(pretrained, tmp_path, capsys):
     """transfer.py --curve: a run folder's kept checkpoints and its final one, each fine-tuned, and
     scratch at zero compute, which is the same shape with random weights drawn by the same seed
-    (so it equals finetune.py's own scratch run)."""
-    folder = tmp_path / "clm"
+    (so it equals finetune.py's own scratch run). A second run of the same kind (a wider body, no
+    kept checkpoints) is a line of its own, named by its folder, with its own scratch."""
+    folder, wide = tmp_path / "clm", tmp_path / "clm-wide"
     corpus = str(tmp_path / "corpus.txt")
     (tmp_path / "corpus.txt").write_text(generated_text())
-    train_clm.train(train_clm.TrainConfig(**{**train_clm.PRESETS["tiny"], "corpus": corpus, "out_dir": str(folder),
-                                             "quiet": True, "precision": "fp32", "keep": "0.5"}))
+    for out_dir, extra in ((folder, dict(keep="0.5")), (wide, dict(n_embd=48))):
+        train_clm.train(train_clm.TrainConfig(**{**train_clm.PRESETS["tiny"], "corpus": corpus, "out_dir": str(out_dir),
+                                                 "quiet": True, "precision": "fp32", **extra}))
     out = tmp_path / "curve"
-    transfer.main(["--curve", "--clm", str(folder), "--task", pretrained["tsv"], "--sizes", "16", "--seeds", "1",
-                   "--workers", "2",
-                   *quick_flags(out)])
+    transfer.main(["--curve", "--clm", f"{folder},{wide}", "--task", pretrained["tsv"], "--sizes", "16",
+                   "--seeds", "1", "--workers", "2", *quick_flags(out)])
     records = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
-    assert {r["method"] for r in records} == {"bow", "clm@0", "clm@10", "clm@20"}
+    assert {r["method"] for r in records} == {"bow", "clm@0", "clm@10", "clm@20", "clm-wide@0", "clm-wide@20"}
     table = (out / "curve.md").read_text()
     assert "| clm (scratch) | 0 | 0 |" in table and "| clm | 10 |" in table and (out / "curve.png").stat().st_size > 1000
+    assert "| clm-wide (scratch) | 0 | 0 |" in table and "| clm-wide | 20 |" in table
+    with pytest.raises(data.UserError, match="the same name"):       # two lines may not share a name
+        transfer.main(["--curve", "--clm", f"{folder},{folder}", "--task", pretrained["tsv"], "--out-dir", ""])
     scratch = next(r for r in records if r["method"] == "clm@0")
     checkpoint, enc = train_clm.load_pretrained(str(folder / "ckpt.pt"))
     labelled = tasks.load_labelled(pretrained["tsv"])
