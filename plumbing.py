@@ -491,18 +491,14 @@ def bf16_is_accelerated(device):
     return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
 
 
-def bf16_tensor_cores(device):
-    """bf16 tensor cores came with compute capability 8.0 (Ampere). torch.cuda.is_bf16_supported()
-    also says yes on a V100 or a T4, which emulate bf16 several times slower than their fp16."""
-    return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
 def choose_precision(model, loss_fn, batch, device, cache_dir=None):
     """On a GPU bf16 (fp16 without bf16 tensor cores). On a CPU, measured: the faster of fp32 and
     bf16 for this model (tiny models are bound by per-op overhead, where autocast's casts cost more
     than they save), cached per machine and model shape."""
     if device.type == "cuda":
-        return "bf16" if bf16_tensor_cores(device) else "fp16"
+        # bf16 tensor cores came with compute capability 8.0 (Ampere); torch.cuda.is_bf16_supported()
+        # also says yes on a V100 or a T4, which emulate bf16 several times slower than their fp16.
+        return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
     if device.type == "mps":
         return "fp32"   # bf16 autocast on MPS varies by macOS version; fp32 is always correct
     if not bf16_is_accelerated(device):
@@ -925,18 +921,12 @@ def lock_folder(folder, create=True):
 
 
 def prepare_out_dir(cfg, history):
-    """Create --out-dir and start log.jsonl from the history the run carries: empty for a new run,
-    the checkpoint's for a resumed one (so records that a killed run wrote after its last
-    checkpoint are dropped; the resumed run writes them again)."""
+    """Start --out-dir's log.jsonl from the history the run carries: empty for a new run, the
+    checkpoint's for a resumed one (so records that a killed run wrote after its last checkpoint
+    are dropped; the resumed run writes them again). write_atomic creates the folder."""
     if not cfg.out_dir:
         return None
-    try:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        write_atomic(os.path.join(cfg.out_dir, "log.jsonl"),
-                     "".join(json.dumps(record) + "\n" for record in history).encode())
-    except OSError as error:
-        raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {error.strerror}; choose a writable "
-                        f"folder") from None
+    write_atomic(os.path.join(cfg.out_dir, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history).encode())
     return cfg.out_dir
 
 
