@@ -28,6 +28,7 @@ command line.
 
     python transfer.py --clm out/clm/ckpt.pt --mlm out/mlm/ckpt.pt   # the paradigm in a picture
     python transfer.py --curve --clm out/clm-keep --mlm out/mlm-keep  # accuracy against compute
+    python transfer.py --curve --clm out/clm-keep,out/clm-4x --mlm out/mlm-keep   # a line per run
 """
 import dataclasses
 import functools
