@@ -150,7 +150,7 @@ def add_flag(parser, flag, default, help, within=None, type=None, **kw):
         if reason:
             raise argparse.ArgumentTypeError(f"{value} {reason}")
         return value
-    suffix = f" (default: {default}{f' in {within}' if within else ''})"
+    suffix = f" (default: %(default)s{f' in {within}' if within else ''})"   # the formatter adds no second one
     return parser.add_argument(flag, default=default, type=checked if kind is not str or within else None,
                                help=help + suffix, **kw)
 

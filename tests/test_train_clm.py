@@ -275,6 +275,11 @@ def test_help_shows_the_values_the_default_preset_runs_with(capsys):
     assert "(default: 2 from --preset cpu in [1, inf))" in mlm               # --n-layer
     assert "(default: 64 from --preset cpu in [1, inf))" in mlm              # --block-size
     assert "(default: 0.4 from --preset cpu in (0, 1])" in mlm               # --mask-prob
+    import transfer                              # a flag outside the config (add_flag): one default
+    with pytest.raises(SystemExit):
+        transfer.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 3 in [1, inf))" in text and "(default: 3)" not in text       # --seeds
 
 
 def test_same_seed_same_losses_whether_or_not_precision_was_measured(corpus_file, tmp_path, monkeypatch):
