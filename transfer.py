@@ -265,6 +265,22 @@ def curve(args, cfg):
         lock.release()
 
 
+def log_trend(flops, accuracy, n_boot=2000, seed=0):
+    """The simplest trend: accuracy = a + b log10(FLOPs), least squares over every fine-tuning run
+    of the pretrained bodies. Returns b, the change per decade of pretraining compute, and its 95%
+    bootstrap interval (the runs resampled with replacement). The interval counts the fine-tuning
+    seeds' spread only: each body comes from one pretraining run, whose own variance is not in it."""
+    x, y = torch.tensor(flops, dtype=torch.float64).log10(), torch.tensor(accuracy, dtype=torch.float64)
+
+    def slope(x, y):                                   # (..., n) -> (...): cov(x, y) / var(x)
+        dx = x - x.mean(-1, keepdim=True)
+        return (dx * (y - y.mean(-1, keepdim=True))).sum(-1) / (dx ** 2).sum(-1)
+    resample = torch.randint(len(x), (n_boot, len(x)), generator=torch.Generator().manual_seed(seed))
+    boots = slope(x[resample], y[resample])            # (n_boot,); NaN where a draw has one x only
+    low, high = torch.quantile(boots[boots.isfinite()], torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return slope(x, y).item(), low.item(), high.item()
+
+
 def write_curve_report(records, bodies, kinds, sizes, labelled, majority, out_dir):
     """curve.md: test accuracy of every body at every size, with its pretraining FLOPs and loss;
     curve.png: accuracy against pretraining FLOPs, and against the pretraining validation loss."""
@@ -286,6 +302,21 @@ def write_curve_report(records, bodies, kinds, sizes, labelled, majority, out_di
             row_name = f"{name} (scratch)" if step == 0 else name
             lines.append(f"| {row_name} | {step} | {flops:.3g} | {'' if loss is None else f'{loss:.3f}'} | "
                          + " | ".join(cells) + " |")
+    # The trend, per kind of body and label count, over every run of that kind's pretrained bodies.
+    flops_of = {f"{name}@{step}": f for name, kept in bodies.items() for step, f, *_ in kept}
+    lines += ["", "Trend: test accuracy = a + b log10(pretraining FLOPs), least squares over the fine-tuning "
+              "runs of the pretrained bodies (scratch left out); b per decade, with a 95% bootstrap interval "
+              "over those runs (one pretraining run per body: its own variance is not counted):"]
+    for kind in dict.fromkeys(kinds.values()):
+        for k in sizes:
+            runs = [(flops_of[r["method"]], r["test"]["accuracy"]) for r in records
+                    if r["method"] in flops_of and kinds[r["method"].split("@")[0]] == kind and r["n_train"] == k]
+            if len({f for f, _ in runs}) < 2:
+                lines.append(f"- {kind}, {k} labels: fewer than two pretrained bodies, no trend")
+                continue
+            b, low, high = log_trend(*zip(*runs))
+            lines.append(f"- {kind}, {k} labels: {b:+.3f} per decade ({low:+.3f} to {high:+.3f}), {len(runs)} runs "
+                         f"from {min(runs)[0]:.2g} to {max(runs)[0]:.2g} FLOPs")
     table = "\n".join(lines)
     with open(os.path.join(out_dir, "curve.md"), "w") as f:
         f.write(table + "\n")

@@ -7,6 +7,7 @@ once, in tests/test_data.py::test_pydocs_topic_is_balanced_disjoint_and_held_out
 """
 import copy
 import json
+import math
 import random
 import types
 
@@ -421,6 +422,7 @@ def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(
     table = (out / "curve.md").read_text()
     assert "| clm (scratch) | 0 | 0 |" in table and "| clm | 10 |" in table and (out / "curve.png").stat().st_size > 1000
     assert "| clm-wide (scratch) | 0 | 0 |" in table and "| clm-wide | 20 |" in table
+    assert "- clm, 16 labels: " in table and "3 runs from" in table    # the trend: both runs' bodies
     with pytest.raises(data.UserError, match="the same name"):       # two lines may not share a name
         transfer.main(["--curve", "--clm", f"{folder},{folder}", "--task", pretrained["tsv"], "--out-dir", ""])
     scratch = next(r for r in records if r["method"] == "clm@0")
@@ -448,3 +450,12 @@ def test_large_preset_extends_the_transfer_curve_two_decades_past_the_main_job(p
                                             causal=causal))
         return model.flops_per_token() * cfg.max_iters * cfg.batch_size * cfg.block_size
     assert 100 <= pretraining_flops("large") / pretraining_flops("cpu") <= 1000
+
+
+def test_log_trend_recovers_a_known_slope_and_brackets_it_when_noisy():
+    flops = [1e11, 1e11, 1e12, 1e12, 1e13, 1e13]
+    exact = [0.3 + 0.1 * (math.log10(f) - 11) for f in flops]      # +0.1 accuracy per decade
+    assert transfer.log_trend(flops, exact) == pytest.approx((0.1, 0.1, 0.1))
+    noisy = [a + e for a, e in zip(exact, [0.03, -0.03, 0.02, -0.02, 0.04, -0.04])]   # mean unmoved
+    slope, low, high = transfer.log_trend(flops, noisy)
+    assert slope == pytest.approx(0.1) and low < 0.1 < high and high - low < 0.1
