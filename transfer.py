@@ -310,7 +310,7 @@ def write_curve_report(records, bodies, kinds, sizes, labelled, majority, out_di
     for kind in dict.fromkeys(kinds.values()):
         for k in sizes:
             runs = [(flops_of[r["method"]], r["test"]["accuracy"]) for r in records
-                    if r["method"] in flops_of and kinds[r["method"].split("@")[0]] == kind and r["n_train"] == k]
+                    if r["method"] in flops_of and kinds[r["method"].rsplit("@", 1)[0]] == kind and r["n_train"] == k]
             if len({f for f, _ in runs}) < 2:
                 lines.append(f"- {kind}, {k} labels: fewer than two pretrained bodies, no trend")
                 continue
