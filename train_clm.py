@@ -352,10 +352,9 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     plumbing.restore_random_state(run, scaler)      # last: set-up drew random numbers too
     last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
     loop_start = time.perf_counter() - state["seconds"]
+    progress = budget_progress(cfg, state)          # the fraction of the budget spent (resumed: > 0)
     with plumbing.StopSignals() as stop:            # SIGTERM: finish the step, save, exit 143
-        while True:
-            if plumbing.agree_max(max(budget_progress(cfg, state), stop.budget), device, dist) >= 1.0:
-                break                                           # the budget is spent (all ranks agree)
+        while plumbing.agree_max(max(progress, stop.budget), device, dist) < 1.0:   # all ranks agree
             lr = learning_rate(step_progress(cfg, state, tokens_per_step), cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
@@ -370,7 +369,8 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
             plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
-            is_eval = plumbing.keep_due(run, budget_progress(cfg, state)) or state["step"] % cfg.eval_interval == 0
+            progress = budget_progress(cfg, state)
+            is_eval = plumbing.keep_due(run, progress) or state["step"] % cfg.eval_interval == 0
             if is_eval or state["step"] % cfg.log_interval == 0:
                 loss = plumbing.agree_mean(float(loss_sum), device, dist)   # read only here: it waits
                 # for the device. A NaN stops the run here, before any checkpoint holds it.
@@ -381,7 +381,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
                     plumbing.check_finite(last_metrics["val_loss"], "validation loss", state["step"])
                     record.update(last_metrics)
                 history.append(record)
-                plumbing.log_step(run, record, last_metrics, budget_progress(cfg, state))
+                plumbing.log_step(run, record, last_metrics, progress)
                 if is_eval:
                     save(last_metrics)
                 meter.restart()                                # evaluation is not training
