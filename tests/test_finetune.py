@@ -443,11 +443,9 @@ def test_large_preset_extends_the_transfer_curve_two_decades_past_the_main_job(p
     (the README's estimate: about 250x and 200x), counted as a run counts them."""
     def pretraining_flops(name):
         cfg = (train_clm.TrainConfig if causal else train_mlm.MLMConfig)(**presets[name])
+        bpe_4096 = types.SimpleNamespace(n_vocab=4096 + len(data.SPECIAL_TOKENS))     # what the run's tokenizer holds
         with torch.device("meta"):                  # the shape alone: no 88M weights allocated
-            model = Transformer(ModelConfig(vocab_size=padded_vocab_size(4096 + len(data.SPECIAL_TOKENS)),
-                                            block_size=cfg.block_size,
-                                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                                            causal=causal))
+            model = Transformer(train_clm.model_config(cfg, bpe_4096, causal))          # as train() builds it
         return model.flops_per_token() * cfg.max_iters * cfg.batch_size * cfg.block_size
     assert 100 <= pretraining_flops("large") / pretraining_flops("cpu") <= 1000
 
