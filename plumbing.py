@@ -751,7 +751,7 @@ def open_run(cfg):
 def start_run(run, description):
     """The last checks, now that the model and its tokenizer are known (`description`: what a
     checkpoint records about them, see save_run): a --resume checkpoint must hold this very model.
-    Then, on rank 0, --out-dir is created, locked and log.jsonl started. Returns the description."""
+    Then, on rank 0, --out-dir is created, locked and log.jsonl started."""
     if run.resume_from is not None:
         check_kind(run.resume_from, description["kind"], "--resume")
         check_tokenizer(run.resume_from, description["tokenizer"])
@@ -759,7 +759,6 @@ def start_run(run, description):
     if run.dist["rank"] == 0:
         run.lock = run.lock or lock_folder(run.cfg.out_dir)
         run.out_dir = prepare_out_dir(run.cfg, run.resume_from["history"] if run.resume_from else [])
-    return description
 
 
 def restore(run, model, optimizer, batch_generator, start_from=None):

@@ -324,8 +324,10 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     # The model. `causal` is the one flag between a GPT (True) and a BERT (False): model.py.
     torch.manual_seed(cfg.seed)                     # same seed on every rank: same init
     model = Transformer(model_config(cfg, dataset.enc, causal, start_from)).to(device)
-    description = plumbing.start_run(run, describe(model, dataset.enc))   # --resume must hold this model
+    n_params, flops_per_token = model.num_params(non_embedding=False), model.flops_per_token()
     optimizer = make_optimizer(model, cfg, device, cfg.muon_lr)
+    description = describe(model, dataset.enc)      # what its checkpoints record about it
+    plumbing.start_run(run, description)            # --resume must hold this model; --out-dir made
     # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
     batch_generator = torch.Generator().manual_seed(cfg.seed + 1000 * dist["rank"])
     state, history, precision = plumbing.restore(run, model, optimizer, batch_generator, start_from)
@@ -336,7 +338,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             model, lambda m, batch: m(**batch)[1], probe, device, cfg.cache_dir), dist)
     autocast, scaler = precision_context(device, precision)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
-    meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir),
+    meter = plumbing.Meter(flops_per_token, plumbing.peak_flops(device, precision, cfg.cache_dir),
                            devices=dist["world_size"])
     plumbing.log_model(run, model, precision, tokens_per_step, meter.peak, len(dataset.train))
 
@@ -399,9 +401,8 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
                     f"on {os.path.basename(dataset.corpus['name'])}\n{plot_note}".strip())
     plumbing.finish_run(run, history)
     plumbing.teardown_distributed(dist)
-    return dict(final, tokens=state["tokens"], flops=state["flops"], steps=state["step"],
-                seconds=state["seconds"], n_params=model.num_params(non_embedding=False),
-                precision=precision, history=history, model=model, dataset=dataset)
+    return dict(final, tokens=state["tokens"], flops=state["flops"], steps=state["step"], seconds=state["seconds"],
+                n_params=n_params, precision=precision, history=history, model=model, dataset=dataset)
 
 
 # ----------------------------------------------------------------------------------------------
