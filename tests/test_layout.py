@@ -1,0 +1,91 @@
+"""The course's layout, as README.md draws it ("Which file imports which"): lessons stand on each
+other in reading order, and plumbing.py is a floor under them all that imports no lesson, so
+there is no import circle and every call into the machinery can be taken at its word.
+
+Read from the source with ast, imports inside functions included: nothing is imported or run."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = {path.stem: path for path in sorted(ROOT.glob("*.py"))}
+
+
+def project_imports(path):
+    """The project's modules that a file imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module.split(".")[0]]
+        else:
+            continue
+        found.update(name for name in names if name in FILES)
+    return found - {path.stem}
+
+
+IMPORTS = {name: project_imports(path) for name, path in FILES.items()}
+
+# The tree in README.md, as edges: what each file imports from the project.
+README_TREE = {
+    "plumbing": set(), "muon": set(), "scaling_laws": set(),
+    "model": {"plumbing"}, "data": {"plumbing"},
+    "train_clm": {"model", "data", "muon", "plumbing"},
+    "train_mlm": {"train_clm", "model", "data", "plumbing"},
+    "scaling": {"train_clm", "scaling_laws", "model", "data", "plumbing"},
+    "bench": {"train_clm", "model", "data", "plumbing"},
+    "tasks": {"data", "plumbing"},
+    "prompting": {"tasks", "data", "plumbing"},
+    "finetune": {"train_mlm", "train_clm", "tasks", "prompting", "model", "data", "plumbing"},
+    "transfer": {"finetune", "prompting", "tasks", "train_clm", "plumbing"},
+}
+
+
+def test_the_files_import_what_the_readme_draws():
+    assert IMPORTS == README_TREE
+
+
+def test_the_machinery_is_a_floor():
+    """plumbing.py imports no lesson, not even inside a function; muon.py and scaling_laws.py,
+    which run on plain tensors and arrays, need nothing of the project at all."""
+    assert IMPORTS["plumbing"] == set() and IMPORTS["muon"] == set() and IMPORTS["scaling_laws"] == set()
+    assert {name for name, imported in IMPORTS.items() if "plumbing" in imported} == \
+        set(FILES) - {"plumbing", "muon", "scaling_laws"}
+
+
+def test_no_import_circle():
+    """Depth-first search: a file met again while it is still being followed closes a circle."""
+    state = {}
+
+    def follow(name, path):
+        state[name] = "open"
+        for imported in sorted(IMPORTS[name]):
+            assert state.get(imported) != "open", f"import circle: {' -> '.join(path + [imported])}"
+            if imported not in state:
+                follow(imported, path + [imported])
+        state[name] = "done"
+
+    for name in FILES:
+        if name not in state:
+            follow(name, [name])
+    assert len(state) == len(FILES) > 10
+
+
+def test_no_import_hides_from_this_check():
+    """An import by importlib or __import__ would not be seen above. bench.py alone uses importlib,
+    to load nanoGPT's model.py from outside the project (bench.py --reference)."""
+    users = {name for name, path in FILES.items()
+             if "importlib" in path.read_text(encoding="utf-8") or "__import__" in path.read_text(encoding="utf-8")}
+    assert users == {"bench"}
+    assert "spec_from_file_location" in FILES["bench"].read_text(encoding="utf-8")
+
+
+def test_the_circle_check_can_fail(monkeypatch):
+    """The same search on a graph with a circle (data -> plumbing -> data) stops there."""
+    monkeypatch.setitem(IMPORTS, "plumbing", {"data"})
+    try:
+        test_no_import_circle()
+    except AssertionError as error:
+        assert "plumbing" in str(error) and "data" in str(error)
+    else:
+        raise AssertionError("a circle went unseen")
