@@ -36,14 +36,11 @@ Transformer (embeddings, forward, loss), then the bookkeeping a scaling study ne
 (num_params, flops_per_token) and sampling (generate).
 """
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import plumbing
 
 
 @dataclass
@@ -210,7 +207,7 @@ class MLP(nn.Module):
         # GELU, x * Phi(x) (Hendrycks & Gimpel 2016), in its exact erf form as nanoGPT's nn.GELU().
         # GPT-2 and BERT's original code used a tanh approximation, cheaper on their accelerators;
         # on a CPU PyTorch's tanh form is ~3x slower than the erf one (forward + backward, measured),
-        # so only GPT-2's own weights (from_pretrained) use it: they were trained with it.
+        # so only GPT-2's own weights (from_gpt2) use it: they were trained with it.
         return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
@@ -312,9 +309,11 @@ class Transformer(nn.Module):
     # GPT-2's own weights: the body most people fine-tune.
 
     @classmethod
-    def from_pretrained(cls, folder, vocab_size=None):
-        """A Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin) as
-        this Transformer. The architecture is GPT-2's already; what has to be said is:
+    def from_gpt2(cls, config, weights, vocab_size=None):
+        """GPT-2 as this Transformer, from what a Hugging Face GPT-2 folder holds: `config` is its
+        config.json as a dict, `weights` its {name: tensor} (read as data, never unpickled as code,
+        by plumbing.read_weights; train_clm.gpt2_checkpoint reads both). The architecture is
+        GPT-2's already; what has to be said is:
           - biases everywhere (bias=True), learned positions and no ALiBi (GPT-2 has none);
           - GPT-2's tanh GELU ("gelu_new"): the erf form differs by up to ~1e-3 in the logits;
           - GPT-2 stores its projections as Conv1D, weight (in, out): nn.Linear wants (out, in),
@@ -322,17 +321,14 @@ class Transformer(nn.Module):
           - the vocabulary is GPT-2's 50,257 tokens and the head is tied to wte. vocab_size grows
             the table (to 50,304, nanoGPT's multiple of 64, with room for our special tokens):
             the new rows start at the mean embedding, so that their logits are average ones and
-            take almost no probability (Hewitt 2021, "Initializing new word embeddings").
-        Weights are read as data only (plumbing.read_weights): never unpickled as code."""
-        config = plumbing.read_json(os.path.join(folder, "config.json"))
-        hf = plumbing.read_weights(folder)                       # {name: tensor}
+            take almost no probability (Hewitt 2021, "Initializing new word embeddings")."""
         model = cls(ModelConfig(vocab_size=config["vocab_size"], block_size=config["n_positions"],
                                 n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
                                 bias=True, causal=True, alibi=False, gelu="tanh", attention="fast"))
         names = {"wte": "token_embedding", "wpe": "position_embedding", "ln_f": "final_norm", "h": "blocks",
                  "ln_1": "norm1", "ln_2": "norm2", "c_attn": "qkv", "c_proj": "proj", "c_fc": "fc"}
         state = {}
-        for key, tensor in hf.items():
+        for key, tensor in weights.items():
             key = key.removeprefix("transformer.")
             if key.endswith((".attn.bias", ".attn.masked_bias")) or key == "lm_head.weight":
                 continue                      # causal-mask buffers, and the head tied to wte

@@ -460,24 +460,24 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
     in the data dir's gpt2/ folder, else the cache's, else downloaded and checked) or a Hugging
     Face GPT-2 folder; gpt2/gpt2.tiktoken is found the same way. No train_config: its pretraining
     text is not here."""
-    folder = name_or_folder
-    if name_or_folder == "gpt2":
-        config, weights = (plumbing.obtain_data_file(f"gpt2/{name}", data_dir, cache_dir)
-                           for name in ("config.json", "model.safetensors"))
-        if config.parent != weights.parent:
-            raise UserError(f"{config} and {weights} must be in the same folder; move one of them")
-        folder = config.parent
-    elif not os.path.isfile(os.path.join(folder, "config.json")):
-        raise UserError(f"{folder} is a folder without config.json; give a checkpoint file, gpt2, "
+    if name_or_folder != "gpt2" and not os.path.isfile(os.path.join(name_or_folder, "config.json")):
+        raise UserError(f"{name_or_folder} is a folder without config.json; give a checkpoint file, gpt2, "
                         f"or a Hugging Face GPT-2 folder")
     enc = data.get_tokenizer("gpt2", data_dir=data_dir, cache_dir=cache_dir)
+    folder = name_or_folder
+    if name_or_folder == "gpt2":
+        config_path, weights_path = (plumbing.obtain_data_file(f"gpt2/{name}", data_dir, cache_dir)
+                                     for name in ("config.json", "model.safetensors"))
+        if config_path.parent != weights_path.parent:
+            raise UserError(f"{config_path} and {weights_path} must be in the same folder; move one of them")
+        folder = config_path.parent
+    config = plumbing.read_json(os.path.join(folder, "config.json"))
     # GPT-2's 50,257 tokens are our 50,256 ordinary ones plus <|endoftext|> (our first special).
-    vocab_size = plumbing.read_json(os.path.join(folder, "config.json")).get("vocab_size")
-    if vocab_size != data.n_ordinary(enc) + 1:
-        raise UserError(f"{folder}: {vocab_size} tokens, but GPT-2's tokenizer has "
+    if config.get("vocab_size") != data.n_ordinary(enc) + 1:
+        raise UserError(f"{folder}: {config.get('vocab_size')} tokens, but GPT-2's tokenizer has "
                         f"{data.n_ordinary(enc) + 1}; use GPT-2's own config and weights")
     try:   # the table grows to a multiple of 64, with room for our other specials
-        model = Transformer.from_pretrained(folder, vocab_size=padded_vocab_size(enc.n_vocab))
+        model = Transformer.from_gpt2(config, plumbing.read_weights(folder), vocab_size=padded_vocab_size(enc.n_vocab))
     except (KeyError, RuntimeError, ValueError) as error:
         raise UserError(f"{folder} is not a GPT-2 model this code can read ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:160]})") from None

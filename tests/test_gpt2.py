@@ -2,6 +2,7 @@
 no one here wrote): the same logits and the same greedy continuation. transformers is needed for
 these tests only; they are skipped where it is not installed."""
 import json
+import os
 import shutil
 
 import pytest
@@ -36,9 +37,16 @@ def reference(tmp_path_factory):
     return model, folder
 
 
+def from_folder(folder, vocab_size=None):
+    """A Hugging Face GPT-2 folder as our Transformer: its two files read as data (plumbing), then
+    mapped onto our layout (model.py)."""
+    config = plumbing.read_json(os.path.join(folder, "config.json"))
+    return Transformer.from_gpt2(config, plumbing.read_weights(folder), vocab_size=vocab_size)
+
+
 def test_logits_match_transformers(reference):
     hf, folder = reference
-    ours = Transformer.from_pretrained(str(folder)).eval()
+    ours = from_folder(folder).eval()
     idx = torch.randint(300, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf(idx).logits
@@ -48,7 +56,7 @@ def test_logits_match_transformers(reference):
 
 def test_twenty_greedy_tokens_are_identical(reference):
     hf, folder = reference
-    ours = Transformer.from_pretrained(str(folder)).eval()
+    ours = from_folder(folder).eval()
     prompt = torch.tensor([[5, 17, 42, 7]])
     expected = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
     got = ours.generate(prompt, 20, top_k=1)
@@ -95,8 +103,8 @@ def test_gpt2_from_pytorch_model_bin_new_rows_at_the_mean_and_never_sampled(refe
     bin_folder.mkdir()
     shutil.copy(folder / "config.json", bin_folder / "config.json")
     torch.save(hf.state_dict(), bin_folder / "pytorch_model.bin")
-    from_bin = Transformer.from_pretrained(bin_folder, vocab_size=320)
-    from_safetensors = Transformer.from_pretrained(folder, vocab_size=320)
+    from_bin = from_folder(bin_folder, vocab_size=320)
+    from_safetensors = from_folder(folder, vocab_size=320)
     for name, tensor in from_safetensors.state_dict().items():
         assert torch.equal(from_bin.state_dict()[name], tensor), name
     table = from_bin.token_embedding.weight.detach()                    # (320, C)
@@ -108,9 +116,14 @@ def test_gpt2_from_pytorch_model_bin_new_rows_at_the_mean_and_never_sampled(refe
 
 
 def test_gpt2_missing_offline_names_the_files(tmp_path, monkeypatch):
+    """Offline, each missing file of `gpt2` is named in turn: the tokenizer, then the config."""
     def offline(*args, **kwargs):
         raise OSError("no network")
     monkeypatch.setattr(plumbing.urllib.request, "urlopen", offline)
+    with pytest.raises(plumbing.UserError, match=r"gpt2/gpt2.tiktoken not found .*--data-dir"):
+        train_clm.load_pretrained("gpt2", data_dir=str(tmp_path))
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(data.train_bpe(generated_text(), 299)))
     with pytest.raises(plumbing.UserError, match=r"gpt2/config.json not found .*--data-dir"):
         train_clm.load_pretrained("gpt2", data_dir=str(tmp_path))
 
