@@ -472,9 +472,10 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
             raise UserError(f"{config_path} and {weights_path} must be in the same folder; move one of them")
         folder = config_path.parent
     config = plumbing.read_json(os.path.join(folder, "config.json"))
+    vocab_size = config.get("vocab_size") if isinstance(config, dict) else None
     # GPT-2's 50,257 tokens are our 50,256 ordinary ones plus <|endoftext|> (our first special).
-    if config.get("vocab_size") != data.n_ordinary(enc) + 1:
-        raise UserError(f"{folder}: {config.get('vocab_size')} tokens, but GPT-2's tokenizer has "
+    if vocab_size != data.n_ordinary(enc) + 1:
+        raise UserError(f"{folder}: {vocab_size} tokens in config.json, but GPT-2's tokenizer has "
                         f"{data.n_ordinary(enc) + 1}; use GPT-2's own config and weights")
     try:   # the table grows to a multiple of 64, with room for our other specials
         model = Transformer.from_gpt2(config, plumbing.read_weights(folder), vocab_size=padded_vocab_size(enc.n_vocab))

@@ -13,6 +13,7 @@ import data
 import finetune
 import plumbing
 import train_clm
+from conftest import generated_text
 from model import ModelConfig, Transformer
 from train_clm import TrainConfig, learning_rate, train
 
@@ -212,7 +213,6 @@ def test_init_from_continues_another_runs_weights_with_its_tokenizer(corpus_file
     """Domain-adaptive pretraining: start from a checkpoint, go on on another corpus. The new run
     keeps the checkpoint's tokenizer (a BPE trained on the first corpus), starts from its weights,
     and takes its shape from the checkpoint, not from the flags."""
-    from conftest import generated_text
     train(tiny_config(corpus_file, tmp_path / "first", tokenizer="bpe:300", max_iters=30, lr=3e-3))
     other = tmp_path / "other.txt"
     other.write_text(generated_text(seed=1).upper(), encoding="utf-8")       # another "domain"
@@ -362,3 +362,19 @@ def test_the_loss_is_read_from_the_device_only_when_logged(corpus_file, monkeypa
     result = train(tiny_config(corpus_file, "", max_iters=20, log_interval=5, eval_interval=10))
     assert len(reads) == 4
     assert [r["train_loss"] for r in result["history"] if "train_loss" in r] == reads
+
+
+def test_a_wrong_gpt2_folder_is_one_line(tmp_path):
+    """--init-from/--sample with a folder that is not GPT-2's: config.json that is not an object, or
+    of another vocabulary, or no weights beside it; each refused in one line, never a traceback."""
+    (tmp_path / "data" / "gpt2").mkdir(parents=True)
+    ranks = data.train_bpe(generated_text(), 299)         # a "GPT-2 tokenizer" of 299 + 1 tokens
+    (tmp_path / "data" / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(ranks))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for config, message in (("[]", "None tokens in config.json"), ('{"vocab_size": 50257}', "50257 tokens"),
+                            ('{"vocab_size": 300}', "holds neither model.safetensors nor pytorch_model.bin")):
+        (folder / "config.json").write_text(config)
+        with pytest.raises(plumbing.UserError, match=message):
+            train_clm.load_pretrained(str(folder), data_dir=str(tmp_path / "data"),
+                                      cache_dir=str(tmp_path / "cache"))
