@@ -181,11 +181,21 @@ def default_out_dir(kind, preset, corpus, preset_corpus):
 
 
 def run_cli(main_function, interrupted="interrupted; the last checkpoint is intact (continue with --resume)"):
-    """Bad input ends in one line on stderr and exit status 2, never in a traceback."""
+    """Bad input ends in one line on stderr and exit status 2, never in a traceback. So do settings
+    that ask for more memory than the machine has (a GPU's OutOfMemoryError; on a CPU, PyTorch's
+    allocator raises a plain RuntimeError that says it cannot allocate)."""
     try:
         main_function()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as error:
+        text = str(error)
+        if not (isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text
+                or "out of memory" in text.lower()):
+            raise
+        print(f"error: out of memory ({text.splitlines()[0][:200]}); ask for less: a smaller --batch-size, "
+              f"shorter sequences or a smaller model", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)

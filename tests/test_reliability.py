@@ -359,6 +359,43 @@ def test_ctrl_c_prints_one_line_and_keeps_the_checkpoint(corpus_file, tmp_path, 
     assert sorted(os.listdir(run)) == ["ckpt.pt", "log.jsonl"]
 
 
+def test_out_of_memory_is_one_line_exit_2_and_keeps_the_checkpoint(corpus_file, tmp_path, monkeypatch, capsys):
+    """Settings that ask for more memory than the machine has end in one line, as bad input does:
+    on a CPU PyTorch's allocator raises a plain RuntimeError (this is its text), on a GPU an
+    OutOfMemoryError. Any other RuntimeError is a bug and keeps its traceback."""
+    calls = []
+    draw = data.get_batch
+
+    def batch_until_out_of_memory(*args):       # memory runs out during step 13
+        calls.append(1)
+        if len(calls) == 13:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                               "allocate memory: you tried to allocate 80000000000 bytes. Error code 12")
+        return draw(*args)
+
+    monkeypatch.setattr(data, "get_batch", batch_until_out_of_memory)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--max-iters", "20")))
+    assert exit_info.value.code == 2
+    assert re.fullmatch(r"error: out of memory \(.*DefaultCPUAllocator: can't allocate memory: you tried to "
+                        r"allocate 80000000000 bytes\. Error code 12\); ask for less: .*--batch-size.*\n",
+                        capsys.readouterr().err)
+    assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
+
+    def gpu_out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(gpu_out_of_memory)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)")
+
+    def a_bug():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 7x8)")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        plumbing.run_cli(a_bug)
+
+
 def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, tmp_path, monkeypatch):
     checkpoint = load_checkpoint(good_run["run"] / "ckpt.pt")
     assert checkpoint["kind"] == "causal"
