@@ -338,18 +338,23 @@ def test_nan_ends_the_command_in_one_line_exit_2_and_keeps_the_checkpoint(good_r
     assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
 
 
-def test_ctrl_c_prints_one_line_and_keeps_the_checkpoint(corpus_file, tmp_path, monkeypatch, capsys):
+def raise_at_batch(number, error, monkeypatch):
+    """data.get_batch as usual, until its `number`-th call raises `error`: something that happens
+    part way through a run (with the default tiny run of cli_args, during step `number`)."""
     calls = []
-
     draw = data.get_batch
 
-    def batch_until_ctrl_c(*args):              # Ctrl-C arrives during step 13
+    def batch_until(*args):
         calls.append(1)
-        if len(calls) == 13:
-            raise KeyboardInterrupt
+        if len(calls) == number:
+            raise error
         return draw(*args)
 
-    monkeypatch.setattr(data, "get_batch", batch_until_ctrl_c)
+    monkeypatch.setattr(data, "get_batch", batch_until)
+
+
+def test_ctrl_c_prints_one_line_and_keeps_the_checkpoint(corpus_file, tmp_path, monkeypatch, capsys):
+    raise_at_batch(13, KeyboardInterrupt, monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--max-iters", "20")))
@@ -363,17 +368,9 @@ def test_out_of_memory_is_one_line_exit_2_and_keeps_the_checkpoint(corpus_file, 
     """Settings that ask for more memory than the machine has end in one line, as bad input does:
     on a CPU PyTorch's allocator raises a plain RuntimeError (this is its text), on a GPU an
     OutOfMemoryError. Any other RuntimeError is a bug and keeps its traceback."""
-    calls = []
-    draw = data.get_batch
-
-    def batch_until_out_of_memory(*args):       # memory runs out during step 13
-        calls.append(1)
-        if len(calls) == 13:
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
-                               "allocate memory: you tried to allocate 80000000000 bytes. Error code 12")
-        return draw(*args)
-
-    monkeypatch.setattr(data, "get_batch", batch_until_out_of_memory)
+    raise_at_batch(13, RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                                    "allocate memory: you tried to allocate 80000000000 bytes. Error code 12"),
+                   monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, run, "--max-iters", "20")))
