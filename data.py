@@ -183,7 +183,8 @@ def pydocs_path(cache_dir=None, verbose=False):
 def load_corpus(name, data_dir=None, cache_dir=None, verbose=False):
     """A built-in corpus ("pydocs", "shakespeare") or a .txt file / folder of .txt files."""
     if name == "pydocs":
-        text = read_text(pydocs_path(cache_dir, verbose))
+        path = pydocs_path(cache_dir, verbose)      # built from this Python once, then read back
+        text = read_text(path)
     elif name == "shakespeare":
         text = read_text(obtain_data_file("tinyshakespeare.txt", data_dir, cache_dir))
     elif Path(name).is_dir():
