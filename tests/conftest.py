@@ -26,6 +26,17 @@ def generated_text(n_sentences=600, seed=0):
                      for _ in range(n_sentences)) + "\n"
 
 
+def write_gpt2_tokenizer(data_dir):
+    """data_dir/gpt2/gpt2.tiktoken, where `gpt2` looks for GPT-2's tokenizer: a BPE of 299 ordinary
+    tokens learned on generated_text (the 300th is <|endoftext|>, as in GPT-2), to go with the
+    tests' 300-token GPT-2."""
+    import data
+    import plumbing
+    (data_dir / "gpt2").mkdir(parents=True, exist_ok=True)
+    ranks = data.train_bpe(generated_text(), 299)
+    (data_dir / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(ranks))
+
+
 @pytest.fixture
 def corpus_file(tmp_path):
     path = tmp_path / "corpus.txt"

@@ -8,11 +8,10 @@ import shutil
 import pytest
 import torch
 
-import data
 import finetune
 import plumbing
 import train_clm
-from conftest import generated_text
+from conftest import generated_text, write_gpt2_tokenizer
 from model import Transformer
 
 transformers = pytest.importorskip(
@@ -72,11 +71,9 @@ def data_dir(reference, tmp_path_factory):
     tokenizer" is a BPE of 299 ordinary tokens (the 300th is <|endoftext|>, as in GPT-2)."""
     _, folder = reference
     root = tmp_path_factory.mktemp("data")
-    (root / "gpt2").mkdir()
+    write_gpt2_tokenizer(root)
     for name in ("config.json", "model.safetensors"):
         shutil.copy(folder / name, root / "gpt2" / name)
-    ranks = data.train_bpe(generated_text(), 299)
-    (root / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(ranks))
     return root
 
 
@@ -122,8 +119,7 @@ def test_gpt2_missing_offline_names_the_files(tmp_path, monkeypatch):
     monkeypatch.setattr(plumbing.urllib.request, "urlopen", offline)
     with pytest.raises(plumbing.UserError, match=r"gpt2/gpt2.tiktoken not found .*--data-dir"):
         train_clm.load_pretrained("gpt2", data_dir=str(tmp_path))
-    (tmp_path / "gpt2").mkdir()
-    (tmp_path / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(data.train_bpe(generated_text(), 299)))
+    write_gpt2_tokenizer(tmp_path)
     with pytest.raises(plumbing.UserError, match=r"gpt2/config.json not found .*--data-dir"):
         train_clm.load_pretrained("gpt2", data_dir=str(tmp_path))
 

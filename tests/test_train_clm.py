@@ -13,7 +13,7 @@ import data
 import finetune
 import plumbing
 import train_clm
-from conftest import generated_text
+from conftest import generated_text, write_gpt2_tokenizer
 from model import ModelConfig, Transformer
 from train_clm import TrainConfig, learning_rate, train
 
@@ -367,9 +367,7 @@ def test_the_loss_is_read_from_the_device_only_when_logged(corpus_file, monkeypa
 def test_a_wrong_gpt2_folder_is_one_line(tmp_path):
     """--init-from/--sample with a folder that is not GPT-2's: config.json that is not an object, or
     of another vocabulary, or no weights beside it; each refused in one line, never a traceback."""
-    (tmp_path / "data" / "gpt2").mkdir(parents=True)
-    ranks = data.train_bpe(generated_text(), 299)         # a "GPT-2 tokenizer" of 299 + 1 tokens
-    (tmp_path / "data" / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(ranks))
+    write_gpt2_tokenizer(tmp_path / "data")
     folder = tmp_path / "model"
     folder.mkdir()
     for config, message in (("[]", "None tokens in config.json"), ('{"vocab_size": 50257}', "50257 tokens"),
