@@ -445,13 +445,12 @@ def load_pretrained(path, kind=None, data_dir=None, cache_dir=None):
     saved one), or GPT-2 (`gpt2`, or a Hugging Face GPT-2 folder), read into the same format.
     kind: "causal" or "bidirectional" when only one will do."""
     if path == "gpt2" or os.path.isdir(path):
-        checkpoint, enc = gpt2_checkpoint(path, data_dir, cache_dir)
-    else:
-        checkpoint = plumbing.load_checkpoint(path)
-        checkpoint.pop("optimizer", None)           # only a resumed run needs it: free the memory
-        enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-        plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(enc))
-    plumbing.check_kind(checkpoint, kind, path)
+        plumbing.check_kind(dict(kind="causal"), kind, path)   # GPT-2 is causal: said before its files are read
+        return gpt2_checkpoint(path, data_dir, cache_dir)
+    checkpoint = plumbing.load_checkpoint(path, kind)
+    checkpoint.pop("optimizer", None)               # only a resumed run needs it: free the memory
+    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
+    plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(enc))
     return checkpoint, enc
 
 

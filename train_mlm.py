@@ -391,7 +391,8 @@ def main(argv=None):
                              "top-1 accuracy of a causal and a bidirectional checkpoint")
     args = parser.parse_args(argv)
     if args.fill:                   # no training: a bidirectional checkpoint fills --text's blanks
-        checkpoint, enc = load_pretrained(args.fill, "bidirectional")
+        checkpoint, enc = load_pretrained(args.fill, "bidirectional", getattr(args, "data_dir", None),
+                                          getattr(args, "cache_dir", None))
         device = plumbing.pick_device(getattr(args, "device", "auto"))        # --device, as training
         model = Transformer.from_checkpoint(checkpoint).to(device)
         tokens = encode_with_blanks(enc, args.text, model.config.block_size)

@@ -113,10 +113,13 @@ def test_gpt2_from_pytorch_model_bin_new_rows_at_the_mean_and_never_sampled(refe
 
 
 def test_gpt2_missing_offline_names_the_files(tmp_path, monkeypatch):
-    """Offline, each missing file of `gpt2` is named in turn: the tokenizer, then the config."""
+    """Offline, each missing file of `gpt2` is named in turn: the tokenizer, then the config. Where a
+    bidirectional model is needed, GPT-2 (causal) is refused before any file is looked for."""
     def offline(*args, **kwargs):
         raise OSError("no network")
     monkeypatch.setattr(plumbing.urllib.request, "urlopen", offline)
+    with pytest.raises(plumbing.UserError, match="gpt2 holds a causal model, but a bidirectional one"):
+        train_clm.load_pretrained("gpt2", kind="bidirectional", data_dir=str(tmp_path))
     with pytest.raises(plumbing.UserError, match=r"gpt2/gpt2.tiktoken not found .*--data-dir"):
         train_clm.load_pretrained("gpt2", data_dir=str(tmp_path))
     write_gpt2_tokenizer(tmp_path)
