@@ -585,7 +585,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", help="folder searched for data files (None: $PTFT_DATA_DIR)")
     parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results.json and curve.png already in --out-dir")
+                        help="replace the results.json and curve.png already in --out-dir (or "
+                             "--export-text's -o FILE)")
     parser.add_argument("--out-dir", help="where results.json and curve.png go ('': nothing is saved; None: "
                         "out/finetune/BODY-TASK-INIT-MODE[-nK]-seedS, e.g. out/finetune/clm-pydocs-topic-"
                         "pretrained-full-n256-seed0 for --checkpoint out/clm/ckpt.pt --n-train 256)")
@@ -597,6 +598,8 @@ def main(argv=None):
     if args.export_text:        # in-domain text to pretrain on (domain-adaptive pretraining)
         if not args.output:
             raise UserError("--export-text needs -o FILE (where to write the text)")
+        if os.path.isfile(args.output) and not args.overwrite:      # never replace a file unasked
+            raise UserError(f"{args.output} already exists; pass --overwrite to replace it, or another -o")
         text = tasks.training_text(args.export_text, args.data_dir, args.cache_dir)
         plumbing.write_atomic(args.output, text.encode("utf-8"))
         return print(f"wrote {text.count(chr(10)):,} training texts ({len(text.encode()) / 1e6:.2f} MB) to "

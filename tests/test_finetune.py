@@ -278,8 +278,15 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     transfer.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
     assert "0 runs to do" in capsys.readouterr().out
 
-    finetune.main(["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")])
+    export = ["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")]
+    finetune.main(export)
     labelled = tasks.load_labelled(pretrained["tsv"])
+    assert (tmp_path / "train.txt").read_text().splitlines() == [t for t, _ in labelled.train]
+    (tmp_path / "train.txt").write_text("kept")                 # a file -o names is replaced only if asked
+    with pytest.raises(plumbing.UserError, match="already exists; pass --overwrite"):
+        finetune.main(export)
+    assert (tmp_path / "train.txt").read_text() == "kept"
+    finetune.main([*export, "--overwrite"])
     assert (tmp_path / "train.txt").read_text().splitlines() == [t for t, _ in labelled.train]
 
 
