@@ -425,6 +425,10 @@ def main(argv=None):
     parsed.preset = "quick" if parsed.quick else parsed.preset
     args = plumbing.config_from_args(parsed, BenchConfig, BENCH_PRESETS)
     quick = parsed.preset == "quick"
+    if args.json:                                      # refused now, not after minutes of measuring
+        if os.path.isdir(args.json):
+            raise UserError(f"--json {args.json} is a folder; give a file name to write")
+        plumbing.check_writable_folder(os.path.dirname(os.path.abspath(args.json)), "--json")
     if args.compile not in ("no", "yes", "both"):
         raise UserError(f"--compile {args.compile!r}: use no, yes or both")
     device = plumbing.pick_device(args.device)
@@ -465,8 +469,7 @@ def main(argv=None):
     print("\n" + format_table(rows))
     print(f"\nMFU against the peak of each row's precision: {peak_lines(rows)}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        plumbing.write_atomic(args.json, json.dumps(rows, indent=1).encode())
         print(f"wrote {len(rows)} rows to {args.json}")
 
 

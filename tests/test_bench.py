@@ -51,7 +51,9 @@ def test_quick_mode_writes_a_valid_json_table(tmp_path, corpus_file):
     assert 1.0 < tokenizer["bytes_per_token"] < 8.0      # 44 merges of a repetitive text compress it
 
 
-def test_bad_shape_and_list_are_user_errors():
+def test_bad_shape_list_and_json_path_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="is a folder"):       # refused before any measurement
+        bench.main(["--json", str(tmp_path), "--tokenizer", "none", "--shapes", "huge"])
     with pytest.raises(UserError, match="shape"):
         bench.main(["--shapes", "huge", "--tokenizer", "none"])
     with pytest.raises(UserError, match="precisions"):
