@@ -474,8 +474,7 @@ def save_report(report, path):
     """fits.json: the numbers the README quotes, at full precision (see the rounding note); not the
     bootstrap's refits, nor the cost function the plots reuse."""
     keep = {k: v for k, v in report.items() if k not in ("boots", "cost")}
-    with open(path, "w") as f:
-        json.dump(keep, f, indent=1, default=float)
+    plumbing.write_atomic(path, json.dumps(keep, indent=1, default=float).encode())
 
 
 # ----------------------------------------------------------------------------------------------

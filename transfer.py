@@ -200,8 +200,7 @@ def write_sweep_report(records, methods, sizes, labelled, baselines, out_dir):
     """sweep.md (test accuracy and macro-F1 tables, gains over scratch) and sweep.png."""
     tables = [summary_table(records, methods, sizes, labelled, metric) for metric in ("accuracy", "macro_f1")]
     table = "\n\n".join(tables + [gains_over_scratch(records, methods, sizes, baselines)])
-    with open(os.path.join(out_dir, "sweep.md"), "w") as f:
-        f.write(table + "\n")
+    plumbing.write_atomic(os.path.join(out_dir, "sweep.md"), (table + "\n").encode())
     plot_sweep(records, methods, sizes, labelled, os.path.join(out_dir, "sweep.png"))
     return table
 
@@ -318,8 +317,7 @@ def write_curve_report(records, bodies, kinds, sizes, labelled, majority, out_di
             lines.append(f"- {kind}, {k} labels: {b:+.3f} per decade ({low:+.3f} to {high:+.3f}), {len(runs)} runs "
                          f"from {min(runs)[0]:.2g} to {max(runs)[0]:.2g} FLOPs")
     table = "\n".join(lines)
-    with open(os.path.join(out_dir, "curve.md"), "w") as f:
-        f.write(table + "\n")
+    plumbing.write_atomic(os.path.join(out_dir, "curve.md"), (table + "\n").encode())
     with plumbing.figure(os.path.join(out_dir, "curve.png"), ncols=2, size=(12, 4.5)) as (fig, (left, right)):
         # A log axis of compute, with scratch (zero compute) drawn a decade left of the cheapest body.
         zero = min(f for kept in bodies.values() for _, f, *_ in kept) / 10
