@@ -46,7 +46,7 @@ def verbalizers(labelled, spec=None):
 def demonstrations(train, shots, seed):
     """K training examples, balanced over classes and seeded, in shuffled order (all of one class
     last would pull the answer towards it: Zhao et al. 2021)."""
-    return tasks.subsample_balanced(train, shots, seed) if shots else []
+    return tasks.subsample_balanced(train, shots, seed, flag="--shots") if shots else []
 
 
 PROMPT_PIECES = ("Text:", "\nLabel:", "\n\nText:")

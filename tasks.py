@@ -154,10 +154,11 @@ def pydocs_topic_path(cache_dir=None):
     return path
 
 
-def subsample_balanced(examples, k, seed=0):
-    """k examples, as equal as possible across classes (round robin over shuffled classes)."""
+def subsample_balanced(examples, k, seed=0, flag="--n-train"):
+    """k examples, as equal as possible across classes (round robin over shuffled classes); flag:
+    the option that asked for k, named if k is out of range."""
     if not 1 <= k <= len(examples):
-        raise UserError(f"cannot take {k} examples from {len(examples)}; use 1 <= --n-train <= {len(examples)}")
+        raise UserError(f"cannot take {k} examples from {len(examples)}; use 1 <= {flag} <= {len(examples)}")
     rng = random.Random(seed)
     by_label = [[e for e in examples if e[1] == label] for label in sorted({e[1] for e in examples})]
     for group in by_label:

@@ -332,6 +332,9 @@ def test_prompts_fit_the_body_long_texts_are_cut_and_only_fitting_shot_counts_ar
     assert torch.allclose(scores, prompting.prompt_scores(body, ENC, demos, words, cut, 64, DEVICE))
     with pytest.raises(plumbing.UserError, match="4 demonstrations do not fit"):
         prompting.prompt_scores(body, ENC, demos * 4, words, long_texts, 64, DEVICE)
+    # More demonstrations than the training split holds: the error names the flag that asked.
+    with pytest.raises(plumbing.UserError, match=r"use 1 <= --shots <= {}".format(len(labelled.train))):
+        prompting.demonstrations(labelled.train, len(labelled.train) + 1, seed=0)
 
 
 def test_majority_row_is_the_whole_training_splits_most_common_class(pretrained, tmp_path):
