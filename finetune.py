@@ -598,9 +598,11 @@ def main(argv=None):
     if args.export_text:        # in-domain text to pretrain on (domain-adaptive pretraining)
         if not args.output:
             raise UserError("--export-text needs -o FILE (where to write the text)")
-        if os.path.isfile(args.output) and not args.overwrite:      # never replace a file unasked
-            raise UserError(f"{args.output} already exists; pass --overwrite to replace it, or another -o")
         text = tasks.training_text(args.export_text, args.data_dir, args.cache_dir)
+        # Never replace a file unasked; writing the same text again (a rerun) loses nothing.
+        if os.path.isfile(args.output) and not args.overwrite and plumbing.read_text(args.output) != text:
+            raise UserError(f"{args.output} already exists and holds other text; pass --overwrite to replace "
+                            f"it, or another -o")
         plumbing.write_atomic(args.output, text.encode("utf-8"))
         return print(f"wrote {text.count(chr(10)):,} training texts ({len(text.encode()) / 1e6:.2f} MB) to "
                      f"{args.output}; pretrain on it with: python train_clm.py --corpus {args.output}")

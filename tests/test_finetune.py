@@ -282,8 +282,9 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     finetune.main(export)
     labelled = tasks.load_labelled(pretrained["tsv"])
     assert (tmp_path / "train.txt").read_text().splitlines() == [t for t, _ in labelled.train]
-    (tmp_path / "train.txt").write_text("kept")                 # a file -o names is replaced only if asked
-    with pytest.raises(plumbing.UserError, match="already exists; pass --overwrite"):
+    finetune.main(export)                                       # the same text again: a rerun, allowed
+    (tmp_path / "train.txt").write_text("kept")                 # other text is replaced only if asked
+    with pytest.raises(plumbing.UserError, match="already exists and holds other text; pass --overwrite"):
         finetune.main(export)
     assert (tmp_path / "train.txt").read_text() == "kept"
     finetune.main([*export, "--overwrite"])
