@@ -500,9 +500,15 @@ def get_batch(tokens, batch_size, block_size, device, generator):
     offsets = starts.numpy()[:, None] + np.arange(block_size + 1)                     # (B, T+1)
     window = torch.from_numpy(np.asarray(tokens[offsets]).astype(np.int64))            # one gather
     x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()                     # (B, T) each
-    if torch.device(device).type == "cuda":  # pinned memory lets the copy overlap with compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+    return to_device(x, device), to_device(y, device)
+
+
+def to_device(tensor, device):
+    """A CPU tensor on the device; to a GPU from pinned (page-locked) memory without waiting, so
+    that the copy overlaps with the computation already queued there."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def check_fits(dataset, block_size):

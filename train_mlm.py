@@ -167,14 +167,6 @@ def mlm_batch(windows, enc, mask_prob, generator, short_seq_prob=0.0, draw="fixe
 # ----------------------------------------------------------------------------------------------
 # The batch and the evaluation: what train_clm.train() calls instead of the causal ones.
 
-def to_device(batch, device):
-    """The batch's tensors on the device: to a GPU from pinned memory without waiting, so the copy
-    overlaps with compute (as data.get_batch does)."""
-    if torch.device(device).type == "cuda":
-        return {name: tensor.pin_memory().to(device, non_blocking=True) for name, tensor in batch.items()}
-    return {name: tensor.to(device) for name, tensor in batch.items()}
-
-
 def get_mlm_batch(tokens, cfg, enc, generator, device):
     """B random windows of T-1 tokens (train_clm's sampler; its shifted copy is not needed here),
     then [CLS] in front, BERT's short sequences and masking, all drawn from the CPU generator:
@@ -187,7 +179,7 @@ def get_mlm_batch(tokens, cfg, enc, generator, device):
     figure, so that MLM and CLM curves share an axis."""
     windows, _ = data.get_batch(tokens, cfg.batch_size, cfg.block_size - 1, "cpu", generator)  # (B, T-1)
     batch = mlm_batch(windows, enc, cfg.mask_prob, generator, cfg.short_seq_prob, cfg.mask_draw)
-    return dict(to_device(batch, device), only_scored=True)
+    return dict({name: data.to_device(tensor, device) for name, tensor in batch.items()}, only_scored=True)
 
 
 def evaluate_mlm(model, dataset, cfg, n_batches, device):
@@ -212,7 +204,7 @@ def evaluate_mlm(model, dataset, cfg, n_batches, device):
     most_frequent = int(np.bincount(dataset.train).argmax())      # one pass over the split: cheap
     nats = hits = unigram_hits = count = n_bytes = 0
     for chunks in zip(*(masked[name].split(cfg.batch_size) for name in masked)):
-        batch = to_device(dict(zip(masked, chunks)), device)                            # (B, T) each
+        batch = {name: data.to_device(chunk, device) for name, chunk in zip(masked, chunks)}  # (B, T) each
         logits, loss = model(**batch, only_scored=True)                                 # (N, V)
         answers = batch["targets"][batch["targets"] != -100]        # (N,) in the same order as logits
         nats += loss.item() * len(answers)
