@@ -44,7 +44,7 @@ runs, resume); 3. the report; 4. the command line; 5. the plots.
 
     python scaling.py                    # the cpu preset: the whole study, minutes on 2 cores (RESULTS.md)
     python scaling.py --dry-run          # the plan and the predicted wall time, nothing trained
-    python scaling.py --plot-only        # refit and replot from runs/scaling-cpu/results.jsonl
+    python scaling.py --plot-only        # refit and replot from out/scaling-cpu/results.jsonl
 """
 import dataclasses
 import hashlib
@@ -484,7 +484,7 @@ def save_report(report, path):
 class ScalingConfig:
     """The command line's knobs; the study's design is the preset's (SWEEP_PRESETS)."""
     out_dir: Optional[str] = knob(None, "where results.jsonl, fits.json and the plots go "
-                                        "(None: runs/scaling-<preset>)")
+                                        "(None: out/scaling-<preset>)")
     plot_only: bool = knob(False, "train nothing: refit and replot from the results file")
     dry_run: bool = knob(False, "print the plan and the predicted wall time, then stop")
     corpus: Optional[str] = knob(None, "override the preset's corpus (pydocs, shakespeare, a path)")
@@ -508,7 +508,7 @@ def main(argv=None):
         "--corpus); tiny, a 2 x 2 smoke test"))
     parsed = parser.parse_args(argv)
     args, preset_name = plumbing.config_from_args(parsed, ScalingConfig, presets), parsed.preset
-    out_dir = args.out_dir or os.path.join("runs", f"scaling-{preset_name}")
+    out_dir = args.out_dir or os.path.join("out", f"scaling-{preset_name}")
     path = os.path.join(out_dir, "results.jsonl")
     if args.plot_only:
         records = load_results(path)
