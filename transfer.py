@@ -373,7 +373,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", help="folder searched for data files (None: $PTFT_DATA_DIR)")
     parser.add_argument("--cache-dir", help="cache folder (None: $PTFT_CACHE_DIR or ~/.cache/ptft)")
     parser.add_argument("--out-dir", default="out/sweep", help="sweep.jsonl (results, kept as each run "
-                        "finishes: the same command resumes), sweep.md and sweep.png")
+                        "finishes: the same command resumes), sweep.md and sweep.png; with --curve, "
+                        "out/curve and curve.jsonl, curve.md, curve.png")
     plumbing.add_flag(parser, "--workers", 0, "runs at once, each in its own process with one thread "
                       "(0: one per core on a CPU, one on a GPU)", "[0, inf)")
     parser.add_argument("--curve", action="store_true", help="the transfer curve instead: --clm and --mlm "
