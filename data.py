@@ -32,18 +32,14 @@ Read in this order: corpora; tokenizers, with byte pair encoding twice, as its d
 (train_bpe_simple, slow and short) and as the fast trainer the runs use (train_bpe, tested to
 give the same merges); encoded datasets; then batches and bits_per_unit. Where files come from
 (data dir, cache, download) and the file format of a tokenizer's ranks are plumbing.py's
-business; BERT's masking lives in train_mlm.py and the labelled sets in tasks.py, beside the
-code that uses them.
+business, and how pydocs is gathered from this Python's documentation is pydocs.py's; BERT's
+masking lives in train_mlm.py and the labelled sets in tasks.py, beside the code that uses them.
 """
-import ast
-import functools
-import hashlib
 import json
 import math
 import os
 import re
 import sys
-import sysconfig
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -54,6 +50,7 @@ import numpy as np
 import tiktoken
 import torch
 
+import pydocs
 from plumbing import (UserError, fingerprint, obtain_data_file, parse_ranks, ranks_text, read_text,
                       resolve_cache_dir, write_atomic)
 
@@ -74,13 +71,6 @@ SPLIT_RE = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)
 # 16), so their tokenizers are unchanged.
 MAX_PIECE_CHARS = 128
 VAL_FRACTION = 0.1         # nanoGPT's split: first 90% of characters train, last 10% validate
-PYDOCS_VERSION = 1         # bump when the pydocs recipe changes, so old caches are not reused
-MIN_DOCSTRING = 40         # shorter docstrings ("Return self.") are boilerplate, not prose
-# The pydocs-topic task's classes (tasks.py): a docstring's label is the stdlib package it lives
-# in. Six areas with about 200+ docstrings each on Python 3.11 (smallest: xml), so balanced splits
-# stay usable. They are here because the corpus must leave the task's dev and test docstrings out.
-TOPIC_AREAS = {"asyncio": ("asyncio",), "email": ("email",), "http": ("http", "urllib"),
-               "logging": ("logging",), "tkinter": ("tkinter",), "xml": ("xml",)}
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -95,95 +85,10 @@ class Corpus:
         return f"Corpus({self.name!r}, {len(self.text):,} chars, {self.fingerprint})"
 
 
-def summary_line(text):
-    return text.split("\n", 1)[0]
-
-
-def topic_of(source):
-    """The pydocs-topic class of a docstring's stdlib file (tasks.py), or None for the other files."""
-    top = source.split("/")[0]
-    return next((label for label, tops in TOPIC_AREAS.items() if top in tops), None)
-
-
-def topic_split(text):
-    """Train/dev/test (70/15/15) from a hash of the summary line (PEP 257's first line): stable
-    across runs and machines, and near-duplicates (an override that repeats its parent's summary
-    and adds a paragraph) fall in the same split instead of leaking across splits."""
-    bucket = int(hashlib.sha256(summary_line(text).encode("utf-8")).hexdigest()[:8], 16) % 100
-    return "train" if bucket < 70 else "dev" if bucket < 85 else "test"
-
-
-def documented_nodes(node):
-    """Module, classes and functions in source order. Only statement lists are walked: docstrings
-    never hide inside expressions, and skipping those makes this ~6x faster than ast.walk."""
-    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-        yield node
-    for field in ("body", "orelse", "handlers", "finalbody", "cases"):  # if/try/with/match nest too
-        children = getattr(node, field, None)
-        if isinstance(children, list):
-            for child in children:
-                yield from documented_nodes(child)
-
-
-@functools.lru_cache(maxsize=1)
-def collect_pydocs():
-    """[(source, text)]: pydoc topics sorted by key, then stdlib docstrings by path, deduplicated.
-    Kept for the process: the corpus and the pydocs-topic task (tasks.py) are built from one walk."""
-    from pydoc_data.topics import topics
-    docs = [(f"topic:{key}", topics[key].strip()) for key in sorted(topics)]
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"test", "tests", "idlelib", "site-packages", "__pycache__"}
-    paths = []
-    for folder, subfolders, files in os.walk(stdlib):
-        subfolders[:] = [s for s in subfolders if s not in skip]  # prune: never descend into them
-        paths += [Path(folder) / f for f in files if f.endswith(".py")]
-    for path in sorted(paths):
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError):  # py2-only files, bad encodings: not documentation
-            continue
-        for node in documented_nodes(tree):
-            doc = ast.get_docstring(node, clean=True)  # clean=True: inspect.cleandoc
-            if doc and len(doc) >= MIN_DOCSTRING:
-                docs.append((path.relative_to(stdlib).as_posix(), doc))
-    unique, seen = [], set()
-    for source, text in docs:  # the same text twice (inherited or copied docstrings): keep the first
-        if text not in seen:
-            seen.add(text)
-            unique.append((source, text))
-    return unique
-
-
-def pydocs_cache_path(cache_dir, name, suffix):
-    """Where a file built from this Python's documentation is cached: one per Python version."""
-    tag = f"py{'.'.join(map(str, sys.version_info[:3]))}-v{PYDOCS_VERSION}"
-    return resolve_cache_dir(cache_dir) / "corpora" / f"{name}-{tag}{suffix}"
-
-
-def pydocs_path(cache_dir=None, verbose=False):
-    """Build (once per Python version) the pydocs corpus: every docstring and pydoc topic, except
-    the pydocs-topic task's dev and test docstrings and any near-duplicate of them (same summary
-    line): pretraining never reads evaluation text."""
-    path = pydocs_cache_path(cache_dir, "pydocs", ".txt")
-    if path.exists():
-        return path
-    start = time.time()
-    docs = collect_pydocs()
-    held_out = {summary_line(text) for source, text in docs
-                if topic_of(source) is not None and topic_split(text) != "train"}
-    corpus_text = "\n\n".join(text for _, text in docs if summary_line(text) not in held_out)
-    write_atomic(path, corpus_text.encode("utf-8"))
-    if verbose:
-        print(f"built pydocs: {len(corpus_text.encode()) / 1e6:.2f} MB, fingerprint "
-              f"{fingerprint(corpus_text)}, {len(held_out)} topic dev/test summaries held out, "
-              f"{time.time() - start:.1f} s -> {path}")
-    return path
-
-
 def load_corpus(name, data_dir=None, cache_dir=None, verbose=False):
     """A built-in corpus ("pydocs", "shakespeare") or a .txt file / folder of .txt files."""
     if name == "pydocs":
-        path = pydocs_path(cache_dir, verbose)      # built from this Python once, then read back
+        path = pydocs.corpus_path(cache_dir, verbose)   # built from this Python once (pydocs.py)
         text = read_text(path)
     elif name == "shakespeare":
         text = read_text(obtain_data_file("tinyshakespeare.txt", data_dir, cache_dir))

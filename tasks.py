@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import data
 import plumbing
+import pydocs
 from plumbing import UserError
 
 
@@ -134,23 +134,24 @@ def load_labelled(name, data_dir=None, cache_dir=None):
 
 def pydocs_topic_path(cache_dir=None):
     """Build (once per Python version) pydocs-topic: which of six stdlib areas a docstring documents
-    (data.TOPIC_AREAS). Splits by a hash of the summary line (data.topic_split), and every class
+    (pydocs.TOPIC_AREAS). Splits by a hash of the summary line (pydocs.topic_split), and every class
     cut to the smallest one's size in each split. The pydocs corpus leaves the dev and test
-    docstrings out (data.pydocs_path), so the body never pretrains on what it is scored on."""
-    path = data.pydocs_cache_path(cache_dir, "pydocs-topic", ".json")
+    docstrings out (pydocs.corpus_path), so the body never pretrains on what it is scored on."""
+    path = pydocs.cache_path(cache_dir, "pydocs-topic", ".json")
     if path.exists():
         return path
     labelled = {"train": [], "dev": [], "test": []}
-    for source, text in data.collect_pydocs():
-        if data.topic_of(source) is not None:
-            labelled[data.topic_split(text)].append((text, sorted(data.TOPIC_AREAS).index(data.topic_of(source))))
+    for source, text in pydocs.documents():
+        if pydocs.topic_of(source) is not None:
+            label = sorted(pydocs.TOPIC_AREAS).index(pydocs.topic_of(source))
+            labelled[pydocs.topic_split(text)].append((text, label))
     rng = random.Random(0)
     for split, examples in labelled.items():  # balance: every class cut to the smallest one
-        by_label = [[e for e in examples if e[1] == k] for k in range(len(data.TOPIC_AREAS))]
+        by_label = [[e for e in examples if e[1] == k] for k in range(len(pydocs.TOPIC_AREAS))]
         n = min(len(group) for group in by_label)
         labelled[split] = [e for group in by_label for e in rng.sample(group, n)]
         rng.shuffle(labelled[split])
-    plumbing.write_atomic(path, json.dumps(dict(labelled, label_names=sorted(data.TOPIC_AREAS))).encode())
+    plumbing.write_atomic(path, json.dumps(dict(labelled, label_names=sorted(pydocs.TOPIC_AREAS))).encode())
     return path
 
 

@@ -29,12 +29,13 @@ IMPORTS = {name: project_imports(path) for name, path in FILES.items()}
 # The tree in README.md, as edges: what each file imports from the project.
 README_TREE = {
     "plumbing": set(), "muon": set(), "scaling_laws": set(), "model": set(),
-    "data": {"plumbing"},
+    "pydocs": {"plumbing"},
+    "data": {"pydocs", "plumbing"},
     "train_clm": {"model", "data", "muon", "plumbing"},
     "train_mlm": {"train_clm", "model", "data", "plumbing"},
     "scaling": {"train_clm", "scaling_laws", "model", "data", "plumbing"},
     "bench": {"train_clm", "model", "data", "plumbing"},
-    "tasks": {"data", "plumbing"},
+    "tasks": {"pydocs", "plumbing"},
     "prompting": {"tasks", "data", "plumbing"},
     "finetune": {"train_mlm", "train_clm", "tasks", "prompting", "model", "data", "plumbing"},
     "transfer": {"finetune", "prompting", "tasks", "train_clm", "plumbing"},
