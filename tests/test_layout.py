@@ -46,6 +46,14 @@ def test_the_files_import_what_the_readme_draws():
     assert IMPORTS == README_TREE
 
 
+def test_the_readme_course_table_names_every_file():
+    """Each file has a row in README.md's course table (a lesson, a tool or a part a reader may
+    skip), so a file added to the project is never left out of the reading order."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## The course\n")[1].split("\n## ")[0]
+    named = {line.split("|")[2].strip(" `") for line in section.splitlines() if line.startswith("| ")}
+    assert {f"{name}.py" for name in FILES} <= named
+
+
 def test_the_machinery_is_a_floor():
     """plumbing.py imports no lesson, not even inside a function; model.py, muon.py and
     scaling_laws.py, which run on plain tensors and arrays and read no file, need nothing of the
