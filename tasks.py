@@ -140,18 +140,19 @@ def pydocs_topic_path(cache_dir=None):
     path = pydocs.cache_path(cache_dir, "pydocs-topic", ".json")
     if path.exists():
         return path
+    label_names = sorted(pydocs.TOPIC_AREAS)
     labelled = {"train": [], "dev": [], "test": []}
     for source, text in pydocs.documents():
-        if pydocs.topic_of(source) is not None:
-            label = sorted(pydocs.TOPIC_AREAS).index(pydocs.topic_of(source))
-            labelled[pydocs.topic_split(text)].append((text, label))
+        topic = pydocs.topic_of(source)
+        if topic is not None:
+            labelled[pydocs.topic_split(text)].append((text, label_names.index(topic)))
     rng = random.Random(0)
     for split, examples in labelled.items():  # balance: every class cut to the smallest one
-        by_label = [[e for e in examples if e[1] == k] for k in range(len(pydocs.TOPIC_AREAS))]
+        by_label = [[e for e in examples if e[1] == k] for k in range(len(label_names))]
         n = min(len(group) for group in by_label)
         labelled[split] = [e for group in by_label for e in rng.sample(group, n)]
         rng.shuffle(labelled[split])
-    plumbing.write_atomic(path, json.dumps(dict(labelled, label_names=sorted(pydocs.TOPIC_AREAS))).encode())
+    plumbing.write_atomic(path, json.dumps(dict(labelled, label_names=label_names)).encode())
     return path
 
 
