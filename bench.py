@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 import data
+import optim
 import plumbing
 import train_clm
 from model import ModelConfig, Transformer, padded_vocab_size
@@ -104,12 +105,12 @@ def measure_training(spec):
     """Time spec["steps"] training steps after spec["warmup"] untimed ones; returns a row (dict).
     With spec["reference"] (a path to nanoGPT's model.py) the row is nanoGPT's, see measure_reference.
 
-    The step is train_clm.train()'s: the same optimiser (make_optimizer, with AdamW for every
-    parameter, as nanoGPT's step: Muon's extra work per step is a trade of its own, measured in
-    RESULTS.md), autocast and gradient scaler (precision_context), the forward pass to the loss,
-    backward, clipping and loss read-out (optimizer_step), on random windows of a random token
-    stream drawn by data.get_batch, the training data path. One micro-batch a step, as here
-    train() has grad_accum = 1.
+    The step is train_clm.train()'s: the same optimiser (optim.make_optimizer, with AdamW for
+    every parameter, as nanoGPT's step: Muon's extra work per step is a trade of its own, measured
+    in RESULTS.md), autocast and gradient scaler (optim.precision_context), the forward pass to
+    the loss, backward, clipping and loss read-out (optim.optimizer_step), on random windows of a
+    random token stream drawn by data.get_batch, the training data path. One micro-batch a step,
+    as here train() has grad_accum = 1.
     """
     device = plumbing.pick_device(spec["device"])
     if spec.get("threads"):
@@ -126,8 +127,8 @@ def measure_training(spec):
                                n_embd=cfg.n_embd, attention=cfg.attention,
                                alibi=shape.get("alibi", cfg.alibi))   # a preset's own, else the default
     model = Transformer(model_config).to(device)
-    optimizer = train_clm.make_optimizer(model, cfg, device)      # AdamW, as nanoGPT's step
-    autocast, scaler = train_clm.precision_context(device, spec["precision"])
+    optimizer = optim.make_optimizer(model, cfg, device)          # AdamW, as nanoGPT's step
+    autocast, scaler = optim.precision_context(device, plumbing.check_precision(device, spec["precision"]))
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
     generator = torch.Generator().manual_seed(0)
@@ -138,7 +139,7 @@ def measure_training(spec):
             logits, loss = train_model(**batch)
         scaler.scale(loss / cfg.grad_accum).backward()
         loss_value = float(loss.detach() / cfg.grad_accum)   # train() reads the loss every step
-        train_clm.optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+        optim.optimizer_step(model, optimizer, scaler, cfg.grad_clip)
         return loss_value
 
     return time_steps(step, spec, device, cfg.batch_size * cfg.block_size * cfg.grad_accum,
@@ -216,7 +217,7 @@ def measure_reference(spec, device):
             block_size=shape["block_size"], vocab_size=shape["vocab_size"], n_layer=shape["n_layer"],
             n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0, bias=False)).to(device)
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device.type)
-    autocast, scaler = train_clm.precision_context(device, spec["precision"])
+    autocast, scaler = optim.precision_context(device, plumbing.check_precision(device, spec["precision"]))
     train_model = torch.compile(model) if spec["compiled"] else model
     tokens = np.random.default_rng(0).integers(0, shape["vocab_size"], 1 << 20, dtype=np.uint16)
     generator = torch.Generator().manual_seed(0)

@@ -75,6 +75,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import optim
 import plumbing
 import prompting
 import tasks
@@ -347,18 +348,18 @@ def predict(classifier, sequences, pad_id, device, autocast, batch_size=64):
 
 def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev=None, log=print):
     """Train classifier in place on (sequences, labels). dev: optional (sequences, labels) for the
-    curve. Reuses the pretraining loop's optimiser (AdamW, decay groups) and schedule (warmup +
-    cosine, reaching --min-lr where the last step ends; each step at its middle's rate, so that
-    neither the first nor, with BERT's floor of 0, the last is a step of size zero). Returns
-    (history, precision)."""
+    curve. Uses the pretraining loop's optimiser (optim.py: AdamW, decay groups) and schedule
+    (warmup + cosine, reaching --min-lr where the last step ends; each step at its middle's rate,
+    so that neither the first nor, with BERT's floor of 0, the last is a step of size zero).
+    Returns (history, precision)."""
     cfg = resolved(cfg)
     steps = n_steps(cfg, len(train_sequences))
     precision = cfg.precision
     if precision == "auto":     # bf16 is far faster on some CPUs and slower on others: measured, once
         probe = make_batch(train_sequences[:cfg.batch_size], train_labels[:cfg.batch_size], pad_id, device)
         precision = plumbing.choose_precision(classifier, classification_loss, probe, device)
-    autocast, scaler = train_clm.precision_context(device, precision)
-    optimizer = train_clm.make_optimizer(classifier, cfg, device)
+    autocast, scaler = optim.precision_context(device, plumbing.check_precision(device, precision))
+    optimizer = optim.make_optimizer(classifier, cfg, device)
     generator = torch.Generator().manual_seed(cfg.seed)
     batch_size = min(cfg.batch_size, len(train_sequences))
     # Dev accuracy at eval_points evenly spaced steps: the curve that shows when a run has converged
@@ -367,7 +368,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     order, history, start = [], [], time.perf_counter()
     classifier.train()
     for step in range(1, steps + 1):
-        lr = train_clm.learning_rate((step - 0.5) / steps, cfg)     # the step's middle, as pretraining
+        lr = optim.learning_rate((step - 0.5) / steps, cfg)     # the step's middle, as pretraining
         for group in optimizer.param_groups:
             group["lr"] = lr
         if len(order) < batch_size:                       # a fresh shuffle for each epoch
@@ -378,7 +379,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
         with autocast():
             loss = classification_loss(classifier, batch)       # forward: class scores, cross-entropy
         scaler.scale(loss).backward()                            # backward, as in pretraining
-        train_clm.optimizer_step(classifier, optimizer, scaler, cfg.grad_clip)
+        optim.optimizer_step(classifier, optimizer, scaler, cfg.grad_clip)
         record = dict(step=step, train_loss=loss.item(), lr=lr, seconds=time.perf_counter() - start)
         if step in eval_at:
             record.update({f"dev_{k}": v for k, v in tasks.classification_metrics(
@@ -436,7 +437,7 @@ def run_one(body, enc, labelled, train, cfg, device, log=print, forgetting=None)
     pad_id = data.special_ids(enc)["pad"]
     history, precision = finetune(classifier, *encoded["train"], cfg, pad_id, device, dev=encoded["dev"],
                                   log=log)
-    autocast, _ = train_clm.precision_context(device, precision)
+    autocast, _ = optim.precision_context(device, precision)
     result = dict(trainable=trainable, total=total, steps=len(history), precision=precision, lr=cfg.lr,
                   seconds=history[-1]["seconds"], history=history, pooling=classifier.pooling)
     for split in ("dev", "test"):

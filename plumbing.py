@@ -438,10 +438,20 @@ def keep_freed_memory():
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def check_precision(device, precision):
+    """A precision by name, refused in one line if it is unknown, or if this device's autocast cannot
+    run it: PyTorch only warns and runs in fp32 instead (on MPS before it learned bf16 and fp16, for
+    one), while the logs would still say bf16. Returns the name, for optim.precision_context."""
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise UserError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if dtypes[precision] is not None:
+        check_autocast(device, dtypes[precision])
+    return precision
+
+
 def check_autocast(device, dtype):
-    """Refuse, in one line, a precision this device's autocast cannot run. PyTorch only warns and
-    runs in fp32 instead (on MPS before it learned bf16 and fp16, for one), while the logs would
-    still say bf16."""
+    """Refuse, in one line, an autocast dtype that this device runs in fp32 instead (check_precision)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with torch.autocast(device.type, dtype=dtype):

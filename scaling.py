@@ -281,7 +281,7 @@ def settings_id(settings, dataset):
 
 def train_config(run, settings, **overrides):
     """The TrainConfig of one run: the shared settings plus the run's shape, batch, learning rate and
-    budget. max_iters is the budget, so warmup + cosine end exactly there (train_clm.learning_rate);
+    budget. max_iters is the budget, so warmup + cosine end exactly there (optim.learning_rate);
     no evaluation on the way: only the final one, over the whole validation split, counts."""
     n_layer, n_head, n_embd = run.shape
     lr_scale = run.lr / settings["lr"]

@@ -22,13 +22,10 @@ Read in this order:
   1. TrainConfig and PRESETS: every knob, with its default, its allowed range and why.
   2. The data and the model: how a batch is drawn and scored, and the model's shape.
      train_mlm.py swaps the batch and the scoring, and turns the mask off.
-  3. The optimiser, the learning-rate schedule and mixed precision (AdamW with decay groups,
-     warmup + cosine; the default presets give the blocks' matrices to Muon: muon.py).
-  4. train(): the loop.
-  5. What pretraining leaves: sampling, loading a checkpoint (ours or GPT-2's); the command line.
+  3. train(): the loop. How a gradient becomes a step (AdamW and its decay groups, Muon, warmup +
+     cosine, clipping, mixed precision) is optim.py's lesson, read before this one.
+  4. What pretraining leaves: sampling, loading a checkpoint (ours or GPT-2's); the command line.
 """
-import contextlib
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +35,7 @@ import numpy as np
 import torch
 
 import data
-import muon
+import optim
 import plumbing
 from model import ModelConfig, Transformer, padded_vocab_size
 from plumbing import UserError, knob
@@ -72,7 +69,7 @@ class TrainConfig:
     batch_size: int = knob(32, "sequences per micro-batch", "[1, inf)")
     grad_accum: int = knob(1, "micro-batches per optimiser step", "[1, inf)")
     lr: float = knob(2e-3, "peak learning rate (AdamW's)", "(0, inf)")
-    muon_lr: float = knob(0.0, "peak learning rate of Muon (muon.py) for the blocks' matrices; 0: AdamW "
+    muon_lr: float = knob(0.0, "peak learning rate of Muon (optim.py) for the blocks' matrices; 0: AdamW "
                                "for every parameter", "[0, inf)")
     min_lr: float = knob(2e-4, "final learning rate (1/10 of the peak, as Chinchilla); at most --lr",
                          "[0, inf)")
@@ -217,94 +214,7 @@ def model_config(cfg, enc, causal, start_from=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Optimiser, schedule and precision.
-
-def make_optimizer(model, cfg, device, muon_lr=0.0):
-    """AdamW (Loshchilov & Hutter 2019) with two groups. Weight decay pulls parameters toward zero;
-    that is a sensible prior for matrices (embeddings, projections), whose size sets how strongly
-    features mix, but not for LayerNorm gains and biases, whose job is to set a scale or an offset:
-    decaying them fights the network for no regularising benefit (as in GPT-2/nanoGPT and BERT).
-    muon_lr > 0: the blocks' matrices go to Muon instead (muon.py), at muon_lr at the peak."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    hidden = [p for name, p in named if muon_lr > 0 and p.dim() == 2 and ".blocks." in f".{name}"]
-    in_muon = {id(p) for p in hidden}
-    rest = [p for _, p in named if id(p) not in in_muon]
-    groups = [dict(params=[p for p in rest if p.dim() >= 2], weight_decay=cfg.weight_decay, lr_scale=1.0),
-              dict(params=[p for p in rest if p.dim() < 2], weight_decay=0.0, lr_scale=1.0)]
-    # The fused kernel updates all parameters in one pass: much less per-tensor overhead.
-    fused = device.type in ("cuda", "cpu", "mps")
-    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-    if not hidden:
-        return adamw
-    # lr_scale: the schedule gives AdamW's learning rate; Muon's follows it in proportion.
-    return muon.Optimizers(adamw=adamw, muon=muon.Muon([dict(params=hidden, lr_scale=muon_lr / cfg.lr)]))
-
-
-def learning_rate(progress, cfg):
-    """Linear warmup to the peak over the first `warmup` fraction of the budget, then a cosine down to
-    min_lr, reached exactly where the budget ends (progress = 1). Expressing it in progress, not
-    steps, is what lets a wall-clock budget (--max-seconds) end its schedule on time: Hoffmann et
-    al. 2022 show that a cosine longer than the run leaves loss on the table. Each step runs at
-    the rate of its own middle (step_progress)."""
-    if progress < cfg.warmup:
-        return cfg.lr * progress / cfg.warmup
-    decay = min(1.0, (progress - cfg.warmup) / max(1e-12, 1.0 - cfg.warmup))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * decay))
-
-
-def budget_progress(cfg, state):
-    """Fraction of the budget spent: the largest of the three stopping rules' fractions."""
-    fractions = [state["step"] / cfg.max_iters if cfg.max_iters else 0.0,
-                 state["tokens"] / cfg.max_tokens if cfg.max_tokens else 0.0,
-                 state["seconds"] / cfg.max_seconds if cfg.max_seconds else 0.0]
-    return max(fractions)
-
-
-def step_progress(cfg, state, tokens_per_step):
-    """The fraction of the budget at the middle of the step about to run: where the schedule is read
-    for that step. At its start, the first step of n would run at rate 0 and move no weight; at its
-    end, the last would run at exactly min_lr (nothing, when that is 0). At the middle, the first
-    runs at lr / (2 n warmup), as nanoGPT's (it + 1) / (warmup + 1) also starts above zero, and the
-    schedule still reaches min_lr exactly where the budget ends. A wall-clock budget takes the last
-    step's length as this one's (state["step_seconds"], 0 before the first step)."""
-    return budget_progress(cfg, dict(step=state["step"] + 0.5, tokens=state["tokens"] + tokens_per_step / 2,
-                                     seconds=state["seconds"] + state.get("step_seconds", 0.0) / 2))
-
-
-def precision_context(device, precision):
-    """Returns (a context manager factory for autocast, a gradient scaler).
-
-    Mixed precision runs the matrix products in 16-bit floats, about twice as fast where the chip
-    has the units for it, while parameters and optimiser state stay fp32. bf16 keeps fp32's
-    exponent range, so it needs no loss scaling; fp16 does (Micikevicius et al. 2018): the loss
-    is multiplied before backward so small gradients do not underflow to zero, and divided back
-    before the step. Which one a run uses is measured (plumbing.choose_precision)."""
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if precision == "fp32":
-        autocast = contextlib.nullcontext
-    else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        plumbing.check_autocast(device, dtype)              # refused in one line where it cannot run
-        autocast = lambda: torch.autocast(device.type, dtype=dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
-    return autocast, scaler
-
-
-def optimizer_step(model, optimizer, scaler, grad_clip):
-    """Clip the global gradient norm (Pascanu et al. 2013: one bad batch cannot throw the weights
-    far), step, and clear the gradients for the next accumulation. With fp16 the scaler first
-    divides the gradients back to their true size, and skips the step if any is inf or NaN."""
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. The loop. Gradient accumulation: grad_accum micro-batches add their gradients into .grad
+# 3. The loop. Gradient accumulation: grad_accum micro-batches add their gradients into .grad
 #    before one step, so a big batch fits in little memory; dividing each loss by grad_accum makes
 #    the sum the gradient of the mean loss over the big batch.
 
@@ -325,7 +235,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     torch.manual_seed(cfg.seed)                     # same seed on every rank: same init
     model = Transformer(model_config(cfg, dataset.enc, causal, start_from)).to(device)
     n_params, flops_per_token = model.num_params(non_embedding=False), model.flops_per_token()
-    optimizer = make_optimizer(model, cfg, device, cfg.muon_lr)
+    optimizer = optim.make_optimizer(model, cfg, device, cfg.muon_lr)
     description = describe(model, dataset.enc)      # what its checkpoints record about it
     plumbing.start_run(run, description)            # --resume must hold this model; --out-dir made
     # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
@@ -336,7 +246,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         probe = get_batch(dataset.train, cfg, dataset.enc, torch.Generator().manual_seed(0), device)
         precision = plumbing.broadcast_from_rank0(plumbing.choose_precision(
             model, lambda m, batch: m(**batch)[1], probe, device, cfg.cache_dir), dist)
-    autocast, scaler = precision_context(device, precision)
+    autocast, scaler = optim.precision_context(device, plumbing.check_precision(device, precision))
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
     meter = plumbing.Meter(flops_per_token, plumbing.peak_flops(device, precision, cfg.cache_dir),
                            devices=dist["world_size"])
@@ -354,10 +264,10 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     plumbing.restore_random_state(run, scaler)      # last: set-up drew random numbers too
     last_metrics = next((r for r in reversed(history) if "val_loss" in r), None)
     loop_start = time.perf_counter() - state["seconds"]
-    progress = budget_progress(cfg, state)          # the fraction of the budget spent (resumed: > 0)
+    progress = optim.budget_progress(cfg, state)    # the fraction of the budget spent (resumed: > 0)
     with plumbing.StopSignals() as stop:            # SIGTERM: finish the step, save, exit 143
         while plumbing.agree_max(max(progress, stop.budget), device, dist) < 1.0:   # all ranks agree
-            lr = learning_rate(step_progress(cfg, state, tokens_per_step), cfg)
+            lr = optim.learning_rate(optim.step_progress(cfg, state, tokens_per_step), cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             loss_sum = 0.0
@@ -368,10 +278,10 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
                         logits, loss = train_model(**batch)          # forward: the model scores itself
                     scaler.scale(loss / cfg.grad_accum).backward()   # backward: gradients add up
                 loss_sum += loss.detach() / cfg.grad_accum      # stays on the device: no wait here
-            optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+            optim.optimizer_step(model, optimizer, scaler, cfg.grad_clip)
 
             plumbing.count_step(state, meter, tokens_per_step, time.perf_counter() - loop_start)
-            progress = budget_progress(cfg, state)
+            progress = optim.budget_progress(cfg, state)
             is_eval = plumbing.keep_due(run, progress) or state["step"] % cfg.eval_interval == 0
             if is_eval or state["step"] % cfg.log_interval == 0:
                 loss = plumbing.agree_mean(float(loss_sum), device, dist)   # read only here: it waits
@@ -406,7 +316,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. What pretraining leaves: its loss curves, a model to sample from, and a checkpoint to load.
+# 4. What pretraining leaves: its loss curves, a model to sample from, and a checkpoint to load.
 #    The command line.
 
 def plot_losses(history, path, title):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import bench
+import optim
 import plumbing
-import train_clm
 from plumbing import UserError
 from model import ModelConfig, Transformer
 
@@ -72,7 +72,7 @@ TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
 
 
 def training_step_outputs(model, idx, targets, mask, precision):
-    autocast, _ = train_clm.precision_context(torch.device("cpu"), precision)
+    autocast, _ = optim.precision_context(torch.device("cpu"), precision)
     model.zero_grad(set_to_none=True)
     with autocast():
         logits, loss = model(idx, targets, attention_mask=mask)
@@ -240,6 +240,9 @@ def test_gpu_readiness_checks_that_run_on_a_cpu(monkeypatch, capsys):
     with pytest.raises(UserError, match="float64 autocast does not run on cpu"):
         plumbing.check_autocast(torch.device("cpu"), torch.float64)
     plumbing.check_autocast(torch.device("cpu"), torch.bfloat16)            # runs: no error
+    assert plumbing.check_precision(torch.device("cpu"), "bf16") == "bf16"   # by name, as the runs ask
+    with pytest.raises(UserError, match="unknown precision 'fp8'"):
+        plumbing.check_precision(torch.device("cpu"), "fp8")
     two = dict(rank=1, local_rank=1, world_size=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

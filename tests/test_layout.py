@@ -28,16 +28,16 @@ IMPORTS = {name: project_imports(path) for name, path in FILES.items()}
 
 # The tree in README.md, as edges: what each file imports from the project.
 README_TREE = {
-    "plumbing": set(), "muon": set(), "scaling_laws": set(), "model": set(),
+    "plumbing": set(), "optim": set(), "scaling_laws": set(), "model": set(),
     "pydocs": {"plumbing"},
     "data": {"pydocs", "plumbing"},
-    "train_clm": {"model", "data", "muon", "plumbing"},
+    "train_clm": {"model", "data", "optim", "plumbing"},
     "train_mlm": {"train_clm", "model", "data", "plumbing"},
     "scaling": {"train_clm", "scaling_laws", "model", "data", "plumbing"},
-    "bench": {"train_clm", "model", "data", "plumbing"},
+    "bench": {"train_clm", "optim", "model", "data", "plumbing"},
     "tasks": {"pydocs", "plumbing"},
     "prompting": {"tasks", "data", "plumbing"},
-    "finetune": {"train_mlm", "train_clm", "tasks", "prompting", "model", "data", "plumbing"},
+    "finetune": {"train_mlm", "train_clm", "tasks", "prompting", "optim", "model", "data", "plumbing"},
     "transfer": {"finetune", "prompting", "tasks", "train_clm", "plumbing"},
 }
 
@@ -55,10 +55,10 @@ def test_the_readme_course_table_names_every_file():
 
 
 def test_the_machinery_is_a_floor():
-    """plumbing.py imports no lesson, not even inside a function; model.py, muon.py and
+    """plumbing.py imports no lesson, not even inside a function; model.py, optim.py and
     scaling_laws.py, which run on plain tensors and arrays and read no file, need nothing of the
     project at all."""
-    standalone = {"plumbing", "model", "muon", "scaling_laws"}
+    standalone = {"plumbing", "model", "optim", "scaling_laws"}
     assert all(IMPORTS[name] == set() for name in standalone)
     assert {name for name, imported in IMPORTS.items() if "plumbing" in imported} == set(FILES) - standalone
 

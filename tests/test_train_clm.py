@@ -11,11 +11,13 @@ import torch
 
 import data
 import finetune
+import optim
 import plumbing
 import train_clm
 from conftest import generated_text, write_gpt2_tokenizer
 from model import ModelConfig, Transformer
-from train_clm import TrainConfig, learning_rate, train
+from optim import learning_rate
+from train_clm import TrainConfig, train
 
 
 def tiny_config(corpus_file, out_dir, **overrides):
@@ -70,12 +72,12 @@ def test_gradient_accumulation_equals_one_big_batch(corpus_file, tmp_path, monke
     """One step of 8 windows, and one step of 4 micro-batches of 2 (the same 8 windows: the batch
     generator draws them in the same order), reach the optimiser with the same gradients."""
     gradients = []
-    step = train_clm.optimizer_step
+    step = optim.optimizer_step
 
     def recording_step(model, *args):
         gradients.append([p.grad.clone() for p in model.parameters()])
         return step(model, *args)
-    monkeypatch.setattr(train_clm, "optimizer_step", recording_step)
+    monkeypatch.setattr(optim, "optimizer_step", recording_step)
     big = train(tiny_config(corpus_file, "", max_iters=1, batch_size=8, grad_accum=1))
     small = train(tiny_config(corpus_file, "", max_iters=1, batch_size=2, grad_accum=4))
     assert math.isclose(big["val_loss"], small["val_loss"], rel_tol=1e-6)    # the same step taken
@@ -84,29 +86,18 @@ def test_gradient_accumulation_equals_one_big_batch(corpus_file, tmp_path, monke
         assert torch.allclose(g_big, g_small, atol=1e-6)
 
 
-def test_learning_rate_schedule_hits_warmup_peak_and_minimum():
-    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup=0.1)
-    assert learning_rate(0.0, cfg) == 0.0
-    assert math.isclose(learning_rate(0.05, cfg), 5e-4)           # half way up the warmup
-    assert math.isclose(learning_rate(0.1, cfg), 1e-3)            # the peak, at the end of warmup
-    assert math.isclose(learning_rate(0.55, cfg), 5.5e-4)         # cosine mid-point: the mean
-    assert math.isclose(learning_rate(1.0, cfg), 1e-4)            # the minimum, at the end
-    values = [learning_rate(p / 100, cfg) for p in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))        # monotone decay after warmup
-
-
 def test_every_step_moves_the_weights_and_the_schedule_ends_at_min_lr(corpus_file, tmp_path, monkeypatch):
     """Each step runs at the rate of its middle: the first step is above zero (at the start of the
     budget the rate is 0, and step 1 would change no weight), the last just above min_lr, and the
     schedule function reaches min_lr exactly at the end of the budget."""
     moved = []
-    step = train_clm.optimizer_step
+    step = optim.optimizer_step
 
     def recording_step(model, optimizer, *args):
         before = [p.detach().clone() for p in model.parameters()]
         step(model, optimizer, *args)
         moved.append(max((p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before)))
-    monkeypatch.setattr(train_clm, "optimizer_step", recording_step)
+    monkeypatch.setattr(optim, "optimizer_step", recording_step)
     cfg = tiny_config(corpus_file, "", max_iters=10, log_interval=1, warmup=0.2, lr=1e-2, min_lr=1e-3)
     lrs = [r["lr"] for r in train(cfg)["history"] if "lr" in r]
     assert lrs[0] == pytest.approx(cfg.lr * 0.05 / 0.2)              # step 1's middle: 0.05 of the budget
@@ -159,11 +150,6 @@ def test_a_wall_clock_run_resumes_where_its_clock_and_schedule_stopped(corpus_fi
     assert lr_at(resumed, 11) == pytest.approx(lr_at(straight, 11), rel=0.1)
     assert lr_at(resumed, 11) > 0.5 * train_clm.PRESETS["tiny"].get("lr", TrainConfig.lr)
     assert abs(resumed["steps"] - straight["steps"]) <= 2
-
-
-def test_budget_progress_uses_the_tightest_rule():
-    cfg = TrainConfig(max_iters=100, max_tokens=1000, max_seconds=None)
-    assert train_clm.budget_progress(cfg, dict(step=10, tokens=500, seconds=99.0)) == 0.5
 
 
 @pytest.mark.parametrize("muon_lr", [0.0, 0.02])     # AdamW alone; Muon and AdamW (two optimisers' states)
@@ -232,32 +218,6 @@ def test_init_from_continues_another_runs_weights_with_its_tokenizer(corpus_file
     assert plumbing.load_checkpoint(str(tmp_path / "third" / "ckpt.pt"))["model_config"]["n_layer"] == 2
     with pytest.raises(plumbing.UserError, match=r"--block-size 64 is longer"):
         train(dataclasses.replace(cfg, block_size=64, out_dir=str(tmp_path / "fourth")))
-
-
-def test_weight_decay_falls_on_matrices_only_and_clipping_bounds_the_step():
-    """AdamW's two groups: embeddings and projection matrices decay, LayerNorm gains and biases do
-    not. Then clipping: a gradient 1000 times too large is scaled to norm grad_clip before the step."""
-    model = Transformer(ModelConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16, bias=True))
-    cfg = TrainConfig(weight_decay=0.1, lr=1e-3)
-    optimizer = train_clm.make_optimizer(model, cfg, torch.device("cpu"))
-    names = {id(p): name for name, p in model.named_parameters()}
-    decayed, plain = ({names[id(p)] for p in group["params"]} for group in optimizer.param_groups)
-    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
-    assert {"token_embedding.weight", "position_embedding.weight", "blocks.0.attn.qkv.weight",
-            "blocks.1.mlp.proj.weight"} <= decayed
-    assert all(name.endswith("bias") or "norm" in name for name in plain)
-    assert "final_norm.weight" in plain and "blocks.0.attn.qkv.bias" in plain
-    assert decayed | plain == set(names.values()) and not decayed & plain
-    # Clipping, seen through plain SGD at lr 1 (the step is the clipped gradient itself): gradients
-    # of 1000 everywhere, 22 numbers, a norm of 4,690 before clipping and exactly 1.0 after.
-    params = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(3, 4))])
-    for p in params:
-        p.grad = torch.full_like(p, 1000.0)
-    _, scaler = train_clm.precision_context(torch.device("cpu"), "fp32")
-    train_clm.optimizer_step(params, torch.optim.SGD(params, lr=1.0), scaler, grad_clip=1.0)
-    step = torch.cat([p.detach().flatten() for p in params])
-    assert step.norm().item() == pytest.approx(1.0) and torch.allclose(step, step[0].expand(22))
-    assert all(p.grad is None for p in params)                          # cleared for the next step
 
 
 def test_help_shows_the_values_the_default_preset_runs_with(capsys):
