@@ -287,15 +287,18 @@ def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False)
         key = f"bpe{int(size)}-{fingerprint(text)}"
         path = resolve_cache_dir(cache_dir) / "tokenizers" / f"{key}.tiktoken"
         ranks = cached_ranks(path, int(size))
-        if ranks is None:
+        trained = ranks is None
+        if trained:
             start = time.time()
             ranks = train_bpe(text, int(size))
-            write_atomic(path, ranks_text(ranks).encode())
-            if verbose:
-                print(f"trained {name} on {len(text):,} chars in {time.time() - start:.1f} s -> {path}")
+            seconds = time.time() - start
         enc = make_encoding(key, ranks)
         sample = text[:20_000]
         assert enc.decode(enc.encode_ordinary(sample)) == sample, f"{path} does not round-trip"
+        if trained:                         # cached only once it is known to round-trip
+            write_atomic(path, ranks_text(ranks).encode())
+            if verbose:
+                print(f"trained {name} on {len(text):,} chars in {seconds:.1f} s -> {path}")
         return enc
     raise UserError(f"unknown tokenizer {name!r}; use bytes, gpt2 or bpe:N (e.g. bpe:4096)")
 

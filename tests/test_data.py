@@ -112,6 +112,24 @@ def test_bpe_cached_loaded_in_tiktoken_and_special_ids(tmp_path):
     assert data.n_ordinary(enc) == 300 and data.n_ordinary(data.get_tokenizer("bytes")) == 256
 
 
+def test_a_trained_tokenizer_is_cached_only_once_it_round_trips(tmp_path, monkeypatch):
+    """A tokenizer that fails its round-trip check is never written to the cache, where every later
+    run would load it, fail the same check, and never train a new one."""
+    make_encoding = data.make_encoding
+
+    def broken(name, ranks):
+        enc = make_encoding(name, ranks)
+        monkeypatch.setattr(enc, "decode", lambda ids: "something else")
+        return enc
+    monkeypatch.setattr(data, "make_encoding", broken)
+    with pytest.raises(AssertionError, match="does not round-trip"):
+        data.get_tokenizer("bpe:300", text=sample_text(), cache_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.tiktoken"))
+    monkeypatch.setattr(data, "make_encoding", make_encoding)
+    data.get_tokenizer("bpe:300", text=sample_text(), cache_dir=tmp_path)
+    assert len(list(tmp_path.rglob("*.tiktoken"))) == 1
+
+
 def test_tokenizer_state_survives_a_weights_only_checkpoint(tmp_path):
     enc = data.get_tokenizer("bpe:300", text=sample_text())
     torch.save(dict(tokenizer_state=data.tokenizer_state(enc)), tmp_path / "ckpt.pt")
