@@ -368,7 +368,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
     order, history, start = [], [], time.perf_counter()
     classifier.train()
     for step in range(1, steps + 1):
-        lr = optim.learning_rate((step - 0.5) / steps, cfg)     # the step's middle, as pretraining
+        lr = optim.learning_rate((step - 0.5) / steps, cfg)         # the step's middle, as pretraining
         for group in optimizer.param_groups:
             group["lr"] = lr
         if len(order) < batch_size:                       # a fresh shuffle for each epoch

@@ -56,7 +56,7 @@ def test_learning_rate_schedule_hits_warmup_peak_and_minimum():
     assert math.isclose(optim.learning_rate(0.55, cfg), 5.5e-4)         # cosine mid-point: the mean
     assert math.isclose(optim.learning_rate(1.0, cfg), 1e-4)            # the minimum, at the end
     values = [optim.learning_rate(p / 100, cfg) for p in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:]))        # monotone decay after warmup
+    assert all(a >= b for a, b in zip(values, values[1:]))              # monotone decay after warmup
 
 
 def test_budget_progress_uses_the_tightest_rule():
