@@ -311,6 +311,14 @@ def resolved(cfg):
     return cfg
 
 
+def check_settings(cfg, device):
+    """--mode, the learning rates and --precision, refused in one line before a results folder is
+    made or a worker starts: finetune() itself meets them only once the body and the labels are read."""
+    resolved(cfg)
+    if cfg.precision != "auto":
+        plumbing.check_precision(device, cfg.precision)
+
+
 def n_steps(cfg, n_examples):
     """--epochs passes over the labels, but at least --min-steps: 32 labels are 2 steps a pass."""
     return max(cfg.min_steps, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
@@ -502,6 +510,7 @@ def single_run(args, cfg):
     class, with forgetting if asked; results.json and the curve go to --out-dir."""
     plumbing.check_results_dir(args.out_dir, args.overwrite, ("results.json", "curve.png"))
     device = plumbing.pick_device(cfg.device)
+    check_settings(cfg, device)
     checkpoint = None
     if args.checkpoint:
         checkpoint, enc = train_clm.load_pretrained(args.checkpoint, None, args.data_dir, args.cache_dir)

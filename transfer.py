@@ -78,6 +78,8 @@ def sweep(args, cfg):
         print(f"skipping {', '.join(skipped)}: no --mlm checkpoint given")
     if not methods:
         raise UserError("--methods: nothing left to run; give --mlm CKPT or other methods")
+    for mode in {SWEEP_METHODS[m][2] for m in methods}:     # each row's settings, before any worker
+        finetune.check_settings(dataclasses.replace(cfg, mode=mode), device)
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
@@ -231,6 +233,7 @@ def curve(args, cfg):
     each run's architecture, fine-tuned at every size for --seeds seeds; curve.md and curve.png. On
     a CPU the runs go one per core, each in its own process with one thread (--workers)."""
     device = plumbing.pick_device(cfg.device)
+    finetune.check_settings(dataclasses.replace(cfg, mode="full"), device)    # every row is full fine-tuning
     runs = [(kind, folder.strip()) for kind, given in (("clm", args.clm), ("mlm", args.mlm)) if given
             for folder in given.split(",")]
     if not runs or not all(os.path.isdir(folder) for _, folder in runs):

@@ -609,6 +609,7 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
     before = snapshot(run)
     ckpt = str(run / "ckpt.pt")
     corpus = str(good_run["corpus"])
+    fresh = tmp_path / "fresh"                                  # a run folder that does not exist yet
     cases = [
         (train_clm, ["--preset", "tiny", "--corpus", corpus, "--out-dir", str(run), "--overwrite",
                      "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr"),
@@ -621,6 +622,15 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
         (finetune, ["--checkpoint", ckpt, "--out-dir", str(run / "ckpt.pt")], "is a file"),
         (transfer, ["--clm", ckpt, "--seeds", "0", "--out-dir", str(run)], "--seeds"),
         (finetune, ["--export-text", "sst2", "-o", str(run)], "is a folder"),
+        # Settings that only fine-tuning reads, refused before a new --out-dir is made.
+        (finetune, ["--checkpoint", ckpt, "--out-dir", str(fresh), "--mode", "bogus"], "unknown mode"),
+        (finetune, ["--checkpoint", ckpt, "--out-dir", str(fresh), "--lr", "1e-3", "--min-lr", "1e-2"],
+         "--min-lr"),
+        (finetune, ["--checkpoint", ckpt, "--out-dir", str(fresh), "--precision", "fp8"], "unknown precision"),
+        (transfer, ["--clm", ckpt, "--out-dir", str(fresh), "--precision", "fp8"], "unknown precision"),
+        (transfer, ["--clm", ckpt, "--out-dir", str(fresh), "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr"),
+        (transfer, ["--curve", "--clm", str(run), "--out-dir", str(fresh), "--precision", "fp8"],
+         "unknown precision"),
     ]
     for module, argv, message in cases:
         if module is finetune and "--export-text" in argv:     # a labelled set that needs no network
@@ -632,7 +642,7 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
         assert message in err, (argv, err)
-        assert snapshot(run) == before, argv
+        assert snapshot(run) == before and not fresh.exists(), argv
         assert not list(tmp_path.glob("**/*.tmp")), argv            # no stray temporary file
 
 
