@@ -107,7 +107,7 @@ def pool(h, attention_mask, how):
         return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)    # (B, C)
     if how == "cls":
         return h[:, 0]                                                       # (B, C)
-    raise UserError(f"unknown pooling {how!r}; use auto, last, mean or cls")
+    raise ValueError(f"unknown pooling {how!r}")         # a user's --pooling is checked before: pooling_for
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,14 +243,22 @@ def scratch_from_flags(args, seed):
 AUTO_POOLING = {"causal": "mean", "bidirectional": "cls"}
 
 
+def pooling_for(kind, cfg):
+    """The pooling a body of this kind ("causal" or "bidirectional") is read with: --pooling, or
+    auto's choice; refused in one line where it cannot work."""
+    pooling = AUTO_POOLING[kind] if cfg.pooling == "auto" else cfg.pooling
+    if pooling not in ("last", "mean", "cls"):
+        raise UserError(f"unknown pooling {cfg.pooling!r}; use auto, last, mean or cls")
+    if pooling == "cls" and kind == "causal":
+        raise UserError("--pooling cls needs a bidirectional model: under a causal mask the first "
+                        "token sees only itself; use mean (the default for causal models) or last")
+    return pooling
+
+
 def make_classifier(body, n_classes, cfg):
     """Body + pooling + head, with cfg.mode applied. Seeded here, so that for one seed the head
     (and LoRA's A) start the same whether the body is pretrained or random."""
-    kind = "causal" if body.config.causal else "bidirectional"
-    pooling = AUTO_POOLING[kind] if cfg.pooling == "auto" else cfg.pooling
-    if pooling == "cls" and body.config.causal:
-        raise UserError("--pooling cls needs a bidirectional model: under a causal mask the first "
-                        "token sees only itself; use mean (the default for causal models) or last")
+    pooling = pooling_for("causal" if body.config.causal else "bidirectional", cfg)
     torch.manual_seed(cfg.seed)
     return apply_mode(Classifier(body, n_classes, pooling), cfg)
 
@@ -311,12 +319,15 @@ def resolved(cfg):
     return cfg
 
 
-def check_settings(cfg, device):
-    """--mode, the learning rates and --precision, refused in one line before a results folder is
-    made or a worker starts: finetune() itself meets them only once the body and the labels are read."""
+def check_settings(cfg, device, kind):
+    """--mode, the learning rates, --precision and --pooling (for a body of this kind), refused in
+    one line before a results folder is made or a worker starts: fine-tuning itself meets them only
+    once the labels are read and the classifier is built."""
     resolved(cfg)
     if cfg.precision != "auto":
         plumbing.check_precision(device, cfg.precision)
+    if cfg.mode != "prompt":                            # prompting reads the body's own next-word guess
+        pooling_for(kind, cfg)
 
 
 def n_steps(cfg, n_examples):
@@ -510,7 +521,6 @@ def single_run(args, cfg):
     class, with forgetting if asked; results.json and the curve go to --out-dir."""
     plumbing.check_results_dir(args.out_dir, args.overwrite, ("results.json", "curve.png"))
     device = plumbing.pick_device(cfg.device)
-    check_settings(cfg, device)
     checkpoint = None
     if args.checkpoint:
         checkpoint, enc = train_clm.load_pretrained(args.checkpoint, None, args.data_dir, args.cache_dir)
@@ -523,6 +533,7 @@ def single_run(args, cfg):
     else:
         body, enc = scratch_from_flags(args, cfg.seed)
         source = f"random weights, --preset {args.preset} shape, tokenizer {args.tokenizer}"
+    check_settings(cfg, device, "causal" if body.config.causal else "bidirectional")
     # Forgetting needs a pretrained body that moves, and the text it was pretrained on (gpt2's is unknown).
     if args.forgetting and (checkpoint is None or args.init == "scratch" or cfg.mode == "prompt"
                             or "train_config" not in checkpoint):

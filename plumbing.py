@@ -187,6 +187,7 @@ def run_cli(main_function, interrupted="interrupted; the last checkpoint is inta
     try:
         main_function()
     except UserError as error:
+        discard_new_folders()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as error:
@@ -194,6 +195,7 @@ def run_cli(main_function, interrupted="interrupted; the last checkpoint is inta
         if not (isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text
                 or "out of memory" in text.lower()):
             raise
+        discard_new_folders()
         print(f"error: out of memory ({text.splitlines()[0][:200]}); ask for less: a smaller --batch-size, "
               f"shorter sequences or a smaller model", file=sys.stderr)
         sys.exit(2)
@@ -888,8 +890,9 @@ class FolderLock:
     so it dies with the process (SIGKILL too) and leaves no lock file. Another process is refused at
     once and told which process holds it (/proc/locks, Linux). Windows: nothing is locked."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, made_here=False):
         self.folder, self.fd = folder, None
+        self.made_here = made_here          # lock_folder created the folder for this run
         if fcntl is None:
             return
         self.fd = os.open(folder, os.O_RDONLY)
@@ -931,12 +934,24 @@ def lock_folder(folder, create=True):
         return None
     key = os.path.realpath(folder)
     if key not in HELD_FOLDERS:
+        made_here = not os.path.isdir(folder)
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create {folder}: {error.strerror}; choose a writable folder") from None
-        HELD_FOLDERS[key] = FolderLock(folder)
+        HELD_FOLDERS[key] = FolderLock(folder, made_here)
     return HELD_FOLDERS[key]
+
+
+def discard_new_folders():
+    """After bad input: every folder this process locked is released, and each one it made itself
+    and left empty is removed again, so that a refused run leaves no trace, even where a setting can
+    be refused only once the model is built (fine-tuning's --last-k, prompting's --shots)."""
+    for lock in list(HELD_FOLDERS.values()):
+        lock.release()
+        if lock.made_here:
+            with contextlib.suppress(OSError):
+                os.rmdir(lock.folder)           # an empty folder only: rmdir refuses any other
 
 
 def prepare_out_dir(cfg, history):

@@ -78,8 +78,9 @@ def sweep(args, cfg):
         print(f"skipping {', '.join(skipped)}: no --mlm checkpoint given")
     if not methods:
         raise UserError("--methods: nothing left to run; give --mlm CKPT or other methods")
-    for mode in {SWEEP_METHODS[m][2] for m in methods}:     # each row's settings, before any worker
-        finetune.check_settings(dataclasses.replace(cfg, mode=mode), device)
+    for m in methods:                                   # each row's settings, before any worker starts
+        which, _, mode = SWEEP_METHODS[m]
+        finetune.check_settings(dataclasses.replace(cfg, mode=mode), device, checkpoints[which][0]["kind"])
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
@@ -233,11 +234,13 @@ def curve(args, cfg):
     each run's architecture, fine-tuned at every size for --seeds seeds; curve.md and curve.png. On
     a CPU the runs go one per core, each in its own process with one thread (--workers)."""
     device = plumbing.pick_device(cfg.device)
-    finetune.check_settings(dataclasses.replace(cfg, mode="full"), device)    # every row is full fine-tuning
     runs = [(kind, folder.strip()) for kind, given in (("clm", args.clm), ("mlm", args.mlm)) if given
             for folder in given.split(",")]
     if not runs or not all(os.path.isdir(folder) for _, folder in runs):
         raise UserError("--curve takes run folders: --clm out/clm (and --mlm out/mlm), pretrained with --keep")
+    # Every row is full fine-tuning, of a causal body (--clm) or a bidirectional one (--mlm).
+    for kind in {"causal" if flag == "clm" else "bidirectional" for flag, _ in runs}:
+        finetune.check_settings(dataclasses.replace(cfg, mode="full"), device, kind)
     # One line of the figure per run: named by its kind when it is the only run of that kind, else
     # by its folder (--clm out/clm-keep,out/clm-4x: "clm-keep", "clm-4x").
     kinds = {(kind if sum(k == kind for k, _ in runs) == 1 else Path(folder).name): kind for kind, folder in runs}

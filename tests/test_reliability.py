@@ -610,6 +610,8 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
     ckpt = str(run / "ckpt.pt")
     corpus = str(good_run["corpus"])
     fresh = tmp_path / "fresh"                                  # a run folder that does not exist yet
+    tsv = tmp_path / "set.tsv"                                  # a labelled set that needs no network
+    tsv.write_text("".join(f"text {i}\t{i % 2}\n" for i in range(40)))
     cases = [
         (train_clm, ["--preset", "tiny", "--corpus", corpus, "--out-dir", str(run), "--overwrite",
                      "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr"),
@@ -631,11 +633,19 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
         (transfer, ["--clm", ckpt, "--out-dir", str(fresh), "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr"),
         (transfer, ["--curve", "--clm", str(run), "--out-dir", str(fresh), "--precision", "fp8"],
          "unknown precision"),
+        (finetune, ["--checkpoint", ckpt, "--out-dir", str(fresh), "--pooling", "bogus"], "unknown pooling"),
+        (finetune, ["--checkpoint", ckpt, "--out-dir", str(fresh), "--pooling", "cls"], "needs a bidirectional"),
+        (transfer, ["--clm", ckpt, "--out-dir", str(fresh), "--pooling", "cls"], "needs a bidirectional"),
+        (transfer, ["--curve", "--clm", str(run), "--out-dir", str(fresh), "--pooling", "cls"],
+         "needs a bidirectional"),
+        # Settings refused only once the model is built, after the folder was made: it is removed again.
+        (finetune, ["--task", str(tsv), "--checkpoint", ckpt, "--out-dir", str(fresh), "--mode", "last-k",
+                    "--last-k", "100"], "--last-k 100"),
+        (finetune, ["--task", str(tsv), "--checkpoint", ckpt, "--out-dir", str(fresh), "--mode", "prompt",
+                    "--shots", "1000"], "--shots"),
     ]
     for module, argv, message in cases:
-        if module is finetune and "--export-text" in argv:     # a labelled set that needs no network
-            tsv = tmp_path / "set.tsv"
-            tsv.write_text("".join(f"text {i}\t{i % 2}\n" for i in range(40)))
+        if module is finetune and "--export-text" in argv:
             argv = ["--export-text", str(tsv), "-o", str(run)]
         with pytest.raises(SystemExit) as exit_info:
             plumbing.run_cli(lambda: module.main(argv))
@@ -692,6 +702,23 @@ def start_run_process(corpus, out_dir, *flags):
         assert time.monotonic() < deadline, "the run never logged a step"
         time.sleep(0.01)
     return process
+
+
+def test_a_refused_run_removes_only_the_empty_folder_it_made(tmp_path):
+    """After bad input (plumbing.run_cli), a folder that the run's lock created and nothing was
+    written to is removed; one that held a file by then, or that was there before, stays."""
+    made, written, existing = tmp_path / "made", tmp_path / "written", tmp_path / "existing"
+    existing.mkdir()
+
+    def refused():
+        for folder in (made, written, existing):
+            plumbing.lock_folder(str(folder))
+        (written / "sweep.jsonl").write_text("{}\n")                    # a record kept before the error
+        raise UserError("refused")
+    with pytest.raises(SystemExit):
+        plumbing.run_cli(refused)
+    assert not made.exists() and (written / "sweep.jsonl").exists() and existing.is_dir()
+    assert not plumbing.HELD_FOLDERS                                        # every lock released
 
 
 def test_a_second_run_into_a_busy_folder_stops_at_once_and_touches_nothing(good_run, corpus_file, tmp_path,
