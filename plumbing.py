@@ -743,13 +743,13 @@ def open_run(cfg):
     check_knobs(cfg)
     if not (cfg.max_iters or cfg.max_tokens or cfg.max_seconds):
         raise UserError("no budget: give --max-iters, --max-tokens or --max-seconds")
-    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"unknown precision {cfg.precision!r}; use auto, fp32, bf16 or fp16")
     if cfg.min_lr > cfg.lr:
         raise UserError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}: the schedule decays from the "
                         f"peak to the floor; give a --min-lr at most --lr")
     dist = setup_distributed(cfg.device)
     device = pick_device(cfg.device, dist)
+    if cfg.precision != "auto":                 # known, and run by this device's autocast
+        check_precision(device, cfg.precision)
     check_out_dir(cfg)
     resume_from = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
     if resume_from is not None:

@@ -704,6 +704,21 @@ def start_run_process(corpus, out_dir, *flags):
     return process
 
 
+def test_a_precision_this_device_cannot_run_is_refused_before_the_folder_is_made(corpus_file, tmp_path,
+                                                                                monkeypatch, capsys):
+    """--precision bf16 where autocast would quietly run fp32 (older PyTorch on Apple's MPS, say):
+    refused in one line with the flags, before --out-dir exists, not after the run has started."""
+    def cannot(device, dtype):
+        raise UserError(f"{dtype} autocast does not run on {device.type}; use --precision fp32")
+    monkeypatch.setattr(plumbing, "check_autocast", cannot)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: train_clm.main(["--preset", "tiny", "--corpus", corpus_file, "--device", "cpu",
+                                                 "--precision", "bf16", "--out-dir", str(fresh)]))
+    assert exit_info.value.code == 2 and "autocast does not run" in capsys.readouterr().err
+    assert not fresh.exists()
+
+
 def test_a_refused_run_removes_only_the_empty_folder_it_made(tmp_path):
     """After bad input (plumbing.run_cli), a folder that the run's lock created and nothing was
     written to is removed; one that held a file by then, or that was there before, stays."""
