@@ -382,6 +382,9 @@ def parse_ranks(text, source):
 # ----------------------------------------------------------------------------------------------
 # 3. Devices, precision, MFU.
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}   # --precision's dtypes
+
+
 def pick_device(name, dist=None):
     dist = dist or SINGLE_PROCESS
     if name == "auto":
@@ -444,11 +447,10 @@ def check_precision(device, precision):
     """A precision by name, refused in one line if it is unknown, or if this device's autocast cannot
     run it: PyTorch only warns and runs in fp32 instead (on MPS before it learned bf16 and fp16, for
     one), while the logs would still say bf16. Returns the name, for optim.precision_context."""
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
+    if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if dtypes[precision] is not None:
-        check_autocast(device, dtypes[precision])
+    if precision != "fp32":                     # fp32 runs without autocast
+        check_autocast(device, PRECISIONS[precision])
     return precision
 
 
@@ -594,7 +596,7 @@ def measure_peak_flops(device, precision, shapes=None, repeats=10, warmup_s=0.3)
     that dropout draws from."""
     shapes = shapes or (((4096, 4096), (8192, 8192), (16384, 4096)) if device.type in ("cuda", "mps")
                         else ((256, 256), (512, 512), (1024, 1024), (2048, 512)))   # a GPU needs big ones
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = PRECISIONS[precision]
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32       # CPUs without fp16 units emulate it (~1 GFLOP/s): not a peak
     generator = torch.Generator(device=device).manual_seed(0)
