@@ -31,15 +31,14 @@ number; per character works the same way (Shannon 1951 measured English in bits 
 Read in this order: corpora; tokenizers, with byte pair encoding twice, as its definition
 (train_bpe_simple, slow and short) and as the fast trainer the runs use (train_bpe, tested to
 give the same merges); encoded datasets; then batches and bits_per_unit. Where files come from
-(data dir, cache, download) and the file format of a tokenizer's ranks are plumbing.py's
-business, and how pydocs is gathered from this Python's documentation is pydocs.py's; BERT's
+(data dir, cache, download), the file format of a tokenizer's ranks and whether a cached file is
+whole are plumbing.py's business, and how pydocs is gathered from this Python's documentation is pydocs.py's; BERT's
 masking lives in train_mlm.py and the labelled sets in tasks.py, beside the code that uses them.
 """
 import json
 import math
 import os
 import re
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -51,8 +50,8 @@ import tiktoken
 import torch
 
 import pydocs
-from plumbing import (UserError, fingerprint, obtain_data_file, parse_ranks, ranks_text, read_text,
-                      resolve_cache_dir, write_atomic)
+from plumbing import (UserError, cached_dataset, cached_ranks, fingerprint, obtain_data_file, parse_ranks,
+                      ranks_text, read_text, resolve_cache_dir, write_atomic)
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|mask|>", "<|cls|>", "<|pad|>")  # ids n_ordinary + 0..3
 # GPT-2's pre-tokenization pattern, as tiktoken writes it (r50k_base): the possessive `++` and the
@@ -254,22 +253,6 @@ def tokenizer_identity(enc):
     return dict(name=enc.name, n_vocab=enc.n_vocab, fingerprint=fingerprint(blob))
 
 
-def cached_ranks(path, size):
-    """A BPE's ranks from the cache, read whole and checked (the format, and `size` tokens); None if
-    there is none yet, or if it is damaged, which is said in one line: it is then trained again."""
-    if not path.exists():
-        return None
-    try:
-        ranks = parse_ranks(read_text(path), path)
-        if len(ranks) != size:
-            raise UserError(f"{len(ranks)} tokens, not {size}")
-        return ranks
-    except UserError as error:
-        print(f"note: the cached tokenizer {path} is damaged ({str(error).split(';')[0]}); training it "
-              f"again", file=sys.stderr)
-        return None
-
-
 def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False):
     """"bytes", "gpt2" (offline from gpt2.tiktoken in the data dir) or "bpe:N" trained on `text`."""
     if name == "bytes":
@@ -334,28 +317,6 @@ def encode_text(enc, text, chunk_chars=1 << 18):
     return np.fromiter((t for piece in encoded for t in piece), dtype=np.int64)
 
 
-def cached_dataset(folder):
-    """The meta.json of a cached encoded dataset, checked against its token files; None if there is
-    none yet, or if anything is off (meta.json cut or not JSON, a token file missing or of another
-    length than meta.json records: a full disk, an interrupted copy), which is then said in one
-    line and the dataset encoded again. meta.json is written last, so a whole one vouches for the
-    rest once the lengths agree."""
-    path = folder / "meta.json"
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text())
-        for split in ("train", "val"):
-            expected = meta[f"n_{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
-            size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else None
-            if size != expected:
-                raise ValueError(f"{split}.bin holds {size} bytes, meta.json says {expected}")
-        return meta
-    except (ValueError, KeyError, TypeError) as error:                # JSONDecodeError is a ValueError
-        print(f"note: the cached dataset in {folder} is damaged ({error}); encoding it again", file=sys.stderr)
-        return None
-
-
 def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbose=True):
     """Load a corpus, split it 90/10 by characters, encode both parts once, memory-map them.
     `tokenizer` is a name for get_tokenizer, or a ready encoding (a checkpoint's, for --init-from).
@@ -417,14 +378,6 @@ def to_device(tensor, device):
     if torch.device(device).type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def check_fits(dataset, block_size):
-    """A window needs block_size + 1 tokens (inputs plus the shifted targets)."""
-    for split, tokens in (("validation", dataset.val), ("training", dataset.train)):
-        if len(tokens) < block_size + 1:
-            raise UserError(f"corpus too short: {len(tokens)} {split} tokens, need at least "
-                            f"block_size+1 = {block_size + 1}; use a larger corpus or a smaller --block-size")
 
 
 def bits_per_unit(nats_per_token, n_tokens, n_units):

@@ -7,9 +7,9 @@ files, logs, printed reports, sweeps run in parallel processes, and figure set-u
 floor of the course: every lesson may call into it by name, and it imports no lesson, so a
 reader can take each call at its word and come here only when curious about how.
 
-Sections: 1. errors and the command line; 2. files and downloads (and the tokenizer ranks file);
-3. devices, precision and MFU; 4. distributed data parallel; 5. run folders and checkpoint files
-(the one format, the one reader); 6. logs, reports, sweeps and figures.
+Sections: 1. errors and the command line; 2. files and downloads (the tokenizer ranks file and
+data.py's two caches); 3. devices, precision and MFU; 4. distributed data parallel; 5. run folders
+and checkpoint files (the one format, the one reader); 6. logs, reports, sweeps and figures.
 """
 import argparse
 import base64
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 
@@ -83,6 +84,15 @@ def check_knobs(cfg):
         reason = outside(getattr(cfg, f.name), f.metadata.get("within"))
         if reason:
             raise UserError(f"--{f.name.replace('_', '-')} {reason}, got {getattr(cfg, f.name)}")
+
+
+def check_fits(dataset, block_size):
+    """Both splits of a data.Dataset hold a window: block_size + 1 tokens (inputs, plus the targets
+    shifted by one). Known only once the corpus is encoded, so checked then, before --out-dir."""
+    for split, tokens in (("validation", dataset.val), ("training", dataset.train)):
+        if len(tokens) < block_size + 1:
+            raise UserError(f"corpus too short: {len(tokens)} {split} tokens, need at least "
+                            f"block_size+1 = {block_size + 1}; use a larger corpus or a smaller --block-size")
 
 
 def fail_in_one_line(message):
@@ -377,6 +387,47 @@ def parse_ranks(text, source):
         raise UserError(f"{source}: ranks must be 0..n-1 and include all 256 single bytes; "
                         f"replace it with a valid tiktoken ranks file")
     return ranks
+
+
+# The two caches of data.py: a trained BPE's ranks, and a corpus encoded into token files. A cache
+# is only ever a saving of time, so a damaged one is said in one line and made again, never used.
+
+def cached_ranks(path, size):
+    """A BPE's ranks from the cache, read whole and checked (the format, and `size` tokens); None if
+    there is none yet, or if it is damaged, which is said in one line: it is then trained again."""
+    if not path.exists():
+        return None
+    try:
+        ranks = parse_ranks(read_text(path), path)
+        if len(ranks) != size:
+            raise UserError(f"{len(ranks)} tokens, not {size}")
+        return ranks
+    except UserError as error:
+        print(f"note: the cached tokenizer {path} is damaged ({str(error).split(';')[0]}); training it "
+              f"again", file=sys.stderr)
+        return None
+
+
+def cached_dataset(folder):
+    """The meta.json of a cached encoded dataset, checked against its token files; None if there is
+    none yet, or if anything is off (meta.json cut or not JSON, a token file missing or of another
+    length than meta.json records: a full disk, an interrupted copy), which is then said in one
+    line and the dataset encoded again. meta.json is written last, so a whole one vouches for the
+    rest once the lengths agree."""
+    path = folder / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        for split in ("train", "val"):
+            expected = meta[f"n_{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+            size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else None
+            if size != expected:
+                raise ValueError(f"{split}.bin holds {size} bytes, meta.json says {expected}")
+        return meta
+    except (ValueError, KeyError, TypeError) as error:                # JSONDecodeError is a ValueError
+        print(f"note: the cached dataset in {folder} is damaged ({error}); encoding it again", file=sys.stderr)
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

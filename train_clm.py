@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         start_from, tokenizer = load_pretrained(cfg.init_from, KINDS[causal], cfg.data_dir, cfg.cache_dir)
     if dataset is None:                             # the corpus as token ids, split 90/10 (data.py)
         dataset = data.prepare_dataset(cfg.corpus, tokenizer, cfg.data_dir, cfg.cache_dir, verbose=run.verbose)
-    data.check_fits(dataset, cfg.block_size)
+    plumbing.check_fits(dataset, cfg.block_size)    # a window fits in each split
     # The model. `causal` is the one flag between a GPT (True) and a BERT (False): model.py.
     torch.manual_seed(cfg.seed)                     # same seed on every rank: same init
     model = Transformer(model_config(cfg, dataset.enc, causal, start_from)).to(device)

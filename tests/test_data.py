@@ -230,9 +230,9 @@ def test_corpus_from_folder_and_errors(tmp_path):
 def test_check_fits_rejects_a_corpus_shorter_than_one_block(tmp_path):
     (tmp_path / "short.txt").write_text("x" * 300)
     ds = data.prepare_dataset(str(tmp_path / "short.txt"), "bytes", verbose=False)
-    data.check_fits(ds, block_size=29)  # 30 validation tokens: exactly one window of 29 + 1
+    plumbing.check_fits(ds, block_size=29)  # 30 validation tokens: exactly one window of 29 + 1
     with pytest.raises(data.UserError, match="corpus too short: 30 validation tokens.*--block-size"):
-        data.check_fits(ds, block_size=30)
+        plumbing.check_fits(ds, block_size=30)
 
 
 def test_shakespeare_from_data_dir_or_env_and_offline_error(tmp_path, monkeypatch):
