@@ -24,7 +24,8 @@ Read in this order:
      train_mlm.py swaps the batch and the scoring, and turns the mask off.
   3. train(): the loop. How a gradient becomes a step (AdamW and its decay groups, Muon, warmup +
      cosine, clipping, mixed precision) is optim.py's lesson, read before this one.
-  4. What pretraining leaves: sampling, loading a checkpoint (ours or GPT-2's); the command line.
+  4. What pretraining leaves: its loss curves (drawn from the records train() returns), sampling,
+     loading a checkpoint (ours or GPT-2's); the command line.
 """
 import os
 import time
@@ -218,11 +219,10 @@ def model_config(cfg, enc, causal, start_from=None):
 #    before one step, so a big batch fits in little memory; dividing each loss by grad_accum makes
 #    the sum the gradient of the mean loss over the big batch.
 
-def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evaluate_clm, dataset=None,
-          plot_note=""):
+def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evaluate_clm, dataset=None):
     """Pretrain a Transformer on cfg: causal=True with next-token batches (this file), or causal=False
-    with train_mlm.py's masked batches and evaluation. Returns the final metrics, the log records,
-    the model and the dataset (scaling.py passes a dataset already loaded)."""
+    with train_mlm.py's masked batches and evaluation. Returns the final metrics, the log records
+    (plot_losses draws them), the model and the dataset (scaling.py passes a dataset already loaded)."""
     run = plumbing.open_run(cfg)    # set up: every input checked before --out-dir is touched (plumbing)
     device, dist = run.device, run.dist
     start_from, tokenizer = None, cfg.tokenizer
@@ -306,9 +306,6 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     plumbing.check_finite(final["val_loss"], "validation loss", state["step"])      # on every rank
     history.append(dict(plumbing.counters(state), final=True, **final))
     save(final)
-    if run.out_dir:
-        plot_losses(history, os.path.join(run.out_dir, "loss.png"), f"{description['objective']} pretraining "
-                    f"on {os.path.basename(dataset.corpus['name'])}\n{plot_note}".strip())
     plumbing.finish_run(run, history)
     plumbing.teardown_distributed(dist)
     return dict(final, tokens=state["tokens"], flops=state["flops"], steps=state["step"], seconds=state["seconds"],
@@ -425,6 +422,9 @@ def main(argv=None):
     cfg = plumbing.config_from_args(args, TrainConfig, PRESETS, kind="clm")
     start = time.perf_counter()
     result = train(cfg, causal=True)
+    if plumbing.is_main_process() and cfg.out_dir:       # the curves, beside the checkpoint
+        plot_losses(result["history"], os.path.join(cfg.out_dir, "loss.png"),
+                    f"clm pretraining on {os.path.basename(cfg.corpus)}")
     if plumbing.is_main_process() and not cfg.quiet and cfg.sample_tokens > 0:
         # A sample of generated text: the quickest check of what the model learned, by eye.
         model = result["model"]

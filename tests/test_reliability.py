@@ -78,7 +78,7 @@ def log_records(out_dir):
 
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
-    """One finished 10-step run (ckpt.pt, log.jsonl, loss.png) that the tests copy and attack."""
+    """One finished 10-step run (ckpt.pt, log.jsonl) that the tests copy and attack."""
     base = tmp_path_factory.mktemp("good")
     corpus = base / "corpus.txt"
     corpus.write_text(generated_text(), encoding="utf-8")
