@@ -132,6 +132,8 @@ def fine_tune_point(context, method, k, seed):
     path, init, mode = bodies[method]
     checkpoint, enc = train_clm.load_pretrained(path, None, data_dir, cache_dir)
     body = finetune.body_from(checkpoint, init, seed)
+    # Prompting takes no training set: its k demonstrations are drawn, with this seed, by prompting.py
+    # from the same training split the fine-tuned rows subsample.
     train = [] if mode == "prompt" else tasks.subsample_balanced(labelled.train, k, seed)
     run_cfg = dataclasses.replace(cfg, seed=seed, mode=mode, shots=k)
     return finetune.run_one(body, enc, labelled, train, run_cfg, plumbing.pick_device(cfg.device),
@@ -144,6 +146,10 @@ def fine_tune_point(context, method, k, seed):
 #    weights.
 
 def summarise(records, method, k, split="test", metric="accuracy"):
+    """(mean, sample standard deviation, n) of one point over its seeds, or None if none ran. The
+    sample std (n - 1 in the denominator) estimates the spread of one more seed's draw: it is the
+    error bar a reader needs to tell a gain from luck. One seed has no spread to estimate: 0 is
+    returned, and the sweep's table prints n = 1 beside it."""
     values = torch.tensor([r[split][metric] for r in records if r["method"] == method and r["n_train"] == k],
                           dtype=torch.float64)
     if len(values) == 0:
@@ -179,7 +185,10 @@ def gains_over_scratch(records, methods, sizes, baselines):
     return "\n".join(lines)
 
 def plot_sweep(records, methods, sizes, labelled, path):
-    """Test accuracy against labelled examples (log scale), mean and std over seeds, with chance."""
+    """Test accuracy against labelled examples (log scale), mean and std over seeds, with chance.
+    Read it from the left: where the pretrained lines stand far above scratch with few labels and
+    meet it as labels grow, pretraining bought labels; bag-of-words (grey, dashed) is the bar any
+    Transformer must clear to be worth its compute."""
     with plumbing.figure(path) as (fig, ax):
         for method in methods:
             points = [(k, summarise(records, method, k)) for k in sizes]
@@ -191,7 +200,9 @@ def plot_sweep(records, methods, sizes, labelled, path):
             ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
                         label="bag-of-words" if method == "bow" else method, **style)
         ax.axhline(1 / len(labelled.label_names), color="black", linewidth=0.8, linestyle=":", label="chance")
-        ax.set_xscale("symlog", base=2, linthresh=1)      # log, but 0 (zero-shot prompting) fits
+        # Labels on a log axis: the sizes run from a few to thousands, and each doubling gets the same
+        # width. symlog is linear below 1, so zero-shot prompting (0 demonstrations) still has a place.
+        ax.set_xscale("symlog", base=2, linthresh=1)
         ax.set_xticks(sizes, [str(k) for k in sizes])
         ax.minorticks_off()
         ax.set(xlabel="labelled examples (prompting: demonstrations in the prompt)", ylabel="test accuracy (mean ± std over seeds)",
@@ -246,12 +257,15 @@ def curve(args, cfg):
     kinds = {(kind if sum(k == kind for k, _ in runs) == 1 else Path(folder).name): kind for kind, folder in runs}
     if len(kinds) < len(runs):
         raise UserError("--curve: two run folders of one kind have the same name; give each run its own name")
+    # Every kept body of every run; each is one x on the figure: the compute its run had spent.
     bodies = {name: kept_bodies(folder) for name, (_, folder) in zip(kinds, runs)}
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)
     cfg = dataclasses.replace(cfg, eval_points=0, n_train=None, mode="full")
     workers = plumbing.default_workers(args.workers, device)
+    # A point is named run@step: clm@0 is scratch, clm@420 the body after 420 steps. The plan is
+    # the sweep's, with these names as its methods, so one runner (and one resume) serves both.
     methods = ["bow"] + [f"{name}@{step}" for name in bodies for step in [0] + [s for s, *_ in bodies[name]]]
     plan = [(m, k, s) for k in sizes for s in seeds for m in methods]
     settings = ["curve", args.task, {name: [(s, f) for s, f, *_ in b] for name, b in bodies.items()},
@@ -324,6 +338,9 @@ def write_curve_report(records, bodies, kinds, sizes, labelled, majority, out_di
                          f"from {min(runs)[0]:.2g} to {max(runs)[0]:.2g} FLOPs")
     table = "\n".join(lines)
     plumbing.write_atomic(os.path.join(out_dir, "curve.md"), (table + "\n").encode())
+    # Two panels, one question each. Left: accuracy against the compute spent pretraining the body,
+    # which is what a budget buys. Right: the same points against the body's pretraining loss; if
+    # they fall on one line, loss alone predicts transfer, whatever compute or run gave it.
     with plumbing.figure(os.path.join(out_dir, "curve.png"), ncols=2, size=(12, 4.5)) as (fig, (left, right)):
         # A log axis of compute, with scratch (zero compute) drawn a decade left of the cheapest body.
         zero = min(f for kept in bodies.values() for _, f, *_ in kept) / 10
@@ -389,6 +406,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = plumbing.config_from_args(args, FinetuneConfig)
     if args.curve:
+        # The curve fine-tunes every kept body at every size and seed, many runs per size, so it
+        # defaults to two sizes (few labels, where pretraining matters most, and more) and a folder
+        # of its own.
         args.sizes = args.sizes if args.sizes != SWEEP_SIZES else "32,256"
         args.out_dir = args.out_dir if args.out_dir != "out/sweep" else "out/curve"
         return curve(args, cfg)

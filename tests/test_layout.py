@@ -4,6 +4,8 @@ there is no import circle and every call into the machinery can be taken at its 
 
 Read from the source with ast, imports inside functions included: nothing is imported or run."""
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +101,42 @@ def test_the_circle_check_can_fail(monkeypatch):
         assert "plumbing" in str(error) and "data" in str(error)
     else:
         raise AssertionError("a circle went unseen")
+
+
+def lessons():
+    """The files README.md's course table numbers: the lessons, in reading order."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## The course\n")[1].split("\n## ")[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| ")]
+    return [row[2].strip(" `") for row in rows if row[1].strip().isdigit()]
+
+
+def prose_share(source):
+    """The share of a file's non-blank lines that are prose: docstring lines, and lines that hold a
+    comment (tokenize tells a comment from a '#' inside a string)."""
+    prose = {token.start[0] for token in tokenize.generate_tokens(io.StringIO(source).readline)
+             if token.type == tokenize.COMMENT}
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and ast.get_docstring(node, clean=False) is not None):
+            prose.update(range(node.body[0].lineno, node.body[0].end_lineno + 1))
+    lines = [number for number, line in enumerate(source.splitlines(), 1) if line.strip()]
+    return sum(number in prose for number in lines) / len(lines)
+
+
+def test_every_lesson_is_mostly_read_not_only_run():
+    """A lesson file is at least 30% prose, and none of its functions runs past about 90 lines (95
+    here), so each can be read on a screen or two."""
+    names = lessons()
+    assert names[:4] == ["model.py", "data.py", "optim.py", "train_clm.py"] and len(names) >= 11
+    for name in names:
+        source = (ROOT / name).read_text(encoding="utf-8")
+        assert prose_share(source) >= 0.30, f"{name}: {prose_share(source):.0%} prose"
+        longest = max((node.end_lineno - node.lineno + 1, node.name) for node in ast.walk(ast.parse(source))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        assert longest[0] <= 95, f"{name}: {longest[1]} is {longest[0]} lines"
+
+
+def test_the_prose_count_can_fail():
+    code = "x = 1\n" * 8
+    assert prose_share('"""A docstring."""\n# a comment\n' + code) == 0.2
+    assert prose_share('s = "# not a comment"\n' + code) == 0
