@@ -32,8 +32,9 @@ Read in this order: corpora; tokenizers, with byte pair encoding twice, as its d
 (train_bpe_simple, slow and short) and as the fast trainer the runs use (train_bpe, tested to
 give the same merges); encoded datasets; then batches and bits_per_unit. Where files come from
 (data dir, cache, download), the file format of a tokenizer's ranks and whether a cached file is
-whole are plumbing.py's business, and how pydocs is gathered from this Python's documentation is pydocs.py's; BERT's
-masking lives in train_mlm.py and the labelled sets in tasks.py, beside the code that uses them.
+whole are plumbing.py's business, and how pydocs is gathered from this Python's documentation is
+pydocs.py's; BERT's masking lives in train_mlm.py and the labelled sets in tasks.py, beside the
+code that uses them.
 """
 import json
 import math
