@@ -316,12 +316,14 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
 # 4. What pretraining leaves: its loss curves, a model to sample from, and a checkpoint to load.
 #    The command line.
 
-def plot_losses(history, path, title):
-    """loss.png: training and validation loss against tokens seen, and against training compute
-    (C ~ 6ND, plus attention), the x axis of scaling.py's curves."""
+def plot_losses(cfg, history, objective, note=""):
+    """--out-dir's loss.png (drawn once, by rank 0): training and validation loss against tokens
+    seen, and against training compute (C ~ 6ND, plus attention), the x axis of scaling.py's curves."""
+    if not (cfg.out_dir and plumbing.is_main_process()):
+        return
     train_records = [r for r in history if "train_loss" in r]
     val_records = [r for r in history if "val_loss" in r]
-    with plumbing.figure(path, ncols=2, size=(11, 4)) as (fig, axes):
+    with plumbing.figure(os.path.join(cfg.out_dir, "loss.png"), ncols=2, size=(11, 4)) as (fig, axes):
         for ax, x in zip(axes, ("tokens", "flops")):
             ax.plot([r[x] for r in train_records], [r["train_loss"] for r in train_records], label="train", alpha=0.6)
             ax.plot([r[x] for r in val_records], [r["val_loss"] for r in val_records], "o-", label="validation")
@@ -330,7 +332,7 @@ def plot_losses(history, path, title):
             ax.set_xscale("log")
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.suptitle(title)
+        fig.suptitle(f"{objective} pretraining on {os.path.basename(cfg.corpus)}\n{note}".strip())
 
 
 def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50, seed=0):
@@ -422,9 +424,7 @@ def main(argv=None):
     cfg = plumbing.config_from_args(args, TrainConfig, PRESETS, kind="clm")
     start = time.perf_counter()
     result = train(cfg, causal=True)
-    if plumbing.is_main_process() and cfg.out_dir:       # the curves, beside the checkpoint
-        plot_losses(result["history"], os.path.join(cfg.out_dir, "loss.png"),
-                    f"clm pretraining on {os.path.basename(cfg.corpus)}")
+    plot_losses(cfg, result["history"], "clm")          # the curves, beside the checkpoint
     if plumbing.is_main_process() and not cfg.quiet and cfg.sample_tokens > 0:
         # A sample of generated text: the quickest check of what the model learned, by eye.
         model = result["model"]

@@ -24,7 +24,6 @@ train_clm.py, the two files are the whole difference between GPT and BERT pretra
 Read in this order: MLMConfig (three knobs) and MLM_PRESETS, BERT's masking, the batch and the
 evaluation, fill-in-the-blank, the causal-vs-bidirectional comparison, the command line.
 """
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -37,8 +36,7 @@ import data
 import plumbing
 from model import Transformer
 from plumbing import UserError, knob
-from train_clm import (PRESETS, TrainConfig, fixed_windows, load_pretrained, plot_losses, pretraining_dataset,
-                       train)
+from train_clm import PRESETS, TrainConfig, fixed_windows, load_pretrained, plot_losses, pretraining_dataset, train
 
 
 @dataclass
@@ -398,10 +396,7 @@ def main(argv=None):
     start = time.perf_counter()
     # The model without the causal mask, trained by train_clm's loop on this file's batches.
     result = train(cfg, causal=False, get_batch=get_mlm_batch, evaluate=evaluate_mlm)
-    if plumbing.is_main_process() and cfg.out_dir:       # the curves, beside the checkpoint
-        plot_losses(result["history"], os.path.join(cfg.out_dir, "loss.png"),
-                    f"mlm pretraining on {os.path.basename(cfg.corpus)}\ntraining masks --mask-prob of the "
-                    f"tokens; validation, a fixed 15%")
+    plot_losses(cfg, result["history"], "mlm", "training masks --mask-prob of the tokens; validation, a fixed 15%")
     if plumbing.is_main_process() and not cfg.quiet:
         fill_in_demo(result["model"], result["dataset"], cfg, next(result["model"].parameters()).device)
     plumbing.report(cfg, result, start, [f"masked-token accuracy: {100 * result['val_acc']:.1f}%",

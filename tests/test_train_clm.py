@@ -49,7 +49,7 @@ def test_two_layer_model_learns_and_writes_log_and_plot(corpus_file, tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
     assert records[-1]["final"] and records[0]["step"] == 5
     assert {"train_loss", "lr", "tokens_per_s", "mfu"} <= set(records[0])
-    train_clm.plot_losses(result["history"], tmp_path / "run" / "loss.png", "tiny")   # as main() does
+    train_clm.plot_losses(cfg, result["history"], "clm")                   # as main() does
     assert os.path.getsize(tmp_path / "run" / "loss.png") > 1000
     assert 0 < result["val_bpb"] < 8 and math.isclose(result["val_bpb"], result["val_bpc"], rel_tol=0.01)
 
