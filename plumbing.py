@@ -193,21 +193,21 @@ def default_out_dir(kind, preset, corpus, preset_corpus):
 def run_cli(main_function, interrupted="interrupted; the last checkpoint is intact (continue with --resume)"):
     """Bad input ends in one line on stderr and exit status 2, never in a traceback. So do settings
     that ask for more memory than the machine has (a GPU's OutOfMemoryError; on a CPU, PyTorch's
-    allocator raises a plain RuntimeError that says it cannot allocate)."""
+    allocator raises a plain RuntimeError that says it cannot allocate, and NumPy a MemoryError)."""
     try:
         main_function()
     except UserError as error:
         discard_new_folders()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except RuntimeError as error:
+    except (RuntimeError, MemoryError) as error:
         text = str(error)
-        if not (isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text
+        if not (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in text
                 or "out of memory" in text.lower()):
             raise
         discard_new_folders()
-        print(f"error: out of memory ({text.splitlines()[0][:200]}); ask for less: a smaller --batch-size, "
-              f"shorter sequences or a smaller model", file=sys.stderr)
+        print(f"error: out of memory ({(text.splitlines() or [type(error).__name__])[0][:200]}); ask for "
+              f"less: a smaller --batch-size, shorter sequences or a smaller model", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
@@ -999,10 +999,15 @@ def lock_folder(folder, create=True):
 def discard_new_folders():
     """After bad input: every folder this process locked is released, and each one it made itself
     and left empty is removed again, so that a refused run leaves no trace, even where a setting can
-    be refused only once the model is built (fine-tuning's --last-k, prompting's --shots)."""
+    be refused only once the model is built (fine-tuning's --last-k, prompting's --shots) or a batch
+    is drawn (out of memory before the first record: log.jsonl is still empty, and goes too)."""
     for lock in list(HELD_FOLDERS.values()):
         lock.release()
         if lock.made_here:
+            log = os.path.join(lock.folder, "log.jsonl")
+            with contextlib.suppress(OSError):
+                if os.path.getsize(log) == 0:
+                    os.remove(log)
             with contextlib.suppress(OSError):
                 os.rmdir(lock.folder)           # an empty folder only: rmdir refuses any other
 

@@ -393,6 +393,37 @@ def test_out_of_memory_is_one_line_exit_2_and_keeps_the_checkpoint(corpus_file, 
         plumbing.run_cli(a_bug)
 
 
+def numpy_out_of_memory():
+    """NumPy's own error for an array larger than memory (a --batch-size of 10^8 raised it in
+    data.get_batch): a MemoryError, not a RuntimeError."""
+    try:
+        np.empty(2**58, dtype=np.int8)              # 256 PiB: refused by malloc at once
+    except MemoryError as error:
+        return error
+    pytest.skip("this machine allocated 256 PiB")
+
+
+def test_out_of_memory_at_the_first_batch_leaves_no_folder(corpus_file, tmp_path, monkeypatch, capsys):
+    """Out of memory before anything was recorded: one line, exit 2, and the folder the run had
+    made (holding only an empty log.jsonl) is gone; an existing run's folder is left as it was."""
+    raise_at_batch(1, numpy_out_of_memory(), monkeypatch)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, run)))
+    assert exit_info.value.code == 2
+    assert re.fullmatch(r"error: out of memory \(Unable to allocate 256\. PiB .*\); ask for less: .*--batch-size.*\n",
+                        capsys.readouterr().err)
+    assert not run.exists()
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "log.jsonl").write_text("")
+    raise_at_batch(1, numpy_out_of_memory(), monkeypatch)
+    with pytest.raises(SystemExit):
+        plumbing.run_cli(lambda: train_clm.main(cli_args(corpus_file, existing)))
+    assert snapshot(existing) == {"log.jsonl": b""}
+
+
 def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, tmp_path, monkeypatch):
     checkpoint = load_checkpoint(good_run["run"] / "ckpt.pt")
     assert checkpoint["kind"] == "causal"
