@@ -90,7 +90,12 @@ def parse_shape(text):
         raise UserError(f"unknown shape {text!r}; use one of {', '.join(SHAPES)}, preset:NAME "
                         f"({', '.join(train_clm.PRESETS)}) or layers/heads/width/block/batch/vocab, "
                         f"e.g. 4/4/128/64/12/65")
-    return text, dict(zip(SHAPE_KEYS, map(int, parts)))
+    shape = dict(zip(SHAPE_KEYS, map(int, parts)))
+    try:                                    # refused now, not minutes into the measurements
+        ModelConfig(**{k: shape[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})
+    except ValueError as error:             # e.g. a width that the heads do not divide
+        raise UserError(f"shape {text!r}: {error}") from None
+    return text, shape
 
 
 def default_precisions(device):

@@ -58,6 +58,8 @@ def test_bad_shape_list_and_json_path_are_user_errors(tmp_path):
         bench.main(["--shapes", "huge", "--tokenizer", "none"])
     with pytest.raises(UserError, match="precisions"):
         bench.main(["--precisions", "fp8", "--tokenizer", "none"])
+    with pytest.raises(UserError, match=r"shape '2/3/32/8/4/50': n_embd \(32\) must be divisible by n_head \(3\)"):
+        bench.main(["--shapes", "2/3/32/8/4/50", "--tokenizer", "none"])
     assert bench.parse_shape("2/2/16/8/4/50") == ("2/2/16/8/4/50", dict(
         n_layer=2, n_head=2, n_embd=16, block_size=8, batch_size=4, vocab_size=50))
 
