@@ -1169,8 +1169,9 @@ def append_jsonl(path, record, durable=False):
 
 
 def read_jsonl(path):
-    """The records of a JSONL file (none if it does not exist); a last line cut by a killed
-    writer is skipped with a note, not fatal."""
+    """The records (JSON objects) of a JSONL file (none if it does not exist); a last line cut by
+    a killed writer is skipped with a note, not fatal. A line that is whole JSON but no object was
+    not written here: the file is refused in one line."""
     records = []
     if not os.path.exists(path):
         return records
@@ -1182,6 +1183,10 @@ def read_jsonl(path):
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 print(f"note: {path} line {number} is incomplete (a run killed while writing); ignored")
+                continue
+            if not isinstance(records[-1], dict):
+                raise UserError(f"{path} line {number} is not a record (a JSON object), which these "
+                                f"scripts never write; use another --out-dir or move the file away")
     return records
 
 

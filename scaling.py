@@ -333,7 +333,10 @@ def predict_seconds(runs, timing):
 def load_results(path, expected_id=None):
     """The records in a results file (plumbing.read_jsonl), refused if made with other settings."""
     records = plumbing.read_jsonl(path)
-    if expected_id is not None and {r.get("settings_id") for r in records} - {expected_id}:
+    if any("settings_id" not in r for r in records):       # every record of ours carries one
+        raise UserError(f"{path} holds records that scaling.py did not write; use another --out-dir "
+                        f"or move that file away")
+    if expected_id is not None and {r["settings_id"] for r in records} - {expected_id}:
         raise UserError(f"{path} holds runs made with other settings (preset, corpus, tokenizer or "
                         f"training knobs); use another --out-dir or move that file away")
     return records

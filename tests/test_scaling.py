@@ -204,6 +204,14 @@ def test_micro_sweep_writes_jsonl_resumes_and_replots(micro_sweep, tmp_path, mon
     with pytest.raises(UserError, match="other settings"):
         scaling.main(argv + ["--tokenizer", "bpe:300"])
 
+    # A results file that scaling.py did not write is refused in one line, not a KeyError.
+    results.write_text('{"x": 1}\n')
+    with pytest.raises(UserError, match="records that scaling.py did not write"):
+        scaling.main(argv + ["--plot-only"])
+    results.write_text('{"x": 1}\n[1, 2]\n')
+    with pytest.raises(UserError, match="line 2 is not a record"):
+        scaling.main(argv + ["--plot-only"])
+
 
 def test_bootstrap_with_distinct_budgets_gives_intervals_of_nonzero_width(capsys):
     # Every run has its own budget (as in Chinchilla's published points): resampling within a
