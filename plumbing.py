@@ -532,10 +532,11 @@ def machine_key(device):
 MEASURED_THIS_PROCESS = {}   # the same answers, kept in memory: scaling.py starts ~30 runs
 
 
-def cached_measurement(kind, key, measure, cache_dir=None):
+def cached_measurement(kind, key, measure, valid, cache_dir=None):
     """measure() once per machine and key, then read from <cache>/measured.json. Speeds are facts
     about a machine, not about a run: re-measuring them at every start-up cost seconds (and on a
-    CPU without bf16 units, over ten). PTFT_REMEASURE=1 measures afresh."""
+    CPU without bf16 units, over ten). A stored value that valid() refuses (an edited file) is
+    measured again, as is everything when PTFT_REMEASURE=1."""
     full_key = f"{kind}|{key}"
     if full_key in MEASURED_THIS_PROCESS:
         return MEASURED_THIS_PROCESS[full_key]
@@ -545,8 +546,11 @@ def cached_measurement(kind, key, measure, cache_dir=None):
         try:
             table = json.loads(path.read_text())
         except ValueError:                                      # cut or edited: measure again
-            print(f"note: {path} is damaged (not JSON); measuring again", file=sys.stderr)
-    if full_key not in table or os.environ.get("PTFT_REMEASURE"):
+            table = None
+        if not isinstance(table, dict):
+            print(f"note: {path} is damaged (not a JSON object); measuring again", file=sys.stderr)
+            table = {}
+    if not valid(table.get(full_key)) or os.environ.get("PTFT_REMEASURE"):
         table[full_key] = measure()
         with contextlib.suppress(OSError, UserError):         # a read-only cache only costs speed
             write_atomic(path, json.dumps(table, indent=1, sort_keys=True).encode())
@@ -581,7 +585,8 @@ def choose_precision(model, loss_fn, batch, device, cache_dir=None):
     shape = (type(model).__name__, sum(p.numel() for p in model.parameters()),
              {k: tuple(v.shape) for k, v in batch.items() if torch.is_tensor(v)})
     return cached_measurement("precision", f"{machine_key(device)}|{shape}",
-                              lambda: time_precisions(model, loss_fn, batch, device), cache_dir)
+                              lambda: time_precisions(model, loss_fn, batch, device),
+                              lambda value: value in ("fp32", "bf16"), cache_dir)
 
 
 def time_precisions(model, loss_fn, batch, device):
@@ -638,7 +643,8 @@ def peak_flops(device, precision, cache_dir=None):
 
 def measured_peak_flops(device, precision, cache_dir=None):
     return cached_measurement("peak", f"{machine_key(device)}|{precision}",
-                              lambda: measure_peak_flops(device, precision), cache_dir)
+                              lambda: measure_peak_flops(device, precision),
+                              lambda value: isinstance(value, float) and value > 0, cache_dir)
 
 
 def measure_peak_flops(device, precision, shapes=None, repeats=10, warmup_s=0.3):

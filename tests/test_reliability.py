@@ -874,15 +874,19 @@ def test_a_damaged_cache_is_said_and_rebuilt(corpus_file, tmp_path, capsys):
     text = open(corpus_file).read()
     enc = data.get_tokenizer("bpe:300", text=text[:int(0.9 * len(text))], cache_dir=cache)   # the training split
     assert enc.n_vocab == 304 and "the cached tokenizer" in capsys.readouterr().err
-    (cache / "measured.json").write_text("{not json")
     kept = dict(plumbing.MEASURED_THIS_PROCESS)                           # measured in this process
-    plumbing.MEASURED_THIS_PROCESS.clear()
     try:
-        assert plumbing.measured_peak_flops(torch.device("cpu"), "fp32", cache) > 0
+        for damaged in ("{not json", "[1]"):                                # cut, or not a table
+            (cache / "measured.json").write_text(damaged)
+            plumbing.MEASURED_THIS_PROCESS.clear()
+            assert plumbing.measured_peak_flops(torch.device("cpu"), "fp32", cache) > 0
+            assert "measured.json is damaged" in capsys.readouterr().err
+        table = json.loads((cache / "measured.json").read_text())          # rewritten whole
+        (cache / "measured.json").write_text(json.dumps({key: "x" for key in table}))   # edited by hand
+        plumbing.MEASURED_THIS_PROCESS.clear()
+        assert plumbing.measured_peak_flops(torch.device("cpu"), "fp32", cache) > 0   # measured again
     finally:
         plumbing.MEASURED_THIS_PROCESS.update(kept)
-    assert "measured.json is damaged" in capsys.readouterr().err
-    assert json.loads((cache / "measured.json").read_text())              # rewritten whole
 
 
 def test_a_damaged_download_in_the_cache_is_fetched_again(tmp_path, monkeypatch, capsys):
