@@ -56,6 +56,7 @@ from plumbing import UserError
 SWEEP_METHODS = {"scratch": ("clm", "scratch", "full"), "clm": ("clm", "pretrained", "full"),
                  "scratch-mlm": ("mlm", "scratch", "full"), "mlm": ("mlm", "pretrained", "full"),
                  "lora": ("clm", "pretrained", "lora"), "prompt": ("clm", "pretrained", "prompt")}
+KINDS = {"clm": "causal", "mlm": "bidirectional"}   # the body each of --clm and --mlm must hold
 PROMPT_SHOTS = (0, 1, 4, 8)   # prompting's rows: its "labels" are the demonstrations in the prompt
 SWEEP_SIZES = "32,128,256,512,2048,all"
 
@@ -70,7 +71,7 @@ def sweep(args, cfg):
     methods = plumbing.parse_choices(args.methods, SWEEP_METHODS, "--methods")
     paths = {which: path for which, path in (("clm", args.clm), ("mlm", args.mlm)) if path}
     # Read here once, so that a bad checkpoint stops the command before any worker starts.
-    checkpoints = {which: train_clm.load_pretrained(path, None, args.data_dir, args.cache_dir)
+    checkpoints = {which: train_clm.load_pretrained(path, KINDS[which], args.data_dir, args.cache_dir)
                    for which, path in paths.items()}
     skipped = [m for m in methods if SWEEP_METHODS[m][0] not in paths]
     methods = [m for m in methods if m not in skipped]
@@ -229,12 +230,13 @@ def write_sweep_report(records, methods, sizes, labelled, baselines, out_dir):
 # pretraining compute give a better fine-tuned classifier, and does the pretraining loss predict by
 # how much?
 
-def kept_bodies(folder):
+def kept_bodies(folder, kind):
     """[(step, FLOPs, validation loss, path)] of a run folder's kept checkpoints and its final
-    ckpt.pt, by compute; each checkpoint records the FLOPs and tokens it was trained with."""
+    ckpt.pt, by compute; each checkpoint records the FLOPs and tokens it was trained with, and is
+    refused unless it holds a `kind` (causal or bidirectional) model."""
     bodies = {}                                       # step -> body; the final ckpt.pt wins a tie
     for path in sorted(Path(folder).glob("ckpt-step*.pt")) + [Path(folder) / "ckpt.pt"]:
-        checkpoint = plumbing.load_checkpoint(str(path))
+        checkpoint = plumbing.load_checkpoint(str(path), kind)
         state = checkpoint["state"]
         bodies[state["step"]] = (state["step"], state["flops"], checkpoint["metrics"]["val_loss"], str(path))
     return sorted(bodies.values())
@@ -250,7 +252,7 @@ def curve(args, cfg):
     if not runs or not all(os.path.isdir(folder) for _, folder in runs):
         raise UserError("--curve takes run folders: --clm out/clm (and --mlm out/mlm), pretrained with --keep")
     # Every row is full fine-tuning, of a causal body (--clm) or a bidirectional one (--mlm).
-    for kind in {"causal" if flag == "clm" else "bidirectional" for flag, _ in runs}:
+    for kind in {KINDS[flag] for flag, _ in runs}:
         finetune.check_settings(dataclasses.replace(cfg, mode="full"), device, kind)
     # One line of the figure per run: named by its kind when it is the only run of that kind, else
     # by its folder (--clm out/clm-keep,out/clm-4x: "clm-keep", "clm-4x").
@@ -258,7 +260,7 @@ def curve(args, cfg):
     if len(kinds) < len(runs):
         raise UserError("--curve: two run folders of one kind have the same name; give each run its own name")
     # Every kept body of every run; each is one x on the figure: the compute its run had spent.
-    bodies = {name: kept_bodies(folder) for name, (_, folder) in zip(kinds, runs)}
+    bodies = {name: kept_bodies(folder, KINDS[kind]) for name, (kind, folder) in zip(kinds, runs)}
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     sizes = plumbing.parse_sizes(args.sizes, len(labelled.train))
     seeds = range(cfg.seed, cfg.seed + args.seeds)

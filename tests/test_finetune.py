@@ -264,6 +264,8 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
              "--seeds", "2", "--workers", "1", *quick_flags(tmp_path / "sweep", precision="auto")]
     transfer.main([*flags, "--methods", "scratch,mlm"])
     assert "skipping mlm" in capsys.readouterr().out
+    with pytest.raises(data.UserError, match="holds a causal model, but a bidirectional one is needed"):
+        transfer.main([*flags, "--mlm", pretrained["clm"][0]])             # its rows would say "mlm"
     transfer.main([*flags, "--mlm", pretrained["mlm"][0]])
     records = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
     assert {(r["method"], r["n_train"], r["seed"]) for r in records} >= {
@@ -436,6 +438,8 @@ def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(
     assert "- clm, 16 labels: " in table and "3 runs from" in table    # the trend: both runs' bodies
     with pytest.raises(data.UserError, match="the same name"):       # two lines may not share a name
         transfer.main(["--curve", "--clm", f"{folder},{folder}", "--task", pretrained["tsv"], "--out-dir", ""])
+    with pytest.raises(data.UserError, match="holds a causal model, but a bidirectional one is needed"):
+        transfer.main(["--curve", "--mlm", str(folder), "--task", pretrained["tsv"], "--out-dir", ""])
     scratch = next(r for r in records if r["method"] == "clm@0")
     checkpoint, enc = train_clm.load_pretrained(str(folder / "ckpt.pt"))
     labelled = tasks.load_labelled(pretrained["tsv"])
