@@ -824,6 +824,8 @@ def open_run(cfg):
     # same folder stops here, before any work), else when start_run creates it.
     lock = lock_folder(cfg.out_dir, create=False) if dist["rank"] == 0 else None
     keep = parse_fractions(getattr(cfg, "keep", None), "--keep")
+    if keep and not cfg.out_dir:
+        raise UserError("--keep keeps checkpoints in --out-dir, and --out-dir '' saves nothing; give a folder")
     kept = {r["kept"] for r in resume_from["history"] if "kept" in r} if resume_from else set()
     return Run(cfg, dist, device, resume_from, verbose=dist["rank"] == 0 and not cfg.quiet, lock=lock,
                keep=[f for f in keep if f not in kept])

@@ -312,6 +312,8 @@ def test_kept_checkpoints_along_the_budget_load_and_fine_tune_like_the_final_one
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["checkpoint"].endswith("ckpt-step5.pt")
     with pytest.raises(plumbing.UserError, match="every fraction must be in"):
         train(tiny_config(corpus_file, "", keep="0.5,2"))
+    with pytest.raises(plumbing.UserError, match="--keep keeps checkpoints in --out-dir"):
+        train(tiny_config(corpus_file, "", keep="0.5"))                  # nothing saved: nothing kept
 
 
 def test_the_loss_is_read_from_the_device_only_when_logged(corpus_file, monkeypatch):
