@@ -92,10 +92,15 @@ def parse_shape(text):
                         f"e.g. 4/4/128/64/12/65")
     shape = dict(zip(SHAPE_KEYS, map(int, parts)))
     try:                                    # refused now, not minutes into the measurements
-        ModelConfig(**{k: shape[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")})
+        shape_config(shape)
     except ValueError as error:             # e.g. a width that the heads do not divide
         raise UserError(f"shape {text!r}: {error}") from None
     return text, shape
+
+
+def shape_config(shape):
+    """The model of a shape, unpadded (its batch size belongs to the step, not to the model)."""
+    return ModelConfig(**{k: shape[k] for k in SHAPE_KEYS if k != "batch_size"})
 
 
 def default_precisions(device):
@@ -214,8 +219,7 @@ def measure_reference(spec, device):
     # FLOPs per token of the same shape, by our formula (nanoGPT's estimate_mfu uses the same one),
     # computed before nanoGPT's model exists: the throwaway model is freed before the peak memory
     # of the training steps is reached, so it cannot inflate the row's peak memory.
-    flops_per_token = Transformer(ModelConfig(**{k: shape[k] for k in (
-        "vocab_size", "block_size", "n_layer", "n_head", "n_embd")})).flops_per_token()
+    flops_per_token = Transformer(shape_config(shape)).flops_per_token()
     torch.manual_seed(0)
     with contextlib.redirect_stdout(sys.stderr):      # it prints its parameter count
         model = reference.GPT(reference.GPTConfig(
