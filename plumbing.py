@@ -816,6 +816,11 @@ def open_run(cfg):
         if (saved_muon > 0) != (cfg.muon_lr > 0):      # the optimiser's state would not fit
             raise UserError(f"--resume: the run was saved with --muon-lr {saved_muon}, this one has "
                             f"--muon-lr {cfg.muon_lr}; resume with the run's own optimiser settings")
+        saved_corpus = resume_from.get("train_config", {}).get("corpus", cfg.corpus)
+        if saved_corpus != cfg.corpus:                  # its data position points into other text
+            raise UserError(f"--resume: the run was saved training on --corpus {saved_corpus}, this one "
+                            f"asks for {cfg.corpus}; resume with the run's own --corpus (to pretrain "
+                            f"further on other text, start a new run with --init-from)")
         if len(resume_from["rng"]["batches"]) != dist["world_size"]:
             raise UserError(f"--resume: the run was saved by {len(resume_from['rng']['batches'])} "
                             f"process(es), this one has {dist['world_size']}; resume with the same "

@@ -169,6 +169,10 @@ def test_resume_reproduces_the_uninterrupted_run(muon_lr, corpus_file, tmp_path,
     assert resumed["val_loss"] == straight["val_loss"]
     with pytest.raises(plumbing.UserError, match="--resume: the run was saved with --muon-lr"):
         train(tiny_config(corpus_file, tmp_path / "a", max_iters=30, resume=True, muon_lr=0.02 - muon_lr))
+    other_text = tmp_path / "other.txt"                     # bytes either way: the tokenizer check passes
+    other_text.write_text(open(corpus_file).read()[::-1])
+    with pytest.raises(plumbing.UserError, match="--resume: the run was saved training on --corpus"):
+        train(tiny_config(str(other_text), tmp_path / "a", max_iters=30, resume=True, muon_lr=muon_lr))
 
 
 def test_sampling_is_deterministic_and_cli_refuses_bidirectional(corpus_file, tmp_path, capsys):
