@@ -1013,25 +1013,25 @@ def discard_new_folders():
     """After bad input: every folder this process locked is released, and each one it made itself
     and left empty is removed again, so that a refused run leaves no trace, even where a setting can
     be refused only once the model is built (fine-tuning's --last-k, prompting's --shots) or a batch
-    is drawn (out of memory before the first record: log.jsonl is still empty, and goes too)."""
+    drawn (out of memory before the first log record)."""
     for lock in list(HELD_FOLDERS.values()):
         lock.release()
         if lock.made_here:
-            log = os.path.join(lock.folder, "log.jsonl")
-            with contextlib.suppress(OSError):
-                if os.path.getsize(log) == 0:
-                    os.remove(log)
             with contextlib.suppress(OSError):
                 os.rmdir(lock.folder)           # an empty folder only: rmdir refuses any other
 
 
 def prepare_out_dir(cfg, history):
-    """Start --out-dir's log.jsonl from the history the run carries: empty for a new run, the
-    checkpoint's for a resumed one (so records that a killed run wrote after its last checkpoint
-    are dropped; the resumed run writes them again). write_atomic creates the folder."""
+    """Start --out-dir's log.jsonl from the history the run carries: the checkpoint's for a resumed
+    run (so records that a killed run wrote after its last checkpoint are dropped; the resumed run
+    writes them again), empty where --overwrite replaces a run. A new folder gets log.jsonl with
+    its first record, so that a run refused before then (out of memory at the first batch) leaves
+    the folder empty, for discard_new_folders to remove."""
     if not cfg.out_dir:
         return None
-    write_atomic(os.path.join(cfg.out_dir, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history).encode())
+    path = os.path.join(cfg.out_dir, "log.jsonl")
+    if history or os.path.exists(path):
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in history).encode())
     return cfg.out_dir
 
 

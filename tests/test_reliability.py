@@ -405,7 +405,7 @@ def numpy_out_of_memory():
 
 def test_out_of_memory_at_the_first_batch_leaves_no_folder(corpus_file, tmp_path, monkeypatch, capsys):
     """Out of memory before anything was recorded: one line, exit 2, and the folder the run had
-    made (holding only an empty log.jsonl) is gone; an existing run's folder is left as it was."""
+    made is gone; an existing folder is left as it was."""
     raise_at_batch(1, numpy_out_of_memory(), monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
