@@ -400,6 +400,7 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
         scaler.scale(loss).backward()                            # backward, as in pretraining
         optim.optimizer_step(classifier, optimizer, scaler, cfg.grad_clip)
         record = dict(step=step, train_loss=loss.item(), lr=lr, seconds=time.perf_counter() - start)
+        plumbing.check_finite(record["train_loss"], "loss", step)   # diverged: no accuracy to report
         if step in eval_at:
             record.update({f"dev_{k}": v for k, v in tasks.classification_metrics(
                 predict(classifier, dev[0], pad_id, device, autocast), dev[1]).items()})

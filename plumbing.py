@@ -1265,11 +1265,11 @@ def log_model(run, model, precision, tokens_per_step, peak, n_train_tokens):
 
 
 def check_finite(value, what, step):
-    """A loss that became NaN or infinite ends the run with one line; the checkpoint on disk is
-    the last good one (it was written before this step)."""
+    """A loss that became NaN or infinite ends the run with one line. Nothing from that step on is
+    saved, so a checkpoint on disk (pretraining's; fine-tuning writes none) is the last good one."""
     if not math.isfinite(value):
         hint = "Lower --lr" + (", or use --precision fp32/bf16 instead of fp16" if what == "loss" else "")
-        raise UserError(f"{what} became {value} at step {step}; the last good checkpoint is kept. {hint}")
+        raise UserError(f"{what} became {value} at step {step}; nothing from that step on was saved. {hint}")
 
 
 def log_step(run, record, last_metrics, progress):

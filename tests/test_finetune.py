@@ -391,6 +391,15 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert err.startswith("error:") and message in err and err.count("\n") == 1
 
 
+def test_a_diverged_fine_tuning_run_stops_in_one_line_and_reports_nothing(pretrained, tmp_path):
+    """A loss that became NaN leaves no accuracy worth printing (argmax of NaN scores is class 0):
+    the run stops, as pretraining does, before any results are written."""
+    with pytest.raises(data.UserError, match=r"loss became (nan|inf) at step \d+; nothing from that step"):
+        finetune.main(["--checkpoint", pretrained["clm"][0], "--task", pretrained["tsv"], "--lr", "1e30",
+                       *quick_flags(tmp_path / "out")])
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def test_user_errors_for_impossible_settings():
     with pytest.raises(data.UserError, match="--last-k"):
         make_classifier(tiny_body(), 2, tiny_config(mode="last-k", last_k=5))
