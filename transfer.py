@@ -407,6 +407,9 @@ def main(argv=None):
                         "--keep) are fine-tuned, with scratch at zero compute; sizes default to 32,256")
     args = parser.parse_args(argv)
     cfg = plumbing.config_from_args(args, FinetuneConfig)
+    if not args.out_dir:          # '' saves nothing elsewhere; a sweep's results are what it makes
+        raise UserError("--out-dir '': a sweep keeps its results in a folder and resumes from them; "
+                        "give one (. for the current folder)")
     if args.curve:
         # The curve fine-tunes every kept body at every size and seed, many runs per size, so it
         # defaults to two sizes (few labels, where pretraining matters most, and more) and a folder

@@ -446,9 +446,11 @@ def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(
     assert "| clm-wide (scratch) | 0 | 0 |" in table and "| clm-wide | 20 |" in table
     assert "- clm, 16 labels: " in table and "3 runs from" in table    # the trend: both runs' bodies
     with pytest.raises(data.UserError, match="the same name"):       # two lines may not share a name
-        transfer.main(["--curve", "--clm", f"{folder},{folder}", "--task", pretrained["tsv"], "--out-dir", ""])
+        transfer.main(["--curve", "--clm", f"{folder},{folder}", "--task", pretrained["tsv"], "--out-dir", str(out)])
     with pytest.raises(data.UserError, match="holds a causal model, but a bidirectional one is needed"):
-        transfer.main(["--curve", "--mlm", str(folder), "--task", pretrained["tsv"], "--out-dir", ""])
+        transfer.main(["--curve", "--mlm", str(folder), "--task", pretrained["tsv"], "--out-dir", str(out)])
+    with pytest.raises(data.UserError, match="--out-dir '': a sweep keeps its results in a folder"):
+        transfer.main(["--curve", "--clm", str(folder), "--task", pretrained["tsv"], "--out-dir", ""])
     scratch = next(r for r in records if r["method"] == "clm@0")
     checkpoint, enc = train_clm.load_pretrained(str(folder / "ckpt.pt"))
     labelled = tasks.load_labelled(pretrained["tsv"])
