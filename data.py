@@ -30,16 +30,19 @@ number; per character works the same way (Shannon 1951 measured English in bits 
 
 Read in this order: corpora; tokenizers, with byte pair encoding twice, as its definition
 (train_bpe_simple, slow and short) and as the fast trainer the runs use (train_bpe, tested to
-give the same merges); encoded datasets; then batches and bits_per_unit. Where files come from
-(data dir, cache, download), the file format of a tokenizer's ranks and whether a cached file is
-whole are plumbing.py's business, and how pydocs is gathered from this Python's documentation is
-pydocs.py's; BERT's masking lives in train_mlm.py and the labelled sets in tasks.py, beside the
-code that uses them.
+give the same merges), and how a tokenizer is saved (tiktoken's file of ranks); encoded datasets;
+then batches and bits_per_unit. A trained tokenizer and an encoded corpus are cached on disk, and
+each cache is read back beside the code that writes it, checked whole or made again. Where files
+come from (data dir, cache, download) and how they are written atomically is plumbing.py's
+business, and how pydocs is gathered from this Python's documentation is pydocs.py's; BERT's
+masking lives in train_mlm.py and the labelled sets in tasks.py, beside the code that uses them.
 """
+import base64
 import json
 import math
 import os
 import re
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -51,8 +54,7 @@ import tiktoken
 import torch
 
 import pydocs
-from plumbing import (UserError, cached_dataset, cached_ranks, fingerprint, obtain_data_file, parse_ranks,
-                      ranks_text, read_text, resolve_cache_dir, write_atomic)
+from plumbing import UserError, fingerprint, obtain_data_file, read_text, resolve_cache_dir, write_atomic
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|mask|>", "<|cls|>", "<|pad|>")  # ids n_ordinary + 0..3
 # GPT-2's pre-tokenization pattern, as tiktoken writes it (r50k_base): the possessive `++` and the
@@ -238,6 +240,31 @@ def n_ordinary(enc):
     """Number of ordinary (mergeable) tokens; the specials are the ids right after them."""
     return special_ids(enc)["eot"]
 
+# A tokenizer is saved as its table of ranks, in tiktoken's file format (GPT-2's gpt2.tiktoken is
+# one): in the cache, and inside every checkpoint, so that a model always travels with its tokenizer.
+
+def ranks_text(ranks):
+    """tiktoken's ranks format: one `base64(token bytes) rank` line per token, by rank."""
+    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1]))
+
+def parse_ranks(text, source):
+    """The inverse of ranks_text, checked: ranks 0..n-1 including all 256 single bytes. (We do not
+    use tiktoken.load.load_tiktoken_bpe: it keeps a hidden copy in /tmp/data-gym-cache keyed by the
+    file's path and serves that stale copy when the file at the same path changes.)"""
+    ranks = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise UserError(f"{source} line {number} is not 'base64-token rank'; "
+                            f"replace it with a valid tiktoken ranks file") from None
+    if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
+        raise UserError(f"{source}: ranks must be 0..n-1 and include all 256 single bytes; "
+                        f"replace it with a valid tiktoken ranks file")
+    return ranks
+
 def tokenizer_state(enc):
     """Everything needed to rebuild enc (plain strings: safe for weights_only checkpoints)."""
     return dict(name=enc.name, ranks=ranks_text({enc.decode_single_token_bytes(i): i
@@ -252,6 +279,22 @@ def tokenizer_identity(enc):
     so the vocabulary determines the tokenization."""
     blob = tokenizer_state(enc)["ranks"] + "\n".join(SPECIAL_TOKENS)
     return dict(name=enc.name, n_vocab=enc.n_vocab, fingerprint=fingerprint(blob))
+
+
+def cached_ranks(path, size):
+    """A BPE's ranks from the cache, read whole and checked (the format, and `size` tokens); None if
+    there is none yet, or if it is damaged, which is said in one line: it is then trained again."""
+    if not path.exists():
+        return None
+    try:
+        ranks = parse_ranks(path.read_bytes().decode("ascii"), path)     # base64 and digits only
+        if len(ranks) != size:
+            raise UserError(f"{len(ranks)} tokens, not {size}")
+        return ranks
+    except (UserError, OSError, UnicodeDecodeError) as error:
+        print(f"note: the cached tokenizer {path} is damaged ({str(error).split(';')[0]}); training it "
+              f"again", file=sys.stderr)
+        return None
 
 
 def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False):
@@ -280,7 +323,8 @@ def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False)
         sample = text[:20_000]
         assert enc.decode(enc.encode_ordinary(sample)) == sample, f"{path} does not round-trip"
         if trained:                         # cached only once it is known to round-trip
-            write_atomic(path, ranks_text(ranks).encode())
+            saved = ranks_text(ranks).encode()
+            write_atomic(path, saved)
             if verbose:
                 print(f"trained {name} on {len(text):,} chars in {seconds:.1f} s -> {path}")
         return enc
@@ -316,6 +360,28 @@ def encode_text(enc, text, chunk_chars=1 << 18):
     pieces.append(text[start:])
     encoded = enc.encode_ordinary_batch(pieces, num_threads=min(8, os.cpu_count() or 1))
     return np.fromiter((t for piece in encoded for t in piece), dtype=np.int64)
+
+
+def cached_dataset(folder):
+    """The meta.json of a cached encoded dataset, checked against its token files; None if there is
+    none yet, or if anything is off (meta.json cut or not JSON, a token file missing or of another
+    length than meta.json records: a full disk, an interrupted copy), which is then said in one
+    line and the dataset encoded again. meta.json is written last, so a whole one vouches for the
+    rest once the lengths agree."""
+    path = folder / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_bytes())
+        for split in ("train", "val"):
+            expected = meta[f"n_{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+            size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else None
+            if size != expected:
+                raise ValueError(f"{split}.bin holds {size} bytes, meta.json says {expected}")
+        return meta
+    except (ValueError, KeyError, TypeError) as error:                # JSONDecodeError is a ValueError
+        print(f"note: the cached dataset in {folder} is damaged ({error}); encoding it again", file=sys.stderr)
+        return None
 
 
 def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbose=True):

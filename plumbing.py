@@ -7,12 +7,11 @@ files, logs, printed reports, sweeps run in parallel processes, and figure set-u
 floor of the course: every lesson may call into it by name, and it imports no lesson, so a
 reader can take each call at its word and come here only when curious about how.
 
-Sections: 1. errors and the command line; 2. files and downloads (the tokenizer ranks file and
-data.py's two caches); 3. devices, precision and MFU; 4. distributed data parallel; 5. run folders
-and checkpoint files (the one format, the one reader); 6. logs, reports, sweeps and figures.
+Sections: 1. errors and the command line; 2. files and downloads; 3. devices, precision and MFU;
+4. distributed data parallel; 5. run folders and checkpoint files (the one format, the one
+reader); 6. logs, reports, sweeps and figures.
 """
 import argparse
-import base64
 import contextlib
 import dataclasses
 import functools
@@ -41,9 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,71 +360,6 @@ def obtain_data_file(name, data_dir=None, cache_dir=None, also=(), sources=SOURC
                         f"({type(e).__name__}: {e}); put the file in a data directory and pass "
                         f"--data-dir DIR or set PTFT_DATA_DIR") from None
     return dest
-
-
-def ranks_text(ranks):
-    """tiktoken's ranks format: one `base64(token bytes) rank` line per token, by rank."""
-    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1]))
-
-
-def parse_ranks(text, source):
-    """The inverse of ranks_text, checked: ranks 0..n-1 including all 256 single bytes. (We do not
-    use tiktoken.load.load_tiktoken_bpe: it keeps a hidden copy in /tmp/data-gym-cache keyed by the
-    file's path and serves that stale copy when the file at the same path changes.)"""
-    ranks = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-        except ValueError:
-            raise UserError(f"{source} line {number} is not 'base64-token rank'; "
-                            f"replace it with a valid tiktoken ranks file") from None
-    if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
-        raise UserError(f"{source}: ranks must be 0..n-1 and include all 256 single bytes; "
-                        f"replace it with a valid tiktoken ranks file")
-    return ranks
-
-
-# The two caches of data.py: a trained BPE's ranks, and a corpus encoded into token files. A cache
-# is only ever a saving of time, so a damaged one is said in one line and made again, never used.
-
-def cached_ranks(path, size):
-    """A BPE's ranks from the cache, read whole and checked (the format, and `size` tokens); None if
-    there is none yet, or if it is damaged, which is said in one line: it is then trained again."""
-    if not path.exists():
-        return None
-    try:
-        ranks = parse_ranks(read_text(path), path)
-        if len(ranks) != size:
-            raise UserError(f"{len(ranks)} tokens, not {size}")
-        return ranks
-    except UserError as error:
-        print(f"note: the cached tokenizer {path} is damaged ({str(error).split(';')[0]}); training it "
-              f"again", file=sys.stderr)
-        return None
-
-
-def cached_dataset(folder):
-    """The meta.json of a cached encoded dataset, checked against its token files; None if there is
-    none yet, or if anything is off (meta.json cut or not JSON, a token file missing or of another
-    length than meta.json records: a full disk, an interrupted copy), which is then said in one
-    line and the dataset encoded again. meta.json is written last, so a whole one vouches for the
-    rest once the lengths agree."""
-    path = folder / "meta.json"
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text())
-        for split in ("train", "val"):
-            expected = meta[f"n_{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
-            size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else None
-            if size != expected:
-                raise ValueError(f"{split}.bin holds {size} bytes, meta.json says {expected}")
-        return meta
-    except (ValueError, KeyError, TypeError) as error:                # JSONDecodeError is a ValueError
-        print(f"note: the cached dataset in {folder} is damaged ({error}); encoding it again", file=sys.stderr)
-        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,10 +31,9 @@ def write_gpt2_tokenizer(data_dir):
     tokens learned on generated_text (the 300th is <|endoftext|>, as in GPT-2), to go with the
     tests' 300-token GPT-2."""
     import data
-    import plumbing
     (data_dir / "gpt2").mkdir(parents=True, exist_ok=True)
     ranks = data.train_bpe(generated_text(), 299)
-    (data_dir / "gpt2" / "gpt2.tiktoken").write_text(plumbing.ranks_text(ranks))
+    (data_dir / "gpt2" / "gpt2.tiktoken").write_text(data.ranks_text(ranks))
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def write_ranks_file(path, merges):
     for merged in merges:
         ranks[merged] = len(ranks)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(plumbing.ranks_text(ranks))
+    path.write_text(data.ranks_text(ranks))
 
 
 @pytest.mark.parametrize("relative", ["gpt2/gpt2.tiktoken", "gpt2.tiktoken"])

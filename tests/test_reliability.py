@@ -874,6 +874,9 @@ def test_a_damaged_cache_is_said_and_rebuilt(corpus_file, tmp_path, capsys):
     text = open(corpus_file).read()
     enc = data.get_tokenizer("bpe:300", text=text[:int(0.9 * len(text))], cache_dir=cache)   # the training split
     assert enc.n_vocab == 304 and "the cached tokenizer" in capsys.readouterr().err
+    ranks.write_bytes(b"\xff\xfe garbage \x80\n")                         # not text at all
+    enc = data.get_tokenizer("bpe:300", text=text[:int(0.9 * len(text))], cache_dir=cache)
+    assert enc.n_vocab == 304 and "the cached tokenizer" in capsys.readouterr().err
     kept = dict(plumbing.MEASURED_THIS_PROCESS)                           # measured in this process
     try:
         for damaged in ("{not json", "[1]"):                                # cut, or not a table
