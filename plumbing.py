@@ -3,18 +3,17 @@
 Nothing here teaches the pretrain-then-fine-tune idea; it is what any training script needs and
 what would otherwise bury the lesson: the command line and its checks, files and downloads,
 device and precision choice, MFU, distributed data parallel (DDP), run folders and checkpoint
-files, logs, printed reports, sweeps run in parallel processes, and figure set-up. It is the
-floor of the course: every lesson may call into it by name, and it imports no lesson, so a
-reader can take each call at its word and come here only when curious about how.
+files, logs, runs in parallel processes, and figure set-up. It is the floor of the course: every
+lesson may call into it by name, and it imports no lesson, so a reader can take each call at its
+word and come here only when curious about how.
 
 Sections: 1. errors and the command line; 2. files and downloads; 3. devices, precision and MFU;
 4. distributed data parallel; 5. run folders and checkpoint files (the one format, the one
-reader); 6. logs, reports, sweeps and figures.
+reader); 6. logs, parallel runs and figures.
 """
 import argparse
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import io
 import json
@@ -209,23 +208,6 @@ def run_cli(main_function, interrupted="interrupted; the last checkpoint is inta
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         sys.exit(130)
-
-
-def report(cfg, result, start, extra_lines=()):
-    """The final lines every pretraining run prints (once, from rank 0 under torchrun), in a fixed
-    format that README tables quote."""
-    if not is_main_process():
-        return
-    if cfg.out_dir:
-        print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
-    print(f"final: {result['steps']} steps, {result['tokens']:,} tokens, {result['seconds']:.1f}s of "
-          f"training, precision {result['precision']}")
-    print(f"val loss: {result['val_loss']:.4f} nats per token")
-    print(f"val bits per byte: {result['val_bpb']:.3f}")
-    print(f"val bits per character: {result['val_bpc']:.3f}")
-    for line in extra_lines:
-        print(line)
-    print(f"wall time: {time.perf_counter() - start:.1f}s in all")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1095,7 +1077,7 @@ def read_weights(folder):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Logs, printed reports, plots and sweeps.
+# 6. Logs, runs in parallel processes, and figures.
 
 def append_jsonl(path, record, durable=False):
     """Append one JSON line. A line cut by a writer that was killed is closed first, so that it
@@ -1328,36 +1310,3 @@ def makespan(seconds, workers):
     for s in sorted(seconds, reverse=True):
         loads[loads.index(min(loads))] += s
     return max(loads)
-
-
-def run_sweep(plan, run, path, settings, workers=1):
-    """Run every (method, size, seed) of `plan` through run(method, size, seed) -> result dict,
-    appending a record to the JSONL file at `path` as each run finishes: a sweep that is stopped
-    resumes where it was, skipping what is done. Records carry an id of `settings`, so results
-    made with other settings are never mixed in. Prints one line per run, with the time left.
-    workers > 1: that many runs at once, in worker processes (in_processes); `run` must then be a
-    module-level function, or a functools.partial of one, so that it can be sent to them."""
-    sid = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    records = [r for r in read_jsonl(path) if r.get("sweep_id") == sid]     # this sweep's alone
-    done = {(r["method"], r["n_train"], r["seed"]) for r in records}
-    todo = [item for item in plan if item not in done]
-    print(f"{len(todo)} runs to do ({len(records)} done in {path}), {min(workers, max(len(todo), 1))} at a time")
-    start = time.perf_counter()
-    for i, ((method, k, seed), result) in enumerate(in_processes(functools.partial(with_item, run), todo,
-                                                                 workers), 1):
-        record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"],
-                      test=result["test"], trainable=result.get("trainable"), lr=result.get("lr"),
-                      seconds=result.get("seconds"))
-        append_jsonl(path, record, durable=True)
-        records.append(record)
-        elapsed = time.perf_counter() - start
-        print(f"[{i}/{len(todo)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
-              f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
-              f"({elapsed:.0f}s elapsed, about {elapsed / i * (len(todo) - i):.0f}s left)", flush=True)
-    return records
-
-
-def with_item(run, item):
-    """(item, run(*item)): results from worker processes arrive in the order they finish."""
-    return item, run(*item)

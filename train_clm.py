@@ -24,8 +24,8 @@ Read in this order:
      train_mlm.py swaps the batch and the scoring, and turns the mask off.
   3. train(): the loop. How a gradient becomes a step (AdamW and its decay groups, Muon, warmup +
      cosine, clipping, mixed precision) is optim.py's lesson, read before this one.
-  4. What pretraining leaves: its loss curves (drawn from the records train() returns), sampling,
-     loading a checkpoint (ours or GPT-2's); the command line.
+  4. What pretraining leaves: its loss curves (drawn from the records train() returns), its final
+     numbers, sampling, loading a checkpoint (ours or GPT-2's); the command line.
 """
 import os
 import time
@@ -313,8 +313,8 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. What pretraining leaves: its loss curves, a model to sample from, and a checkpoint to load.
-#    The command line.
+# 4. What pretraining leaves: its loss curves and final numbers, a model to sample from, and a
+#    checkpoint to load. The command line.
 
 def plot_losses(cfg, history, objective, note=""):
     """--out-dir's loss.png (drawn once, by rank 0): training and validation loss against tokens
@@ -333,6 +333,24 @@ def plot_losses(cfg, history, objective, note=""):
             ax.grid(alpha=0.3)
             ax.legend()
         fig.suptitle(f"{objective} pretraining on {os.path.basename(cfg.corpus)}\n{note}".strip())
+
+
+def report(cfg, result, start, extra_lines=()):
+    """The lines a pretraining run ends with (once, from rank 0 under torchrun): what it cost, and
+    the validation loss in nats per token, bits per byte and bits per character, in a fixed format
+    that the README's tables quote."""
+    if not plumbing.is_main_process():
+        return
+    if cfg.out_dir:
+        print(f"saved {cfg.out_dir}/ckpt.pt, {cfg.out_dir}/log.jsonl and {cfg.out_dir}/loss.png")
+    print(f"final: {result['steps']} steps, {result['tokens']:,} tokens, {result['seconds']:.1f}s of "
+          f"training, precision {result['precision']}")
+    print(f"val loss: {result['val_loss']:.4f} nats per token")
+    print(f"val bits per byte: {result['val_bpb']:.3f}")
+    print(f"val bits per character: {result['val_bpc']:.3f}")
+    for line in extra_lines:
+        print(line)
+    print(f"wall time: {time.perf_counter() - start:.1f}s in all")
 
 
 def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50, seed=0):
@@ -431,7 +449,7 @@ def main(argv=None):
         text = sample(model, result["dataset"].enc, "\n", cfg.sample_tokens, next(model.parameters()).device,
                       seed=cfg.seed)
         print(f"--- sample ({cfg.sample_tokens} tokens, temperature 0.8, top-k 50) ---\n{text}\n---")
-    plumbing.report(cfg, result, start)
+    report(cfg, result, start)
 
 
 if __name__ == "__main__":

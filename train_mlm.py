@@ -36,7 +36,8 @@ import data
 import plumbing
 from model import Transformer
 from plumbing import UserError, knob
-from train_clm import PRESETS, TrainConfig, fixed_windows, load_pretrained, plot_losses, pretraining_dataset, train
+from train_clm import (PRESETS, TrainConfig, fixed_windows, load_pretrained, plot_losses, pretraining_dataset,
+                       report, train)
 
 
 @dataclass
@@ -399,8 +400,8 @@ def main(argv=None):
     plot_losses(cfg, result["history"], "mlm", "training masks --mask-prob of the tokens; validation, a fixed 15%")
     if plumbing.is_main_process() and not cfg.quiet:
         fill_in_demo(result["model"], result["dataset"], cfg, next(result["model"].parameters()).device)
-    plumbing.report(cfg, result, start, [f"masked-token accuracy: {100 * result['val_acc']:.1f}%",
-                                         f"unigram baseline: {100 * result['unigram_acc']:.1f}%"])
+    report(cfg, result, start, [f"masked-token accuracy: {100 * result['val_acc']:.1f}%",
+                                f"unigram baseline: {100 * result['unigram_acc']:.1f}%"])
 
 
 if __name__ == "__main__":

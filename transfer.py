@@ -32,7 +32,10 @@ command line.
 """
 import dataclasses
 import functools
+import hashlib
+import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -108,8 +111,7 @@ def sweep(args, cfg):
     print(f"sweep on {args.task}: methods {', '.join(methods)} (+ bag-of-words), sizes {sizes}, seeds {list(seeds)}")
     lock = plumbing.lock_folder(args.out_dir)          # one sweep at a time writes this folder
     context = (args.task, bodies, cfg, args.data_dir, args.cache_dir)
-    records = plumbing.run_sweep(plan, functools.partial(fine_tune_point, context),
-                                 os.path.join(args.out_dir, "sweep.jsonl"), settings, workers)
+    records = run_sweep(plan, context, os.path.join(args.out_dir, "sweep.jsonl"), settings, workers)
     # Each pretrained method's gain is read against scratch in its own architecture.
     twin = {m: next((s for s in methods if SWEEP_METHODS[s][:2] == (SWEEP_METHODS[m][0], "scratch")), None)
             for m in methods if m != "prompt" and SWEEP_METHODS[m][1] == "pretrained"}
@@ -139,6 +141,38 @@ def fine_tune_point(context, method, k, seed):
     run_cfg = dataclasses.replace(cfg, seed=seed, mode=mode, shots=k)
     return finetune.run_one(body, enc, labelled, train, run_cfg, plumbing.pick_device(cfg.device),
                             log=lambda *a: None)[0]
+
+
+def run_sweep(plan, context, path, settings, workers=1):
+    """Every (method, size, seed) of `plan` through fine_tune_point(context, ...), a record appended
+    to the JSONL file at `path` as each run finishes: a sweep that is stopped resumes where it
+    was, skipping what is done. Records carry an id of `settings`, so results made with other
+    settings are never mixed in. One line per run, with the time left. workers > 1: that many
+    runs at once, in worker processes (plumbing.in_processes)."""
+    sid = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    records = [r for r in plumbing.read_jsonl(path) if r.get("sweep_id") == sid]     # this sweep's alone
+    done = {(r["method"], r["n_train"], r["seed"]) for r in records}
+    todo = [item for item in plan if item not in done]
+    print(f"{len(todo)} runs to do ({len(records)} done in {path}), {min(workers, max(len(todo), 1))} at a time")
+    start = time.perf_counter()
+    runs = plumbing.in_processes(functools.partial(fine_tune_item, context), todo, workers)
+    for i, ((method, k, seed), result) in enumerate(runs, 1):
+        record = dict(sweep_id=sid, method=method, n_train=k, seed=seed, dev=result["dev"],
+                      test=result["test"], trainable=result.get("trainable"), lr=result.get("lr"),
+                      seconds=result.get("seconds"))
+        plumbing.append_jsonl(path, record, durable=True)
+        records.append(record)
+        elapsed = time.perf_counter() - start
+        print(f"[{i}/{len(todo)}] {method:8s} {k:5d} labels seed {seed}: test accuracy "
+              f"{result['test']['accuracy']:.3f}, macro-F1 {result['test']['macro_f1']:.3f} "
+              f"({elapsed:.0f}s elapsed, about {elapsed / i * (len(todo) - i):.0f}s left)", flush=True)
+    return records
+
+
+def fine_tune_item(context, item):
+    """(item, its result): results from worker processes arrive in the order they finish."""
+    return item, fine_tune_point(context, *item)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,8 +311,7 @@ def curve(args, cfg):
     points.update({f"{name}@0": (bodies[name][-1][3], "scratch", "full") for name in bodies})
     context = (args.task, points, cfg, args.data_dir, args.cache_dir)
     lock = plumbing.lock_folder(args.out_dir)
-    records = plumbing.run_sweep(plan, functools.partial(fine_tune_point, context),
-                                 os.path.join(args.out_dir, "curve.jsonl"), settings, workers)
+    records = run_sweep(plan, context, os.path.join(args.out_dir, "curve.jsonl"), settings, workers)
     majority = tasks.majority_baseline(labelled.train, labelled.dev, labelled.test)["test"]["accuracy"]
     print(write_curve_report(records, bodies, kinds, sizes, labelled, majority, args.out_dir))
     print(f"saved {args.out_dir}/curve.jsonl, curve.md and curve.png")
