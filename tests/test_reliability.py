@@ -454,6 +454,26 @@ def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, 
     assert snapshot(run) == before
 
 
+def test_a_checkpoint_this_code_cannot_build_is_refused_in_one_line(good_run, tmp_path, capsys):
+    """Another version's checkpoint (a model setting this code lacks), or an edited one (weights
+    renamed, a shape that cannot be): refused when read, before any model is trained on it."""
+    good = load_checkpoint(good_run["run"] / "ckpt.pt")
+    train_clm.load_pretrained(str(good_run["run"] / "ckpt.pt"))                  # the good one loads
+    weights = dict(good["model"])
+    weights["blocks.0.attn.renamed.weight"] = weights.pop(next(k for k in weights if "attn" in k))
+    for name, change, reason in (
+            ("newer", dict(model_config=dict(good["model_config"], rope=True)), "unexpected keyword argument 'rope'"),
+            ("renamed", dict(model=weights), "Unexpected key"),
+            ("heads", dict(model_config=dict(good["model_config"], n_head=3)), "divisible by n_head")):
+        path = tmp_path / f"{name}.pt"
+        torch.save(dict(good, **change), path)
+        with pytest.raises(SystemExit) as exit_info:
+            plumbing.run_cli(lambda: train_clm.main(["--sample", str(path), "--num-tokens", "3"]))
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, err
+        assert "holds a model this code cannot build" in err and reason in err, err
+
+
 def test_malformed_label_file_names_the_line_in_finetune(good_run, tmp_path, capsys):
     labels = tmp_path / "labels.tsv"
     labels.write_text("a fine sentence\t1\nanother one\t0\nno label on this line\nlast\t1\n")
