@@ -511,6 +511,9 @@ def main(argv=None):
         "--corpus); tiny, a 2 x 2 smoke test"))
     parsed = parser.parse_args(argv)
     args, preset_name = plumbing.config_from_args(parsed, ScalingConfig, presets), parsed.preset
+    if args.out_dir == "":        # '' saves nothing elsewhere; a sweep's results are what it makes
+        raise UserError("--out-dir '': a sweep keeps its results in a folder and resumes from them; "
+                        "give one (. for the current folder)")
     out_dir = args.out_dir or os.path.join("out", f"scaling-{preset_name}")
     path = os.path.join(out_dir, "results.jsonl")
     if args.plot_only:

@@ -211,6 +211,9 @@ def test_micro_sweep_writes_jsonl_resumes_and_replots(micro_sweep, tmp_path, mon
     results.write_text('{"x": 1}\n[1, 2]\n')
     with pytest.raises(UserError, match="line 2 is not a record"):
         scaling.main(argv + ["--plot-only"])
+    # '' saves nothing elsewhere, but a sweep is its results: refused, not sent to out/scaling-tiny.
+    with pytest.raises(UserError, match="--out-dir '': a sweep keeps its results in a folder"):
+        scaling.main(["--preset", "tiny", "--out-dir", "", "--dry-run"])
 
 
 def test_bootstrap_with_distinct_budgets_gives_intervals_of_nonzero_width(capsys):
