@@ -40,6 +40,11 @@ def verbalizers(labelled, spec=None):
             raise UserError(f"--verbalizers: {item!r} is not LABEL=WORD with LABEL one of "
                             f"{', '.join(labelled.label_names)}")
         words[label.strip()] = word.strip()
+    for name in labelled.label_names:        # one word for two classes: the first would always win
+        twins = [other for other in labelled.label_names if words[other] == words[name]]
+        if len(twins) > 1:
+            raise UserError(f"--verbalizers: {' and '.join(twins)} are both scored by {words[name]!r}; "
+                            f"give each class its own word")
     return [" " + words[name] for name in labelled.label_names]
 
 

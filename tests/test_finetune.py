@@ -373,6 +373,8 @@ def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pret
     assert exit_info.value.code == 2 and "needs a causal" in err and err.count("\n") == 1
     with pytest.raises(data.UserError, match="--verbalizers"):
         prompting.verbalizers(tasks.load_labelled(pretrained["tsv"]), "robot=beep")
+    with pytest.raises(data.UserError, match="animal and person are both scored by 'person'"):
+        prompting.verbalizers(tasks.load_labelled(pretrained["tsv"]), "animal=person")
 
 
 @pytest.mark.parametrize("argv, message", [
