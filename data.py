@@ -270,15 +270,21 @@ def tokenizer_state(enc):
     return dict(name=enc.name, ranks=ranks_text({enc.decode_single_token_bytes(i): i
                                                  for i in range(n_ordinary(enc))}))
 
-def tokenizer_from_state(state):
-    return make_encoding(state["name"], parse_ranks(state["ranks"], "checkpoint tokenizer"))
-
 def tokenizer_identity(enc):
     """Name, size and a fingerprint of the exact vocabulary (ordinary tokens in id order, then the
     specials), recorded with every dataset and checkpoint. All encodings here share GPT2_PATTERN,
     so the vocabulary determines the tokenization."""
     blob = tokenizer_state(enc)["ranks"] + "\n".join(SPECIAL_TOKENS)
     return dict(name=enc.name, n_vocab=enc.n_vocab, fingerprint=fingerprint(blob))
+
+def tokenizer_from_state(state, identity):
+    """The tokenizer a checkpoint saved (tokenizer_state), checked to be the one it records
+    (`identity`, tokenizer_identity's): a damaged or edited file is refused, not used to mis-read text."""
+    enc = make_encoding(state["name"], parse_ranks(state["ranks"], "the checkpoint's tokenizer"))
+    if tokenizer_identity(enc)["fingerprint"] != identity["fingerprint"]:
+        raise UserError(f"the checkpoint's tokenizer does not rebuild into the one it records ({identity['name']}, "
+                        f"{identity['fingerprint']}): the file is damaged or edited; use an intact copy")
+    return enc
 
 
 def cached_ranks(path, size):

@@ -369,8 +369,8 @@ def sample(model, enc, prompt, max_new_tokens, device, temperature=0.8, top_k=50
 def load_pretrained(path, kind=None, data_dir=None, cache_dir=None):
     """(checkpoint, tokenizer) for a model that was pretrained: a ckpt.pt of train_clm.py or
     train_mlm.py (read by plumbing.load_checkpoint, its model built once to see that this code
-    can, its tokenizer rebuilt and checked to be the saved one), or GPT-2 (`gpt2`, or a Hugging
-    Face GPT-2 folder), read into the same format.
+    can, its tokenizer rebuilt and checked to be the one it records), or GPT-2 (`gpt2`, or a
+    Hugging Face GPT-2 folder), read into the same format.
     kind: "causal" or "bidirectional" when only one will do."""
     if path == "gpt2" or os.path.isdir(path):
         plumbing.check_kind(dict(kind="causal"), kind, path)   # GPT-2 is causal: said before its files are read
@@ -383,8 +383,7 @@ def load_pretrained(path, kind=None, data_dir=None, cache_dir=None):
         lines = str(error).strip().splitlines() or [type(error).__name__]
         raise UserError(f"{path} holds a model this code cannot build ({lines[-1].strip()[:160]}); use a "
                         f"checkpoint that this version of train_clm.py or train_mlm.py wrote") from None
-    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"])
-    plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(enc))
+    enc = data.tokenizer_from_state(checkpoint["tokenizer_state"], checkpoint["tokenizer"])
     return checkpoint, enc
 
 

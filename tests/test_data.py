@@ -134,9 +134,15 @@ def test_tokenizer_state_survives_a_weights_only_checkpoint(tmp_path):
     enc = data.get_tokenizer("bpe:300", text=sample_text())
     torch.save(dict(tokenizer_state=data.tokenizer_state(enc)), tmp_path / "ckpt.pt")
     state = torch.load(tmp_path / "ckpt.pt", map_location="cpu", weights_only=True)["tokenizer_state"]
-    rebuilt = data.tokenizer_from_state(state)
+    rebuilt = data.tokenizer_from_state(state, data.tokenizer_identity(enc))
     assert data.tokenizer_identity(rebuilt) == data.tokenizer_identity(enc)
     assert rebuilt.encode_ordinary(UNICODE) == enc.encode_ordinary(UNICODE)
+    # A state that does not rebuild into the vocabulary recorded beside it (edited: two tokens'
+    # ranks swapped, still a valid table) is refused rather than used.
+    lines = state["ranks"].splitlines()
+    lines[298], lines[299] = lines[298].split()[0] + " 299", lines[299].split()[0] + " 298"
+    with pytest.raises(data.UserError, match="does not rebuild into the one it records"):
+        data.tokenizer_from_state(dict(state, ranks="\n".join(lines)), data.tokenizer_identity(enc))
 
 
 def write_ranks_file(path, merges):
