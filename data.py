@@ -282,8 +282,9 @@ def tokenizer_from_state(state, identity):
     (`identity`, tokenizer_identity's): a damaged or edited file is refused, not used to mis-read text."""
     enc = make_encoding(state["name"], parse_ranks(state["ranks"], "the checkpoint's tokenizer"))
     if tokenizer_identity(enc)["fingerprint"] != identity["fingerprint"]:
-        raise UserError(f"the checkpoint's tokenizer does not rebuild into the one it records ({identity['name']}, "
-                        f"{identity['fingerprint']}): the file is damaged or edited; use an intact copy")
+        raise UserError(f"the checkpoint's tokenizer does not rebuild into the one it records "
+                        f"({identity['name']}, {identity['fingerprint']}): the file is damaged or edited; "
+                        f"use an intact copy")
     return enc
 
 

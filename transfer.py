@@ -240,7 +240,8 @@ def plot_sweep(records, methods, sizes, labelled, path):
         ax.set_xscale("symlog", base=2, linthresh=1)
         ax.set_xticks(sizes, [str(k) for k in sizes])
         ax.minorticks_off()
-        ax.set(xlabel="labelled examples (prompting: demonstrations in the prompt)", ylabel="test accuracy (mean ± std over seeds)",
+        ax.set(xlabel="labelled examples (prompting: demonstrations in the prompt)",
+               ylabel="test accuracy (mean ± std over seeds)",
                title=f"{os.path.basename(labelled.name)}: what pretraining buys, label by label", ylim=(0, 1))
         ax.grid(alpha=0.3)
         ax.legend()
