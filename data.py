@@ -114,7 +114,7 @@ def load_corpus(name, data_dir=None, cache_dir=None, verbose=False):
 # ----------------------------------------------------------------------------- tokenizers
 # Byte pair encoding (Sennrich et al. 2016; on bytes as in GPT-2, Radford et al. 2019), twice: its
 # definition, short and slow, then the trainer the runs use, fast. Then how a learned table becomes
-# a tokenizer.
+# a tokenizer, and how it is saved.
 
 def pre_tokens(text):
     """{piece: count}: the text cut by SPLIT_RE into words, numbers, punctuation runs and spaces,
