@@ -81,7 +81,7 @@ import prompting
 import tasks
 import train_clm
 import train_mlm
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, padded_vocab_size
 from plumbing import UserError, knob
 
 
@@ -235,8 +235,9 @@ def scratch_from_flags(args, seed):
     dataset = data.prepare_dataset(args.corpus, args.tokenizer, args.data_dir, args.cache_dir, verbose=False)
     shape = train_clm.TrainConfig(**{**train_clm.PRESETS[args.preset], "corpus": args.corpus,
                                      "tokenizer": args.tokenizer})
+    config = train_clm.model_config(shape, causal=args.kind == "causal")       # its vocabulary: the tokenizer's
     torch.manual_seed(seed)
-    return Transformer(train_clm.model_config(shape, dataset.enc, causal=args.kind == "causal")), dataset.enc
+    return Transformer(dataclasses.replace(config, vocab_size=padded_vocab_size(dataset.enc.n_vocab))), dataset.enc
 
 
 # --pooling auto: what each kind of body reads, chosen on the dev splits of four tasks (RESULTS.md).

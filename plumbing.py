@@ -1199,11 +1199,13 @@ def log_step(run, record, last_metrics, progress):
 
 
 def finish_run(run, history):
-    """The final record appended to log.jsonl, and the folder freed for other runs."""
+    """The final record appended to log.jsonl, the folder freed for other runs, and under torchrun
+    the process group closed."""
     if run.out_dir:
         append_jsonl(os.path.join(run.out_dir, "log.jsonl"), history[-1])
     if run.lock:
         run.lock.release()
+    teardown_distributed(run.dist)
 
 
 class StopSignals:

@@ -29,7 +29,7 @@ Read in this order:
 """
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -194,10 +194,11 @@ def describe(model, enc):
                 tokenizer_state=data.tokenizer_state(enc))
 
 
-def model_config(cfg, enc, causal, start_from=None):
-    """The model's shape from the run's flags, its vocabulary the tokenizer's, padded (model.py).
-    causal=True is GPT (each position sees only its left); causal=False is BERT (train_mlm.py).
-    --init-from (start_from): the checkpoint's own shape, since its weights must fit."""
+def model_config(cfg, causal, start_from=None):
+    """The model's shape from the run's flags, checked before any data is read; its vocabulary is
+    the tokenizer's, which train() sets once the data is loaded. causal=True is GPT (each position
+    sees only its left); causal=False is BERT (train_mlm.py). --init-from (start_from): the
+    checkpoint's own shape and vocabulary, since its weights must fit."""
     if start_from is not None:
         config = ModelConfig(**{**start_from["model_config"], "dropout": cfg.dropout,
                                 "attention": cfg.attention})
@@ -206,10 +207,9 @@ def model_config(cfg, enc, causal, start_from=None):
                             f"table ({config.block_size}); give at most that")
         return config
     try:
-        return ModelConfig(vocab_size=padded_vocab_size(enc.n_vocab), block_size=cfg.block_size,
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                           bias=cfg.bias, alibi=cfg.alibi, init_std=cfg.init_std, attention=cfg.attention,
-                           causal=causal)
+        return ModelConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                           dropout=cfg.dropout, bias=cfg.bias, alibi=cfg.alibi, init_std=cfg.init_std,
+                           attention=cfg.attention, causal=causal)
     except ValueError as error:
         raise UserError(f"invalid model settings: {error}") from None
 
@@ -228,13 +228,15 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     start_from, tokenizer = None, cfg.tokenizer
     if cfg.init_from and run.resume_from is None:   # another run's weights (or GPT-2's), and its tokenizer
         start_from, tokenizer = load_pretrained(cfg.init_from, KINDS[causal], cfg.data_dir, cfg.cache_dir)
+    # The model's shape. `causal` is the one flag between a GPT (True) and a BERT (False): model.py.
+    config = model_config(cfg, causal, start_from)
     if dataset is None:                             # the corpus as token ids, split 90/10 (data.py)
         dataset = data.prepare_dataset(cfg.corpus, tokenizer, cfg.data_dir, cfg.cache_dir, verbose=run.verbose)
     plumbing.check_fits(dataset, cfg.block_size)    # a window fits in each split
-    # The model. `causal` is the one flag between a GPT (True) and a BERT (False): model.py.
+    if start_from is None:                          # the vocabulary: the tokenizer's, padded (model.py)
+        config = replace(config, vocab_size=padded_vocab_size(dataset.enc.n_vocab))
     torch.manual_seed(cfg.seed)                     # same seed on every rank: same init
-    model = Transformer(model_config(cfg, dataset.enc, causal, start_from)).to(device)
-    n_params, flops_per_token = model.num_params(non_embedding=False), model.flops_per_token()
+    model = Transformer(config).to(device)
     optimizer = optim.make_optimizer(model, cfg, device, cfg.muon_lr)
     description = describe(model, dataset.enc)      # what its checkpoints record about it
     plumbing.start_run(run, description)            # --resume must hold this model; --out-dir made
@@ -248,7 +250,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             model, lambda m, batch: m(**batch)[1], probe, device, cfg.cache_dir), dist)
     autocast, scaler = optim.precision_context(device, plumbing.check_precision(device, precision))
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
-    meter = plumbing.Meter(flops_per_token, plumbing.peak_flops(device, precision, cfg.cache_dir),
+    meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir),
                            devices=dist["world_size"])
     plumbing.log_model(run, model, precision, tokens_per_step, meter.peak, len(dataset.train))
 
@@ -284,9 +286,8 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
             progress = optim.budget_progress(cfg, state)
             is_eval = plumbing.keep_due(run, progress) or state["step"] % cfg.eval_interval == 0
             if is_eval or state["step"] % cfg.log_interval == 0:
-                loss = plumbing.agree_mean(float(loss_sum), device, dist)   # read only here: it waits
-                # for the device. A NaN stops the run here, before any checkpoint holds it.
-                plumbing.check_finite(loss, "loss", state["step"])
+                loss = plumbing.agree_mean(float(loss_sum), device, dist)   # read only here: it waits for the device
+                plumbing.check_finite(loss, "loss", state["step"])   # NaN: stop before a checkpoint holds it
                 record = plumbing.step_record(state, meter, lr=lr, train_loss=loss)     # reads the meter
                 if is_eval:
                     last_metrics = evaluate_now(cfg.eval_batches)
@@ -306,10 +307,10 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     plumbing.check_finite(final["val_loss"], "validation loss", state["step"])      # on every rank
     history.append(dict(plumbing.counters(state), final=True, **final))
     save(final)
-    plumbing.finish_run(run, history)
-    plumbing.teardown_distributed(dist)
+    plumbing.finish_run(run, history)               # the last log record; the folder freed; DDP closed
     return dict(final, tokens=state["tokens"], flops=state["flops"], steps=state["step"], seconds=state["seconds"],
-                n_params=n_params, precision=precision, history=history, model=model, dataset=dataset)
+                n_params=model.num_params(non_embedding=False), precision=precision, history=history,
+                model=model, dataset=dataset)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ That the pydocs-topic dev/test docstrings are absent from the pydocs pretraining
 once, in tests/test_data.py::test_pydocs_topic_is_balanced_disjoint_and_held_out_of_pretraining.
 """
 import copy
+import dataclasses
 import json
 import math
 import random
-import types
 
 import pytest
 import torch
@@ -163,7 +163,8 @@ def test_frozen_parameters_do_not_change(mode):
 
 def test_lora_r8_trains_under_5_percent_of_the_cpu_preset_model():
     shape = train_clm.TrainConfig(**train_clm.PRESETS["cpu"])
-    body = Transformer(train_clm.model_config(shape, types.SimpleNamespace(n_vocab=4100), causal=True))
+    config = train_clm.model_config(shape, causal=True)
+    body = Transformer(dataclasses.replace(config, vocab_size=padded_vocab_size(4100)))
     for targets in finetune.LORA_TARGETS:
         trainable, total = finetune.parameter_counts(
             make_classifier(body, 6, tiny_config(mode="lora", lora_r=8, lora_targets=targets)))
@@ -471,9 +472,10 @@ def test_large_preset_extends_the_transfer_curve_two_decades_past_the_main_job(p
     (the README's estimate: about 250x and 200x), counted as a run counts them."""
     def pretraining_flops(name):
         cfg = (train_clm.TrainConfig if causal else train_mlm.MLMConfig)(**presets[name])
-        bpe_4096 = types.SimpleNamespace(n_vocab=4096 + len(data.SPECIAL_TOKENS))     # what the run's tokenizer holds
+        config = train_clm.model_config(cfg, causal)                                  # as train() builds it,
+        vocab_size = padded_vocab_size(4096 + len(data.SPECIAL_TOKENS))             # with bpe:4096's tokens
         with torch.device("meta"):                  # the shape alone: no 88M weights allocated
-            model = Transformer(train_clm.model_config(cfg, bpe_4096, causal))          # as train() builds it
+            model = Transformer(dataclasses.replace(config, vocab_size=vocab_size))
         return model.flops_per_token() * cfg.max_iters * cfg.batch_size * cfg.block_size
     assert 100 <= pretraining_flops("large") / pretraining_flops("cpu") <= 1000
 

@@ -1,5 +1,6 @@
 """Tests of masked-LM pretraining: BERT's masking statistics (data.mask_tokens), sparse prediction,
 learning, and the command line of train_mlm.py (fill-in-the-blank, causal comparison)."""
+import dataclasses
 import json
 import math
 import re
@@ -11,7 +12,7 @@ import data
 import plumbing
 import train_clm
 import train_mlm
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, padded_vocab_size
 from train_mlm import MLMConfig
 
 
@@ -203,6 +204,12 @@ def test_cli_trains_fills_and_compares_with_causal(corpus_file, tmp_path, capsys
         train_mlm.main(["--fill", str(tmp_path / "clm" / "ckpt.pt")])
 
 
+def bidirectional_config(cfg, dataset):
+    """The model train() builds for cfg: the flags' shape, the tokenizer's vocabulary."""
+    config = train_clm.model_config(cfg, causal=False)
+    return dataclasses.replace(config, vocab_size=padded_vocab_size(dataset.enc.n_vocab))
+
+
 def test_validation_mask_ignores_training_knobs(corpus_file, tmp_path):
     """The fixed validation set scores the same positions whatever --batch-size, --mask-prob and
     --seed: otherwise runs that differ in those knobs would be marked on different tests. One
@@ -210,7 +217,7 @@ def test_validation_mask_ignores_training_knobs(corpus_file, tmp_path):
     cfg = tiny_mlm_config(corpus_file, tmp_path / "unused")
     dataset = data.prepare_dataset(cfg.corpus, cfg.tokenizer, cache_dir=cfg.cache_dir, verbose=False)
     torch.manual_seed(0)
-    model = Transformer(train_clm.model_config(cfg, dataset.enc, causal=False)).eval()
+    model = Transformer(bidirectional_config(cfg, dataset)).eval()
 
     def scored(**overrides):
         with torch.no_grad():
@@ -276,7 +283,7 @@ def test_masked_lm_bits_per_byte_count_the_masked_tokens_own_bytes(corpus_file):
     cfg = tiny_mlm_config(corpus_file, "", tokenizer="bpe:300")
     dataset = data.prepare_dataset(cfg.corpus, cfg.tokenizer, cache_dir=cfg.cache_dir, verbose=False)
     torch.manual_seed(0)
-    model = Transformer(train_clm.model_config(cfg, dataset.enc, causal=False)).eval()
+    model = Transformer(bidirectional_config(cfg, dataset)).eval()
     with torch.no_grad():
         result = train_mlm.evaluate_mlm(model, dataset, cfg, None, torch.device("cpu"))
     bytes_per_masked_token = result["val_loss"] / math.log(2) / result["val_bpb"]

@@ -277,6 +277,8 @@ BAD_INPUTS = [  # id, extra flags (later flags win), what the message must say, 
     ("corpus shorter than a block", ["--corpus", "{tmp}/short.txt"], "corpus too short",
      write_bytes("short.txt", b"the cat sees the dog.\n" * 5)),
     ("invalid model shape", ["--n-embd", "30", "--n-head", "4"], "n_embd .30. must be divisible", None),
+    ("invalid model shape, said before the data is read",           # not after minutes of tokenizing
+     ["--n-embd", "30", "--n-head", "4", "--corpus", "{tmp}/nowhere.txt"], "n_embd .30. must be divisible", None),
     ("zero init std", ["--init-std", "0"], r"--init-std must be in \(0, inf\)", None),
     ("zero batch size", ["--batch-size", "0"], r"--batch-size must be in \[1, inf\)", None),
     ("negative budget", ["--max-iters", "-5"], r"--max-iters must be in \[1, inf\)", None),
