@@ -195,6 +195,10 @@ def apply_mode(classifier, cfg):
     if cfg.mode == "lora":
         if cfg.lora_r < 1 or cfg.lora_targets not in LORA_TARGETS:
             raise UserError(f"LoRA needs --lora-r >= 1 and --lora-targets in {', '.join(LORA_TARGETS)}")
+        if cfg.lora_r >= body.config.n_embd:    # every matrix it adapts is n_embd wide on one side
+            raise UserError(f"--lora-r {cfg.lora_r}: the matrices LoRA adapts are {body.config.n_embd} wide, so "
+                            f"that rank is not low (it trains more than the matrices hold); give --lora-r "
+                            f"below {body.config.n_embd}, e.g. 8, or fine-tune in full (--mode full)")
         add_lora(body, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     for name, parameter in body.named_parameters():
         parameter.requires_grad = (cfg.mode == "full" or
@@ -278,7 +282,8 @@ class FinetuneConfig:
     shots: int = knob(4, "with --mode prompt: demonstrations per prompt, balanced and seeded", "[0, inf)")
     verbalizers: Optional[str] = knob(None, "with --mode prompt: LABEL=WORD,... (None: the class names)")
     last_k: int = knob(2, "with --mode last-k: how many top blocks train", "[1, inf)")
-    lora_r: int = knob(8, "LoRA rank r", "[1, inf)")
+    lora_r: int = knob(8, "LoRA rank r, below the model's width (Hu et al. 2021: 1 to 8 sufficed for GPT-3)",
+                       "[1, inf)")
     lora_alpha: float = knob(16.0, "LoRA alpha: the update is scaled by alpha / r", "(0, inf)")
     lora_targets: str = knob("all", "LoRA on attention (attn: qkv, proj) or on every block matrix (all)")
     pooling: str = knob("auto", "auto (mean for causal, cls for bidirectional), mean, last or cls")

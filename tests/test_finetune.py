@@ -406,6 +406,9 @@ def test_a_diverged_fine_tuning_run_stops_in_one_line_and_reports_nothing(pretra
 def test_user_errors_for_impossible_settings():
     with pytest.raises(data.UserError, match="--last-k"):
         make_classifier(tiny_body(), 2, tiny_config(mode="last-k", last_k=5))
+    with pytest.raises(data.UserError, match="--lora-r 32: the matrices LoRA adapts are 32 wide"):
+        make_classifier(tiny_body(), 2, tiny_config(mode="lora", lora_r=32))
+    make_classifier(tiny_body(), 2, tiny_config(mode="lora", lora_r=31))          # the largest low rank
     with pytest.raises(data.UserError, match="needs a bidirectional"):
         make_classifier(tiny_body(), 2, tiny_config(pooling="cls"))
     with pytest.raises(data.UserError, match="--sizes"):

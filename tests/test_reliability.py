@@ -696,6 +696,8 @@ def test_other_bad_inputs_are_refused_before_anything_is_touched(good_run, tmp_p
                     "--last-k", "100"], "--last-k 100"),
         (finetune, ["--task", str(tsv), "--checkpoint", ckpt, "--out-dir", str(fresh), "--mode", "prompt",
                     "--shots", "1000"], "--shots"),
+        (finetune, ["--task", str(tsv), "--checkpoint", ckpt, "--out-dir", str(fresh), "--mode", "lora",
+                    "--lora-r", "4096"], "--lora-r 4096"),
     ]
     for module, argv, message in cases:
         if module is finetune and "--export-text" in argv:
