@@ -280,10 +280,14 @@ def tokenizer_identity(enc):
 def tokenizer_from_state(state, identity):
     """The tokenizer a checkpoint saved (tokenizer_state), checked to be the one it records
     (`identity`, tokenizer_identity's): a damaged or edited file is refused, not used to mis-read text."""
-    enc = make_encoding(state["name"], parse_ranks(state["ranks"], "the checkpoint's tokenizer"))
-    if tokenizer_identity(enc)["fingerprint"] != identity["fingerprint"]:
+    try:
+        enc = make_encoding(state["name"], parse_ranks(state["ranks"], "the checkpoint's tokenizer"))
+        recorded = identity["fingerprint"]
+    except (KeyError, TypeError, AttributeError):             # not the tables tokenizer_state writes
+        raise UserError("the checkpoint's tokenizer record is damaged or edited; use an intact copy") from None
+    if tokenizer_identity(enc)["fingerprint"] != recorded:
         raise UserError(f"the checkpoint's tokenizer does not rebuild into the one it records "
-                        f"({identity['name']}, {identity['fingerprint']}): the file is damaged or edited; "
+                        f"({identity.get('name')}, {recorded}): the file is damaged or edited; "
                         f"use an intact copy")
     return enc
 

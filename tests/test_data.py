@@ -143,6 +143,10 @@ def test_tokenizer_state_survives_a_weights_only_checkpoint(tmp_path):
     lines[298], lines[299] = lines[298].split()[0] + " 299", lines[299].split()[0] + " 298"
     with pytest.raises(data.UserError, match="does not rebuild into the one it records"):
         data.tokenizer_from_state(dict(state, ranks="\n".join(lines)), data.tokenizer_identity(enc))
+    for bad_state, bad_identity in ((state, "garbage"), ([1, 2], data.tokenizer_identity(enc)),
+                                    (dict(state, ranks=5), data.tokenizer_identity(enc))):
+        with pytest.raises(data.UserError, match="tokenizer record is damaged or edited"):
+            data.tokenizer_from_state(bad_state, bad_identity)
 
 
 def write_ranks_file(path, merges):
