@@ -415,8 +415,7 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
     except (KeyError, RuntimeError, ValueError) as error:
         raise UserError(f"{folder} is not a GPT-2 model this code can read ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:160]})") from None
-    return dict(model=model.state_dict(), model_config=asdict(model.config), kind="causal", objective="clm",
-                tokenizer=data.tokenizer_identity(enc), tokenizer_state=data.tokenizer_state(enc)), enc
+    return dict(describe(model, enc), model=model.state_dict()), enc       # as a checkpoint of ours records it
 
 
 def pretraining_dataset(checkpoint, data_dir=None, cache_dir=None):
