@@ -375,16 +375,21 @@ def encode_text(enc, text, chunk_chars=1 << 18):
 
 def cached_dataset(folder):
     """The meta.json of a cached encoded dataset, checked against its token files; None if there is
-    none yet, or if anything is off (meta.json cut or not JSON, a token file missing or of another
-    length than meta.json records: a full disk, an interrupted copy), which is then said in one
-    line and the dataset encoded again. meta.json is written last, so a whole one vouches for the
-    rest once the lengths agree."""
+    none yet, or if anything is off (meta.json cut, edited or not JSON, a token file missing or of
+    another length than meta.json records: a full disk, an interrupted copy), which is then said in
+    one line and the dataset encoded again. meta.json is written last, so a whole one vouches for
+    the rest once the lengths agree."""
     path = folder / "meta.json"
     if not path.exists():
         return None
     try:
         meta = json.loads(path.read_bytes())
+        if meta["dtype"] not in ("uint16", "uint32"):
+            raise ValueError(f"dtype {meta['dtype']!r} is none that prepare_dataset writes")
         for split in ("train", "val"):
+            counts = (meta[f"n_{split}_tokens"], meta[f"{split}_chars"], meta[f"{split}_bytes"])
+            if not all(type(count) is int and count >= 0 for count in counts):
+                raise ValueError(f"its {split} counts {counts} are not counts")
             expected = meta[f"n_{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
             size = (folder / f"{split}.bin").stat().st_size if (folder / f"{split}.bin").exists() else None
             if size != expected:
@@ -410,19 +415,19 @@ def prepare_dataset(corpus_name, tokenizer, data_dir=None, cache_dir=None, verbo
     identity = tokenizer_identity(enc)
     safe_name = re.sub(r"[^\w.-]", "_", Path(corpus.name).name)
     folder = resolve_cache_dir(cache_dir) / "datasets" / f"{safe_name}-{corpus.fingerprint}-{identity['fingerprint']}"
+    names = dict(corpus=dict(name=corpus.name, fingerprint=corpus.fingerprint), tokenizer=identity)
     meta = cached_dataset(folder)             # None: not cached yet, or damaged (and said so)
     cached = meta is not None
     if not cached:
         dtype = "uint16" if enc.n_vocab <= 1 << 16 else "uint32"
-        meta = dict(corpus=dict(name=corpus.name, fingerprint=corpus.fingerprint),
-                    tokenizer=identity, dtype=dtype)
+        meta = dict(names, dtype=dtype)
         for split, text in parts.items():
             tokens = encode_text(enc, text).astype(dtype)
             write_atomic(folder / f"{split}.bin", tokens.tobytes())
             meta.update({f"n_{split}_tokens": len(tokens), f"{split}_chars": len(text),
                          f"{split}_bytes": len(text.encode("utf-8"))})
         write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
-    meta["tokenizer"] = identity  # same vocabulary, maybe another name (bpe:256 is bytes)
+    meta.update(names)            # the same text and vocabulary, maybe named otherwise (bpe:256 is bytes)
     arrays = {split: np.memmap(folder / f"{split}.bin", dtype=meta["dtype"], mode="r")
               if meta[f"n_{split}_tokens"] else np.zeros(0, meta["dtype"]) for split in parts}
     if verbose:

@@ -893,6 +893,12 @@ def test_a_damaged_cache_is_said_and_rebuilt(corpus_file, tmp_path, capsys):
     (folder / "meta.json").write_text('{"n_train_tokens": 12')
     assert len(data.prepare_dataset(corpus_file, "bpe:300", cache_dir=cache, verbose=False).train) == n_train
     assert "is damaged" in capsys.readouterr().err
+    meta = json.loads((folder / "meta.json").read_text())
+    for edited in ({k: v for k, v in meta.items() if k not in ("corpus", "train_bytes")},   # keys gone
+                   dict(meta, val_chars="many"), dict(meta, dtype="float16"), [meta]):      # or wrong
+        (folder / "meta.json").write_text(json.dumps(edited))
+        again = data.prepare_dataset(corpus_file, "bpe:300", cache_dir=cache, verbose=True)
+        assert np.array_equal(again.train, whole) and again.meta == meta and "is damaged" in capsys.readouterr().err
     ranks = next((cache / "tokenizers").iterdir())
     ranks.write_text(ranks.read_text()[:2000])                            # cut mid-line
     text = open(corpus_file).read()
