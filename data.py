@@ -101,6 +101,8 @@ def load_corpus(name, data_dir=None, cache_dir=None, verbose=False):
         text = "\n\n".join(read_text(f) for f in files)
     elif Path(name).is_file():
         text = read_text(name)
+    elif os.path.exists(name):                          # /dev/null, a pipe: no file of text
+        raise UserError(f"corpus {name} is neither a text file nor a folder; give a .txt file or a folder")
     elif os.sep in name or "/" in name or name.endswith(".txt"):
         raise UserError(f"corpus file {name} does not exist; check the path")
     else:
@@ -318,7 +320,7 @@ def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False)
     if name.startswith("bpe:"):
         size = name[4:]
         if not (size.isascii() and size.isdigit()) or int(size) < 256:
-            raise UserError(f"tokenizer {name}: N must be an integer >= 256 (the byte tokens), "
+            raise UserError(f"tokenizer {name!r}: N must be an integer >= 256 (the byte tokens), "
                             f"e.g. bpe:4096")
         if text is None:
             raise ValueError(f"{name} is learned from a text: pass text= (the training split)")

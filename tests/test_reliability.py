@@ -271,6 +271,7 @@ def write_bytes(name, content):
 
 BAD_INPUTS = [  # id, extra flags (later flags win), what the message must say, files to create
     ("missing corpus", ["--corpus", "{tmp}/nowhere.txt"], "corpus file .* does not exist", None),
+    ("corpus that is no file", ["--corpus", os.devnull], "is neither a text file nor a folder", None),
     ("empty corpus", ["--corpus", "{tmp}/empty.txt"], "is empty", write_bytes("empty.txt", b" \n\n")),
     ("non-UTF-8 corpus", ["--corpus", "{tmp}/latin1.txt"], r"not UTF-8 \(bad byte at offset 3\)",
      write_bytes("latin1.txt", "café au lait\n".encode("latin-1") * 50)),
