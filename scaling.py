@@ -47,7 +47,6 @@ runs, resume); 3. the report; 4. the command line; 5. the plots.
     python scaling.py --plot-only        # refit and replot from out/scaling-cpu/results.jsonl
 """
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -276,7 +275,7 @@ def settings_id(settings, dataset):
     """A fingerprint of everything shared by the runs (knobs, corpus, tokenizer): results made
     with other settings must never be mixed into one fit."""
     blob = json.dumps([settings, dataset.corpus, data.tokenizer_identity(dataset.enc)], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return plumbing.fingerprint(blob)
 
 
 def train_config(run, settings, **overrides):

@@ -32,7 +32,6 @@ command line.
 """
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
@@ -149,7 +148,7 @@ def run_sweep(plan, context, path, settings, workers=1):
     was, skipping what is done. Records carry an id of `settings`, so results made with other
     settings are never mixed in. One line per run, with the time left. workers > 1: that many
     runs at once, in worker processes (plumbing.in_processes)."""
-    sid = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    sid = plumbing.fingerprint(json.dumps(settings, sort_keys=True))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     records = [r for r in plumbing.read_jsonl(path) if r.get("sweep_id") == sid]     # this sweep's alone
     done = {(r["method"], r["n_train"], r["seed"]) for r in records}
