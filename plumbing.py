@@ -710,9 +710,9 @@ class Run:
 def open_run(cfg):
     """Everything a run's flags alone decide, checked on every rank before anything in --out-dir is
     created, changed or deleted: the numbers, the budget, the device (and DDP), --out-dir, and the
-    checkpoint --resume continues. start_run finishes the checks once the model and its tokenizer
-    are known; only then is --out-dir touched. A run refused for bad input leaves an existing run
-    exactly as it was, even with --overwrite."""
+    checkpoint --resume continues. restore finishes the checks once the model and its tokenizer
+    are known; only then is --out-dir touched (start_run). A run refused for bad input leaves an
+    existing run exactly as it was, even with --overwrite."""
     check_knobs(cfg)
     if not (cfg.max_iters or cfg.max_tokens or cfg.max_seconds):
         raise UserError("no budget: give --max-iters, --max-tokens or --max-seconds")
@@ -726,19 +726,17 @@ def open_run(cfg):
     check_out_dir(cfg)
     resume_from = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
     if resume_from is not None:
-        saved_muon = resume_from.get("train_config", {}).get("muon_lr", 0.0)
+        check_resumable(resume_from, os.path.join(cfg.out_dir, "ckpt.pt"), dist["world_size"])
+        check_precision(device, resume_from["precision"])    # it resumes in the precision it saved
+        saved_muon = resume_from["train_config"].get("muon_lr", 0.0)
         if (saved_muon > 0) != (cfg.muon_lr > 0):      # the optimiser's state would not fit
             raise UserError(f"--resume: the run was saved with --muon-lr {saved_muon}, this one has "
                             f"--muon-lr {cfg.muon_lr}; resume with the run's own optimiser settings")
-        saved_corpus = resume_from.get("train_config", {}).get("corpus", cfg.corpus)
+        saved_corpus = resume_from["train_config"].get("corpus", cfg.corpus)
         if saved_corpus != cfg.corpus:                  # its data position points into other text
             raise UserError(f"--resume: the run was saved training on --corpus {saved_corpus}, this one "
                             f"asks for {cfg.corpus}; resume with the run's own --corpus (to pretrain "
                             f"further on other text, start a new run with --init-from)")
-        if len(resume_from["rng"]["batches"]) != dist["world_size"]:
-            raise UserError(f"--resume: the run was saved by {len(resume_from['rng']['batches'])} "
-                            f"process(es), this one has {dist['world_size']}; resume with the same "
-                            f"torchrun --nproc_per_node")
     # Rank 0 writes the folder: it takes the lock now if the folder exists (a second run into the
     # same folder stops here, before any work), else when start_run creates it.
     lock = lock_folder(cfg.out_dir, create=False) if dist["rank"] == 0 else None
@@ -750,27 +748,24 @@ def open_run(cfg):
                keep=[f for f in keep if f not in kept])
 
 
-def start_run(run, description):
+def restore(run, description, model, optimizer, batch_generator, start_from=None):
     """The last checks, now that the model and its tokenizer are known (`description`: what a
     checkpoint records about them, see save_run): a --resume checkpoint must hold this very model.
-    Then, on rank 0, --out-dir is created, locked and log.jsonl started."""
-    if run.resume_from is not None:
-        check_kind(run.resume_from, description["kind"], "--resume")
-        check_tokenizer(run.resume_from, description["tokenizer"])
-        check_same_model(run.resume_from, description["model_config"], "--resume")
-    if run.dist["rank"] == 0:
-        run.lock = run.lock or lock_folder(run.cfg.out_dir)
-        run.out_dir = prepare_out_dir(run.cfg, run.resume_from["history"] if run.resume_from else [])
-
-
-def restore(run, model, optimizer, batch_generator, start_from=None):
-    """Weights, and for --resume the optimiser, counters, history and data position, from the
-    run's checkpoint; or --init-from's weights alone (start_from). Returns (state, history, precision)."""
+    Then its weights, optimiser, counters, history and data position; or --init-from's weights
+    alone (start_from). Nothing in --out-dir is touched yet. Returns (state, history, precision)."""
     state, history, precision = dict(step=0, tokens=0, seconds=0.0, flops=0.0), [], run.cfg.precision
     if run.resume_from is not None:
         saved = run.resume_from
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        check_kind(saved, description["kind"], "--resume")
+        check_tokenizer(saved, description["tokenizer"])
+        check_same_model(saved, description["model_config"], "--resume")
+        try:     # same shapes (checked above), but the tensors themselves may have been edited
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            lines = str(error).strip().splitlines() or [""]
+            raise UserError(f"--resume: {run.cfg.out_dir}/ckpt.pt does not fit this model and optimiser "
+                            f"({type(error).__name__}: {lines[-1].strip()[:160]}); {RESUME_ADVICE}") from None
         state, history, precision = dict(saved["state"]), list(saved["history"]), saved["precision"]
         batch_generator.set_state(saved["rng"]["batches"][run.dist["rank"]])
         run.log(f"resumed from {run.cfg.out_dir}/ckpt.pt at step {state['step']}")
@@ -779,6 +774,14 @@ def restore(run, model, optimizer, batch_generator, start_from=None):
         run.log(f"weights, tokenizer and shape ({model.config.n_layer} layers, {model.config.n_head} heads, "
                 f"width {model.config.n_embd}) from {run.cfg.init_from}")
     return state, history, precision
+
+
+def start_run(run):
+    """On rank 0, once every check has passed: --out-dir created (or taken), locked, and log.jsonl
+    started from the history the run carries."""
+    if run.dist["rank"] == 0:
+        run.lock = run.lock or lock_folder(run.cfg.out_dir)
+        run.out_dir = prepare_out_dir(run.cfg, run.resume_from["history"] if run.resume_from else [])
 
 
 def restore_random_state(run, scaler):
@@ -1016,6 +1019,45 @@ def load_checkpoint(path, kind=None):
                         f"use a ckpt.pt written by train_clm.py or train_mlm.py")
     check_kind(checkpoint, kind, path)
     return checkpoint
+
+
+RESUME_ADVICE = "resume only a ckpt.pt that this version wrote, or start the run again with --overwrite"
+
+
+def check_resumable(checkpoint, path, world_size):
+    """What only --resume reads (optimiser state, counters, history, precision, the random states
+    and the loss scale) checked in one place, before anything is touched: a ckpt.pt that another
+    version of this code wrote, or one edited by hand, is refused in one line instead of a
+    traceback halfway through restoring it."""
+    def refuse(what):
+        raise UserError(f"--resume: {path} {what}; {RESUME_ADVICE}")
+    for key, kind in dict(optimizer=dict, state=dict, history=list, precision=str, rng=dict, scaler=dict,
+                          train_config=dict).items():
+        if not isinstance(checkpoint.get(key), kind):
+            refuse(f"has no {key} ({kind.__name__}) to resume from")
+    if checkpoint["precision"] not in PRECISIONS:
+        refuse(f"records an unknown precision {checkpoint['precision']!r}")
+    counters = [checkpoint["state"].get(name) for name in ("step", "tokens", "seconds", "flops")]
+    if not all(isinstance(value, (int, float)) and value >= 0 for value in counters):
+        refuse("has no step, token, time and FLOP counters")
+    if not all(isinstance(record, dict) for record in checkpoint["history"]):
+        refuse("has a history that is not a list of log records")
+    rng, positions = checkpoint["rng"], checkpoint["rng"].get("batches")
+    if not isinstance(positions, list):
+        refuse("has no data positions")
+    if len(positions) != world_size:
+        raise UserError(f"--resume: the run was saved by {len(positions)} process(es), this one has "
+                        f"{world_size}; resume with the same torchrun --nproc_per_node")
+    try:      # a random state that a generator takes (a CUDA one is checked when it is set)
+        for random_state in (rng.get("torch"), *positions):
+            torch.Generator().set_state(random_state)
+    except (TypeError, RuntimeError):
+        refuse("holds a random state that PyTorch cannot restore")
+    if checkpoint["precision"] == "fp16":          # it resumes with the loss scale it had reached
+        scale = checkpoint["scaler"]
+        if set(scale) != set(torch.amp.GradScaler("cpu").state_dict()) or not all(
+                isinstance(value, (int, float)) for value in scale.values()):
+            refuse("has no fp16 loss scale")
 
 
 def check_kind(checkpoint, kind, name="this checkpoint"):

@@ -477,6 +477,38 @@ def test_a_checkpoint_this_code_cannot_build_is_refused_in_one_line(good_run, tm
         assert "holds a model this code cannot build" in err and reason in err, err
 
 
+def edit_weights(checkpoint):
+    name = next(iter(checkpoint["model"]))
+    checkpoint["model"][name] = torch.zeros(3)             # the recorded shape is still the model's
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda c: c.pop("optimizer"), "has no optimizer (dict) to resume from"),
+    (lambda c: c["state"].pop("tokens"), "has no step, token, time and FLOP counters"),
+    (lambda c: c.update(history=[1, 2]), "history that is not a list of log records"),
+    (lambda c: c["rng"].update(batches=[torch.zeros(3, dtype=torch.uint8)]), "random state that PyTorch cannot"),
+    (lambda c: c.update(precision="fp8"), "records an unknown precision 'fp8'"),
+    (lambda c: c.update(precision="fp16", scaler={}), "has no fp16 loss scale"),
+    (edit_weights, "does not fit this model and optimiser (RuntimeError: "),
+    (lambda c: c["optimizer"].update(param_groups=[]), "does not fit this model and optimiser (ValueError: "),
+], ids=["optimizer", "counters", "history", "data-position", "precision", "loss-scale", "weights", "groups"])
+def test_a_resume_checkpoint_from_another_version_or_edited_is_refused_untouched(edit, reason, good_run, tmp_path,
+                                                                                 capsys):
+    """--resume reads more than a pretraining checkpoint's model: the optimiser, counters, history,
+    random states and precision. A ckpt.pt where one of them is missing or does not fit is refused
+    in one line before the folder is touched (its log.jsonl is rewritten only once all is checked)."""
+    run = copy_of(good_run, tmp_path)
+    checkpoint = load_checkpoint(run / "ckpt.pt")
+    edit(checkpoint)
+    save_checkpoint(str(run / "ckpt.pt"), checkpoint)
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: train_clm.main(cli_args(good_run["corpus"], run, "--resume", "--max-iters", "20")))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and reason in err, err
+    assert snapshot(run) == before
+
+
 def test_malformed_label_file_names_the_line_in_finetune(good_run, tmp_path, capsys):
     labels = tmp_path / "labels.tsv"
     labels.write_text("a fine sentence\t1\nanother one\t0\nno label on this line\nlast\t1\n")
