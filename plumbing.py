@@ -1159,6 +1159,26 @@ def read_jsonl(path):
     return records
 
 
+def check_records(path, records, fields):
+    """Each record of a results file (read_jsonl) holds every one of `fields`, {name: a type, a
+    tuple of types, or a test}, where "test.accuracy" names a field inside a field and numbers
+    are finite: a file edited by hand is refused in one line before any of it is counted, fitted
+    or drawn. Deleting a record instead makes its sweep run that record's run again."""
+    for record in records:
+        bad = []
+        for name, kind in fields.items():
+            value = record
+            for part in name.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            fits = isinstance(value, kind) if isinstance(kind, (type, tuple)) else kind(value)
+            if not fits or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+                bad.append(name)
+        if bad:
+            raise UserError(f"{path}: a record has no valid {', '.join(bad)}, which the sweep always "
+                            f"writes ({json.dumps(record)[:80]}...); restore the file, or delete that "
+                            f"line to run it again")
+
+
 class Meter:
     """Tokens per second, MFU and ETA between two log lines; evaluation time is not counted. The
     tokens are every process's, so MFU divides by the peak of one device times their number."""

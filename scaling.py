@@ -329,8 +329,19 @@ def predict_seconds(runs, timing):
                for r in runs)
 
 
+NUMBER = (int, float)
+RECORD_FIELDS = dict(     # what the fits and plots read from a record (train_run writes it)
+    key=str, role=lambda role: role in ("grid", "holdout"), budget=NUMBER, N=int, flops_per_token=NUMBER,
+    shape=lambda shape: isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) for n in shape),
+    tokens=int, flops=NUMBER, val_loss=NUMBER,
+    curve=lambda curve: isinstance(curve, list) and len(curve) > 0 and all(   # [[FLOPs, train loss], ...]
+        isinstance(point, list) and len(point) == 2 and all(isinstance(v, NUMBER) for v in point)
+        for point in curve))
+
+
 def load_results(path, expected_id=None):
-    """The records in a results file (plumbing.read_jsonl), refused if made with other settings."""
+    """The records in a results file (plumbing.read_jsonl), refused if made with other settings
+    or edited by hand."""
     records = plumbing.read_jsonl(path)
     if any("settings_id" not in r for r in records):       # every record of ours carries one
         raise UserError(f"{path} holds records that scaling.py did not write; use another --out-dir "
@@ -338,6 +349,7 @@ def load_results(path, expected_id=None):
     if expected_id is not None and {r["settings_id"] for r in records} - {expected_id}:
         raise UserError(f"{path} holds runs made with other settings (preset, corpus, tokenizer or "
                         f"training knobs); use another --out-dir or move that file away")
+    plumbing.check_records(path, records, RECORD_FIELDS)
     return records
 
 

@@ -151,6 +151,8 @@ def run_sweep(plan, context, path, settings, workers=1):
     sid = plumbing.fingerprint(json.dumps(settings, sort_keys=True))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     records = [r for r in plumbing.read_jsonl(path) if r.get("sweep_id") == sid]     # this sweep's alone
+    plumbing.check_records(path, records, {"method": str, "n_train": int, "seed": int,
+                                           "test.accuracy": (int, float), "test.macro_f1": (int, float)})
     done = {(r["method"], r["n_train"], r["seed"]) for r in records}
     todo = [item for item in plan if item not in done]
     print(f"{len(todo)} runs to do ({len(records)} done in {path}), {min(workers, max(len(todo), 1))} at a time")
@@ -189,6 +191,7 @@ def summarise(records, method, k, split="test", metric="accuracy"):
     if len(values) == 0:
         return None
     return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0), len(values)
+
 
 def summary_table(records, methods, sizes, labelled, metric="accuracy"):
     """Markdown: the test metric, mean ± sample standard deviation over seeds."""

@@ -280,6 +280,11 @@ def test_cli_sweep_resumes_and_export_writes_only_training_text(pretrained, tmp_
     assert "s left)" in capsys.readouterr().out
     transfer.main([*flags, "--mlm", pretrained["mlm"][0]])               # everything already done
     assert "0 runs to do" in capsys.readouterr().out
+    results = tmp_path / "sweep" / "sweep.jsonl"
+    edited = dict(records[-1], test=dict(records[-1]["test"], accuracy="0.9"))    # a record edited by hand
+    results.write_text("".join(json.dumps(r) + "\n" for r in records[:-1] + [edited]))
+    with pytest.raises(plumbing.UserError, match="sweep.jsonl: a record has no valid test.accuracy"):
+        transfer.main([*flags, "--mlm", pretrained["mlm"][0]])
 
     export = ["--export-text", pretrained["tsv"], "-o", str(tmp_path / "train.txt")]
     finetune.main(export)

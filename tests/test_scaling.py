@@ -211,6 +211,12 @@ def test_micro_sweep_writes_jsonl_resumes_and_replots(micro_sweep, tmp_path, mon
     results.write_text('{"x": 1}\n[1, 2]\n')
     with pytest.raises(UserError, match="line 2 is not a record"):
         scaling.main(argv + ["--plot-only"])
+    # One of its own records edited by hand: refused in one line, not a KeyError while plotting.
+    for edit in (dict(N="49244"), dict(val_loss=float("nan")), dict(curve=[]), dict(role="other")):
+        results.write_text("".join(json.dumps(dict(r, **edit) if i == 1 else r) + "\n" for i, r in enumerate(records)))
+        with pytest.raises(UserError, match=f"results.jsonl: a record has no valid {next(iter(edit))}, "
+                                            f"which the sweep always writes"):
+            scaling.main(argv + ["--plot-only"])
     # '' saves nothing elsewhere, but a sweep is its results: refused, not sent to out/scaling-tiny.
     with pytest.raises(UserError, match="--out-dir '': a sweep keeps its results in a folder"):
         scaling.main(["--preset", "tiny", "--out-dir", "", "--dry-run"])
