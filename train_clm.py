@@ -241,9 +241,8 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
     description = describe(model, dataset.enc)      # what its checkpoints record about it
     # Each rank draws its own batches (seed + rank); the state of this generator IS the data position.
     batch_generator = torch.Generator().manual_seed(cfg.seed + 1000 * dist["rank"])
-    state, history, precision = plumbing.restore(run, description, model, optimizer, batch_generator,
-                                                 start_from)  # --resume: it must hold this model
-    plumbing.start_run(run)                         # only now: --out-dir made, locked, its log begun
+    state, history, precision = plumbing.restore(run, description, model, optimizer, batch_generator, start_from)
+    plumbing.start_run(run)                         # all checked: only now is --out-dir made, its log begun
     train_model = plumbing.wrap_for_training(model, cfg.compile, device, dist)   # compile, DDP
     if precision == "auto":                         # measured once per machine and shape
         probe = get_batch(dataset.train, cfg, dataset.enc, torch.Generator().manual_seed(0), device)
