@@ -43,7 +43,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -201,8 +200,15 @@ def load_reference(path):
         raise UserError(f"--reference {path}: no such file; clone https://github.com/karpathy/nanoGPT "
                         f"and pass the path of its model.py")
     module_spec = importlib.util.spec_from_file_location("reference_model", path)
+    if module_spec is None:                             # no .py: Python has no loader for it
+        raise UserError(f"--reference {path}: not a Python file; pass nanoGPT's model.py")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 -- the user's file, not ours: whatever it raises is one line
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"--reference {path} fails to import ({type(error).__name__}: {reason}); pass "
+                        f"nanoGPT's model.py") from None
     if not (hasattr(module, "GPT") and hasattr(module, "GPTConfig")):
         raise UserError(f"--reference {path}: defines no GPT and GPTConfig; pass nanoGPT's model.py")
     return module
@@ -266,13 +272,11 @@ def machine(device):
 
 
 def device_name(device):
+    """The GPU's name; or the CPU's, with the vector units PyTorch uses on it (the same model name
+    covers parts with and without AVX-512 and its bf16 instructions) and its cores."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{plumbing.cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,7 +457,7 @@ def main(argv=None):
 
     command = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"{datetime.date.today().isoformat()}  {command}\n{device_name(device)}, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0] if hasattr(os, 'getloadavg') else '?'} at the start\n", flush=True)
+          f"load average {machine(device)['load_avg']} at the start\n", flush=True)
     rows = []
     if args.tokenizer != "none":
         rows.append(measure_tokenizer(args.corpus, args.tokenizer, 200_000 if quick else None,

@@ -431,15 +431,22 @@ def check_autocast(device, dtype):
                         f"PyTorch {torch.__version__}; use --precision fp32 (or a newer PyTorch)")
 
 
+def cpu_name(cpuinfo="/proc/cpuinfo"):
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere, or where it names none, as on many
+    ARM boards, what the platform module knows)."""
+    with contextlib.suppress(OSError):
+        with open(cpuinfo) as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+        if name:
+            return name
+    return platform.processor() or platform.machine()
+
+
 def machine_key(device):
-    """What a measured speed depends on: the chip, its vector units, the PyTorch build."""
-    if device.type == "cuda":
-        chip = torch.cuda.get_device_name(device)
-    else:
-        chip = f"{platform.processor() or platform.machine()}-{torch.backends.cpu.get_cpu_capability()}"
-        with contextlib.suppress(OSError):
-            chip = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                        if line.startswith("model name")) + "-" + torch.backends.cpu.get_cpu_capability()
+    """What a measured speed depends on: the chip, its vector units (one CPU model name covers
+    AVX2-only and AVX-512 parts), the PyTorch build."""
+    chip = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{cpu_name()}-{torch.backends.cpu.get_cpu_capability()}")
     return f"{device.type}|{chip}|torch {torch.__version__}|threads {torch.get_num_threads()}"
 
 

@@ -190,6 +190,12 @@ def test_rows_measured_in_fresh_processes_ours_and_a_given_model_py(tmp_path):
     (tmp_path / "other.py").write_text("x = 1\n")
     with pytest.raises(UserError, match="no GPT and GPTConfig"):
         bench.main(["--reference", str(tmp_path / "other.py"), "--tokenizer", "none", "--quick"])
+    (tmp_path / "model.txt").write_text("x = 1\n")
+    with pytest.raises(UserError, match="not a Python file"):
+        bench.main(["--reference", str(tmp_path / "model.txt"), "--tokenizer", "none", "--quick"])
+    (tmp_path / "broken.py").write_text("import torch\nclass GPT(:\n")
+    with pytest.raises(UserError, match=r"broken\.py fails to import \(SyntaxError: "):
+        bench.main(["--reference", str(tmp_path / "broken.py"), "--tokenizer", "none", "--quick"])
 
 
 def test_repeats_are_summarised_by_their_median_and_range():
@@ -224,6 +230,20 @@ def test_a_cpu_device_flushes_subnormal_floats_to_zero():
     ("Tesla T4", "fp16", 65e12), ("NVIDIA GeForce RTX 4090", "bf16", 165e12), ("Some Future GPU", "bf16", None)])
 def test_datasheet_peak_matches_the_most_specific_gpu_name(name, precision, peak):
     assert plumbing.gpu_peak_flops(name, precision) == peak
+
+
+def test_the_cpu_is_named_with_its_vector_units_even_where_cpuinfo_names_no_model(tmp_path):
+    """x86 Linux names the model in /proc/cpuinfo; many ARM boards list only features, where the
+    name falls back to the platform's (this used to end in StopIteration on such a board). The
+    vector units go beside the name: one model name covers AVX2-only and AVX-512 parts."""
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n")
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n")
+    assert plumbing.cpu_name(str(x86)) == "AMD EPYC 9R14"
+    assert plumbing.cpu_name(str(arm)) == plumbing.cpu_name(str(tmp_path / "none")) != ""
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert f"-{capability}|" in plumbing.machine_key(torch.device("cpu"))
+    assert f"({capability}), {os.cpu_count()} cores" in bench.device_name(torch.device("cpu"))
 
 
 def test_bf16_is_chosen_only_where_the_gpu_has_bf16_tensor_cores(monkeypatch):
