@@ -197,8 +197,10 @@ def run_cli(main_function, interrupted="interrupted; the last checkpoint is inta
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except (RuntimeError, MemoryError) as error:
+        # torch.cuda.OutOfMemoryError exists in every PyTorch that requirements.txt admits; newer ones
+        # also call it torch.OutOfMemoryError and raise it on every device. Older MPS builds say it in words.
         text = str(error)
-        if not (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in text
+        if not (isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or "can't allocate memory" in text
                 or "out of memory" in text.lower()):
             raise
         discard_new_folders()

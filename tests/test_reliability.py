@@ -384,7 +384,7 @@ def test_out_of_memory_is_one_line_exit_2_and_keeps_the_checkpoint(corpus_file, 
     assert load_checkpoint(run / "ckpt.pt")["state"]["step"] == 10
 
     def gpu_out_of_memory():
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     with pytest.raises(SystemExit) as exit_info:
         plumbing.run_cli(gpu_out_of_memory)
     assert exit_info.value.code == 2
