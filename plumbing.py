@@ -1030,6 +1030,31 @@ def load_checkpoint(path, kind=None):
     return checkpoint
 
 
+def invalid_fields(record, fields):
+    """The names among `fields` ({name: a type, a tuple of types, or a test}; "test.accuracy" names
+    a field inside a field) whose value in the dict `record` is missing, of another type, fails its
+    test, or is a bool or a NaN or infinity: a file of ours edited by hand, or another version's."""
+    bad = []
+    for name, kind in fields.items():
+        value = record
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        fits = isinstance(value, kind) if isinstance(kind, (type, tuple)) else kind(value)
+        if not fits or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+            bad.append(name)
+    return bad
+
+
+def is_count(value):
+    return isinstance(value, (int, float)) and value >= 0
+
+
+RESUME_FIELDS = {      # what only --resume reads from a ckpt.pt (save_run writes it); whether the
+    # optimiser's state fits this run's optimiser (AdamW alone, or with Muon) shows when restore loads it
+    "optimizer": dict, "state.step": is_count, "state.tokens": is_count,
+    "state.seconds": is_count, "state.flops": is_count, "precision": lambda name: name in PRECISIONS,
+    "history": lambda records: isinstance(records, list) and all(isinstance(r, dict) for r in records),
+    "rng.batches": list, "scaler": dict, "train_config": dict}
 RESUME_ADVICE = "resume only a ckpt.pt that this version wrote, or start the run again with --overwrite"
 
 
@@ -1038,35 +1063,22 @@ def check_resumable(checkpoint, path, world_size):
     and the loss scale) checked in one place, before anything is touched: a ckpt.pt that another
     version of this code wrote, or one edited by hand, is refused in one line instead of a
     traceback halfway through restoring it."""
-    def refuse(what):
-        raise UserError(f"--resume: {path} {what}; {RESUME_ADVICE}")
-    for key, kind in dict(optimizer=dict, state=dict, history=list, precision=str, rng=dict, scaler=dict,
-                          train_config=dict).items():
-        if not isinstance(checkpoint.get(key), kind):
-            refuse(f"has no {key} ({kind.__name__}) to resume from")
-    if checkpoint["precision"] not in PRECISIONS:
-        refuse(f"records an unknown precision {checkpoint['precision']!r}")
-    counters = [checkpoint["state"].get(name) for name in ("step", "tokens", "seconds", "flops")]
-    if not all(isinstance(value, (int, float)) and value >= 0 for value in counters):
-        refuse("has no step, token, time and FLOP counters")
-    if not all(isinstance(record, dict) for record in checkpoint["history"]):
-        refuse("has a history that is not a list of log records")
-    rng, positions = checkpoint["rng"], checkpoint["rng"].get("batches")
-    if not isinstance(positions, list):
-        refuse("has no data positions")
+    bad = invalid_fields(checkpoint, RESUME_FIELDS)
+    if bad:
+        raise UserError(f"--resume: {path} has no valid {', '.join(bad)}; {RESUME_ADVICE}")
+    positions = checkpoint["rng"]["batches"]
     if len(positions) != world_size:
         raise UserError(f"--resume: the run was saved by {len(positions)} process(es), this one has "
                         f"{world_size}; resume with the same torchrun --nproc_per_node")
-    try:      # a random state that a generator takes (a CUDA one is checked when it is set)
-        for random_state in (rng.get("torch"), *positions):
+    try:      # states that a generator takes (a CUDA one is checked when it is set)
+        for random_state in (checkpoint["rng"].get("torch"), *positions):
             torch.Generator().set_state(random_state)
     except (TypeError, RuntimeError):
-        refuse("holds a random state that PyTorch cannot restore")
-    if checkpoint["precision"] == "fp16":          # it resumes with the loss scale it had reached
-        scale = checkpoint["scaler"]
-        if set(scale) != set(torch.amp.GradScaler("cpu").state_dict()) or not all(
-                isinstance(value, (int, float)) for value in scale.values()):
-            refuse("has no fp16 loss scale")
+        raise UserError(f"--resume: {path} holds a random state that PyTorch cannot restore; "
+                        f"{RESUME_ADVICE}") from None
+    loss_scale = dict.fromkeys(torch.amp.GradScaler("cpu").state_dict(), (int, float))
+    if checkpoint["precision"] == "fp16" and invalid_fields(checkpoint["scaler"], loss_scale):
+        raise UserError(f"--resume: {path} has no fp16 loss scale to go on with; {RESUME_ADVICE}")
 
 
 def check_kind(checkpoint, kind, name="this checkpoint"):
@@ -1169,19 +1181,11 @@ def read_jsonl(path):
 
 
 def check_records(path, records, fields):
-    """Each record of a results file (read_jsonl) holds every one of `fields`, {name: a type, a
-    tuple of types, or a test}, where "test.accuracy" names a field inside a field and numbers
-    are finite: a file edited by hand is refused in one line before any of it is counted, fitted
-    or drawn. Deleting a record instead makes its sweep run that record's run again."""
+    """Each record of a results file (read_jsonl) holds every one of `fields` (invalid_fields): a
+    file edited by hand is refused in one line before any of it is counted, fitted or drawn.
+    Deleting a record instead makes its sweep run that record's run again."""
     for record in records:
-        bad = []
-        for name, kind in fields.items():
-            value = record
-            for part in name.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            fits = isinstance(value, kind) if isinstance(kind, (type, tuple)) else kind(value)
-            if not fits or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
-                bad.append(name)
+        bad = invalid_fields(record, fields)
         if bad:
             raise UserError(f"{path}: a record has no valid {', '.join(bad)}, which the sweep always "
                             f"writes ({json.dumps(record)[:80]}...); restore the file, or delete that "

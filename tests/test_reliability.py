@@ -483,15 +483,17 @@ def edit_weights(checkpoint):
 
 
 @pytest.mark.parametrize("edit, reason", [
-    (lambda c: c.pop("optimizer"), "has no optimizer (dict) to resume from"),
-    (lambda c: c["state"].pop("tokens"), "has no step, token, time and FLOP counters"),
-    (lambda c: c.update(history=[1, 2]), "history that is not a list of log records"),
+    (lambda c: c.pop("optimizer"), "has no valid optimizer;"),
+    (lambda c: c["state"].pop("tokens"), "has no valid state.tokens;"),
+    (lambda c: c.update(history=[1, 2]), "has no valid history;"),
     (lambda c: c["rng"].update(batches=[torch.zeros(3, dtype=torch.uint8)]), "random state that PyTorch cannot"),
-    (lambda c: c.update(precision="fp8"), "records an unknown precision 'fp8'"),
-    (lambda c: c.update(precision="fp16", scaler={}), "has no fp16 loss scale"),
+    (lambda c: c.update(precision="fp8"), "has no valid precision;"),
+    (lambda c: c.update(precision="fp16", scaler={}), "has no fp16 loss scale to go on with"),
     (edit_weights, "does not fit this model and optimiser (RuntimeError: "),
     (lambda c: c["optimizer"].update(param_groups=[]), "does not fit this model and optimiser (ValueError: "),
-], ids=["optimizer", "counters", "history", "data-position", "precision", "loss-scale", "weights", "groups"])
+    (lambda c: c["state"].update(step=-5), "has no valid state.step;"),
+], ids=["optimizer", "counters", "history", "data-position", "precision", "loss-scale", "weights", "groups",
+         "negative-step"])
 def test_a_resume_checkpoint_from_another_version_or_edited_is_refused_untouched(edit, reason, good_run, tmp_path,
                                                                                  capsys):
     """--resume reads more than a pretraining checkpoint's model: the optimiser, counters, history,
