@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, causal=True, get_batch=get_clm_batch, evaluate=evalu
         probe = get_batch(dataset.train, cfg, dataset.enc, torch.Generator().manual_seed(0), device)
         precision = plumbing.broadcast_from_rank0(plumbing.choose_precision(
             model, lambda m, batch: m(**batch)[1], probe, device, cfg.cache_dir), dist)
-    autocast, scaler = optim.precision_context(device, plumbing.check_precision(device, precision))
+    autocast, scaler = optim.precision_context(device, precision)    # asked or saved: open_run checked it
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist["world_size"]
     meter = plumbing.Meter(model.flops_per_token(), plumbing.peak_flops(device, precision, cfg.cache_dir),
                            devices=dist["world_size"])
