@@ -1030,6 +1030,9 @@ def load_checkpoint(path, kind=None):
     return checkpoint
 
 
+NUMBER = (int, float)      # a JSON number, as invalid_fields' `fields` name it
+
+
 def invalid_fields(record, fields):
     """The names among `fields` ({name: a type, a tuple of types, or a test}; "test.accuracy" names
     a field inside a field) whose value in the dict `record` is missing, of another type, fails its
@@ -1046,7 +1049,7 @@ def invalid_fields(record, fields):
 
 
 def is_count(value):
-    return isinstance(value, (int, float)) and value >= 0
+    return isinstance(value, NUMBER) and value >= 0
 
 
 RESUME_FIELDS = {      # what only --resume reads from a ckpt.pt (save_run writes it); whether the
@@ -1076,7 +1079,7 @@ def check_resumable(checkpoint, path, world_size):
     except (TypeError, RuntimeError):
         raise UserError(f"--resume: {path} holds a random state that PyTorch cannot restore; "
                         f"{RESUME_ADVICE}") from None
-    loss_scale = dict.fromkeys(torch.amp.GradScaler("cpu").state_dict(), (int, float))
+    loss_scale = dict.fromkeys(torch.amp.GradScaler("cpu").state_dict(), NUMBER)
     if checkpoint["precision"] == "fp16" and invalid_fields(checkpoint["scaler"], loss_scale):
         raise UserError(f"--resume: {path} has no fp16 loss scale to go on with; {RESUME_ADVICE}")
 

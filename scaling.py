@@ -329,7 +329,7 @@ def predict_seconds(runs, timing):
                for r in runs)
 
 
-NUMBER = (int, float)
+NUMBER = plumbing.NUMBER
 RECORD_FIELDS = dict(     # what the fits and plots read from a record (train_run writes it)
     key=str, role=lambda role: role in ("grid", "holdout"), budget=NUMBER, N=int, flops_per_token=NUMBER,
     shape=lambda shape: isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) for n in shape),

@@ -152,7 +152,7 @@ def run_sweep(plan, context, path, settings, workers=1):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     records = [r for r in plumbing.read_jsonl(path) if r.get("sweep_id") == sid]     # this sweep's alone
     plumbing.check_records(path, records, {"method": str, "n_train": int, "seed": int,
-                                           "test.accuracy": (int, float), "test.macro_f1": (int, float)})
+                                           "test.accuracy": plumbing.NUMBER, "test.macro_f1": plumbing.NUMBER})
     done = {(r["method"], r["n_train"], r["seed"]) for r in records}
     todo = [item for item in plan if item not in done]
     print(f"{len(todo)} runs to do ({len(records)} done in {path}), {min(workers, max(len(todo), 1))} at a time")
