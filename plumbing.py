@@ -1376,11 +1376,15 @@ def in_processes(function, items, workers):
         pool.shutdown(cancel_futures=True)
 
 
+def cpu_cores():
+    """The cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers(requested, device):
     """Runs at once in a sweep: as asked, else one per CPU core on a CPU (each process with one
     thread: these models cannot keep two cores busy alone), and one at a time on a GPU."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return requested or (cores if device.type == "cpu" else 1)
+    return requested or (cpu_cores() if device.type == "cpu" else 1)
 
 
 def makespan(seconds, workers):

@@ -547,19 +547,22 @@ def main(argv=None):
     setup = make_setup(preset, settings, padded_vocab_size(dataset.enc.n_vocab),
                        len(dataset.train), args.seed)
     # A CPU sweep trains one run per core, each with one thread (run_all); a GPU one run at a time.
-    workers = plumbing.default_workers(args.workers, plumbing.pick_device(settings.get("device", "auto")))
-    if not sweep(setup, dataset, out_dir, args.dry_run, args.n_boot, workers):
+    device = plumbing.pick_device(settings.get("device", "auto"))
+    workers = plumbing.default_workers(args.workers, device)
+    cores = plumbing.cpu_cores() if device.type == "cpu" else None
+    if not sweep(setup, dataset, out_dir, args.dry_run, args.n_boot, workers, cores):
         return None
     report = report_and_plot(load_results(path), out_dir, args.n_boot, args.seed)
     print(f"wall time: {(time.perf_counter() - start) / 60:.1f} min in all")
     return report
 
 
-def sweep(setup, dataset, out_dir, dry_run, n_boot, workers=1):
-    """Plan, probe, train what the results file lacks, then the held-out run. False on a dry run."""
+def sweep(setup, dataset, out_dir, dry_run, n_boot, workers=1, cores=None):
+    """Plan, probe, train what the results file lacks, then the held-out run. False on a dry run.
+    cores: the CPU cores that the workers share (None: as many as there are workers)."""
     preset, path = setup.preset, os.path.join(out_dir, "results.jsonl")
     plan = plan_sweep(setup)
-    plumbing.lock_folder(out_dir)                     # one sweep at a time writes this folder
+    plumbing.lock_folder(out_dir, create=not dry_run)     # one sweep at a time; a dry run makes no folder
     shared = {k: v for k, v in setup.settings.items() if k not in ("device", "data_dir", "cache_dir")}
     per_width = {k: getattr(preset, k) for k in ("lr_width", "init_width") if getattr(preset, k)}
     sid = settings_id(dict(shared, min_steps=preset.min_steps, min_batch=preset.min_batch, **per_width),
@@ -589,10 +592,12 @@ def sweep(setup, dataset, out_dir, dry_run, n_boot, workers=1):
     t0 = time.perf_counter()
     timing = probe(pending, setup.settings, dataset)
     todo.sort(key=lambda r: -predict_seconds([r], timing))           # longest first: packs best
-    train_s = plumbing.makespan([predict_seconds([r], timing) for r in todo], workers)
+    at_once = min(workers, max(len(todo), 1))
+    # Processes beyond the cores take turns on them: a run with one thread each, at most one a core.
+    train_s = plumbing.makespan([predict_seconds([r], timing) for r in todo], min(at_once, cores or at_once))
     train_s += predict_seconds(pending[len(todo):], timing)          # the held-out run comes after
     fit_s = 0.15 * n_boot
-    print(f"probe ({time.perf_counter() - t0:.0f} s): {len(pending)} run(s) to train, {workers} at a time; "
+    print(f"probe ({time.perf_counter() - t0:.0f} s): {len(pending)} run(s) to train, {at_once} at a time; "
           f"predicted wall time {(train_s + fit_s) / 60:.1f} min (training {train_s / 60:.1f}, fits "
           f"~{fit_s / 60:.1f})", flush=True)
     if dry_run:

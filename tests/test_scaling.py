@@ -166,6 +166,19 @@ def micro_sweep(tmp_path_factory, measured_speeds):
     return dict(argv=argv, out=folder / "sweep", printed=printed.getvalue())
 
 
+def test_a_dry_run_makes_no_folder_and_predicts_with_the_cores_there_are(micro_sweep, tmp_path, monkeypatch,
+                                                                        capsys):
+    """--workers beyond the runs, or beyond the cores: as many runs at a time as there are runs,
+    and the wall time predicted as if the processes took turns on the cores they share."""
+    spans = []
+    monkeypatch.setattr(plumbing, "cpu_cores", lambda: 1)
+    monkeypatch.setattr(plumbing, "makespan", lambda seconds, workers: spans.append(workers) or sum(seconds))
+    out = tmp_path / "new"
+    scaling.main(micro_sweep["argv"] + ["--out-dir", str(out), "--dry-run", "--workers", "8", "--device", "cpu"])
+    assert "4 run(s) to train, 4 at a time" in capsys.readouterr().out
+    assert spans == [1] and not out.exists()
+
+
 def test_micro_sweep_writes_jsonl_resumes_and_replots(micro_sweep, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
     shutil.copytree(micro_sweep["out"], out)
