@@ -274,6 +274,12 @@ def kept_bodies(folder, kind):
     bodies = {}                                       # step -> body; the final ckpt.pt wins a tie
     for path in sorted(Path(folder).glob("ckpt-step*.pt")) + [Path(folder) / "ckpt.pt"]:
         checkpoint = plumbing.load_checkpoint(str(path), kind)
+        bad = plumbing.invalid_fields(checkpoint, {"state.step": int, "state.flops": plumbing.NUMBER,
+                                                   "metrics.val_loss": plumbing.NUMBER})
+        if bad:   # a checkpoint edited by hand, or one no pretraining run of ours wrote
+            raise UserError(f"{path} has no valid {', '.join(bad)}: --curve places a body by the step, "
+                            f"FLOPs and loss its pretraining run recorded; give folders of train_clm.py or "
+                            f"train_mlm.py runs")
         state = checkpoint["state"]
         bodies[state["step"]] = (state["step"], state["flops"], checkpoint["metrics"]["val_loss"], str(path))
     return sorted(bodies.values())

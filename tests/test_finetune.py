@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -462,6 +463,12 @@ def test_transfer_curve_fine_tunes_every_kept_body_with_scratch_at_zero_compute(
         transfer.main(["--curve", "--mlm", str(folder), "--task", pretrained["tsv"], "--out-dir", str(out)])
     with pytest.raises(data.UserError, match="--out-dir '': a sweep keeps its results in a folder"):
         transfer.main(["--curve", "--clm", str(folder), "--task", pretrained["tsv"], "--out-dir", ""])
+    edited = tmp_path / "edited"                        # a kept checkpoint without its loss: one line
+    shutil.copytree(folder, edited)
+    kept = plumbing.load_checkpoint(str(edited / "ckpt-step10.pt"))
+    plumbing.save_checkpoint(str(edited / "ckpt-step10.pt"), dict(kept, metrics={}))
+    with pytest.raises(data.UserError, match=r"ckpt-step10\.pt has no valid metrics\.val_loss: --curve places"):
+        transfer.main(["--curve", "--clm", str(edited), "--task", pretrained["tsv"], "--out-dir", str(out)])
     scratch = next(r for r in records if r["method"] == "clm@0")
     checkpoint, enc = train_clm.load_pretrained(str(folder / "ckpt.pt"))
     labelled = tasks.load_labelled(pretrained["tsv"])
