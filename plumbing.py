@@ -990,7 +990,26 @@ def save_checkpoint(path, payload):
         os.close(directory)
 
 
-CHECKPOINT_KEYS = {"model", "model_config", "kind", "tokenizer", "tokenizer_state"}
+NUMBER = (int, float)      # a JSON number, as invalid_fields' `fields` name it
+
+
+def invalid_fields(record, fields):
+    """The names among `fields` ({name: a type, a tuple of types, or a test}; "test.accuracy" names
+    a field inside a field) whose value in the dict `record` is missing, of another type, fails its
+    test, or is a bool or a NaN or infinity: a file of ours edited by hand, or another version's."""
+    bad = []
+    for name, kind in fields.items():
+        value = record
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        fits = isinstance(value, kind) if isinstance(kind, (type, tuple)) else kind(value)
+        if not fits or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+            bad.append(name)
+    return bad
+
+
+CHECKPOINT_FIELDS = {"model": dict, "model_config": dict, "kind": lambda kind: kind in ("causal", "bidirectional"),
+                     "tokenizer": dict, "tokenizer_state": dict}     # what every reader of a checkpoint needs
 
 
 def load_checkpoint(path, kind=None):
@@ -1022,30 +1041,12 @@ def load_checkpoint(path, kind=None):
                         f"({reason[:160]})") from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
-    missing = CHECKPOINT_KEYS - set(checkpoint)
-    if missing:
-        raise UserError(f"{path} is not a pretraining checkpoint (no {', '.join(sorted(missing))}); "
+    bad = invalid_fields(checkpoint, CHECKPOINT_FIELDS)
+    if bad:
+        raise UserError(f"{path} is not a pretraining checkpoint (no valid {', '.join(bad)}); "
                         f"use a ckpt.pt written by train_clm.py or train_mlm.py")
     check_kind(checkpoint, kind, path)
     return checkpoint
-
-
-NUMBER = (int, float)      # a JSON number, as invalid_fields' `fields` name it
-
-
-def invalid_fields(record, fields):
-    """The names among `fields` ({name: a type, a tuple of types, or a test}; "test.accuracy" names
-    a field inside a field) whose value in the dict `record` is missing, of another type, fails its
-    test, or is a bool or a NaN or infinity: a file of ours edited by hand, or another version's."""
-    bad = []
-    for name, kind in fields.items():
-        value = record
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        fits = isinstance(value, kind) if isinstance(kind, (type, tuple)) else kind(value)
-        if not fits or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
-            bad.append(name)
-    return bad
 
 
 def is_count(value):

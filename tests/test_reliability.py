@@ -444,6 +444,9 @@ def test_checkpoint_records_tokenizer_and_kind_and_refuses_mismatches(good_run, 
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     with pytest.raises(UserError, match="not a pretraining checkpoint"):
         load_checkpoint(tmp_path / "weights_only.pt")
+    torch.save(dict(checkpoint, kind="sideways", tokenizer="bytes"), tmp_path / "edited.pt")
+    with pytest.raises(UserError, match=r"not a pretraining checkpoint \(no valid kind, tokenizer\)"):
+        load_checkpoint(tmp_path / "edited.pt")
     # A masked-LM objective (bidirectional) refuses to resume the causal run, before touching it.
     run = copy_of(good_run, tmp_path)
     before = snapshot(run)
