@@ -1080,9 +1080,10 @@ def check_resumable(checkpoint, path, world_size):
     except (TypeError, RuntimeError):
         raise UserError(f"--resume: {path} holds a random state that PyTorch cannot restore; "
                         f"{RESUME_ADVICE}") from None
-    loss_scale = dict.fromkeys(torch.amp.GradScaler("cpu").state_dict(), NUMBER)
-    if checkpoint["precision"] == "fp16" and invalid_fields(checkpoint["scaler"], loss_scale):
-        raise UserError(f"--resume: {path} has no fp16 loss scale to go on with; {RESUME_ADVICE}")
+    if checkpoint["precision"] == "fp16":          # the loss scale it had reached, as GradScaler keeps it
+        loss_scale = dict.fromkeys(torch.amp.GradScaler("cpu").state_dict(), NUMBER)
+        if invalid_fields(checkpoint["scaler"], loss_scale):
+            raise UserError(f"--resume: {path} has no fp16 loss scale to go on with; {RESUME_ADVICE}")
 
 
 def check_kind(checkpoint, kind, name="this checkpoint"):

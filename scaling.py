@@ -62,7 +62,7 @@ import plumbing
 import scaling_laws
 import train_clm
 from model import ModelConfig, Transformer, padded_vocab_size
-from plumbing import UserError, knob
+from plumbing import NUMBER, UserError, knob
 
 # ----------------------------------------------------------------------------------------------
 # 1. Counting: N and FLOPs per token of a shape, read off model.py so there is one definition.
@@ -329,7 +329,6 @@ def predict_seconds(runs, timing):
                for r in runs)
 
 
-NUMBER = plumbing.NUMBER
 RECORD_FIELDS = dict(     # what the fits and plots read from a record (train_run writes it)
     key=str, role=lambda role: role in ("grid", "holdout"), budget=NUMBER, N=int, flops_per_token=NUMBER,
     shape=lambda shape: isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) for n in shape),
@@ -340,8 +339,7 @@ RECORD_FIELDS = dict(     # what the fits and plots read from a record (train_ru
 
 
 def load_results(path, expected_id=None):
-    """The records in a results file (plumbing.read_jsonl), refused if made with other settings
-    or edited by hand."""
+    """The records in a results file (plumbing.read_jsonl), refused if made with other settings or edited."""
     records = plumbing.read_jsonl(path)
     if any("settings_id" not in r for r in records):       # every record of ours carries one
         raise UserError(f"{path} holds records that scaling.py did not write; use another --out-dir "
