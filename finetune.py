@@ -425,15 +425,15 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
 # validation loss on the body, before and after. The frozen mode cannot forget (the body does not
 # move); LoRA can move it only along a low-rank update, and forgot less than full fine-tuning in the
 # README's measurement.
-PRETRAINING_EVALUATIONS = {"clm": train_clm.evaluate_clm, "mlm": train_mlm.evaluate_mlm}
+PRETRAINING_EVALUATIONS = {"causal": train_clm.evaluate_clm, "bidirectional": train_mlm.evaluate_mlm}
 
 
 def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
     """A function model -> validation loss, on the checkpoint's own validation split and objective
     (the whole split: for a CLM checkpoint the 'before' number is the one train_clm.py printed)."""
-    settings = types.SimpleNamespace(**checkpoint["train_config"])     # the run's saved flags
-    evaluate = PRETRAINING_EVALUATIONS[checkpoint.get("objective", "clm")]
     dataset = train_clm.pretraining_dataset(checkpoint, data_dir, cache_dir)  # same text, same vocabulary
+    settings = types.SimpleNamespace(**checkpoint["train_config"])     # the run's saved flags
+    evaluate = PRETRAINING_EVALUATIONS[checkpoint["kind"]]           # the objective it was trained on
 
     def loss_of(model):
         model.eval()

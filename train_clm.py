@@ -188,10 +188,9 @@ KINDS = {True: "causal", False: "bidirectional"}     # what a checkpoint calls e
 
 def describe(model, enc):
     """What a checkpoint records beside the weights, so that the model and its tokenizer can be
-    rebuilt exactly: the shape, the kind (and so the mask), the objective, the tokenizer."""
+    rebuilt exactly: the shape, the kind (and so the mask and the objective), the tokenizer."""
     return dict(model_config=asdict(model.config), kind=KINDS[model.config.causal],
-                objective="clm" if model.config.causal else "mlm", tokenizer=data.tokenizer_identity(enc),
-                tokenizer_state=data.tokenizer_state(enc))
+                tokenizer=data.tokenizer_identity(enc), tokenizer_state=data.tokenizer_state(enc))
 
 
 def model_config(cfg, causal, start_from=None):
@@ -418,12 +417,22 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
     return dict(describe(model, enc), model=model.state_dict()), enc       # as a checkpoint of ours records it
 
 
+# What a checkpoint's saved flags must hold to find its pretraining text again and score on it.
+PRETRAINING_FIELDS = {"train_config.corpus": str, "train_config.tokenizer": str,
+                      **dict.fromkeys(("train_config.batch_size", "train_config.block_size"),
+                                      lambda n: isinstance(n, int) and n > 0)}
+
+
 def pretraining_dataset(checkpoint, data_dir=None, cache_dir=None):
     """The dataset a checkpoint was pretrained on (its run's saved --corpus and --tokenizer; data_dir
     and cache_dir, if given, say where to look instead), checked to give the checkpoint's vocabulary."""
+    bad = plumbing.invalid_fields(checkpoint, PRETRAINING_FIELDS)
+    if bad:                                         # edited, or not written by train_clm.py / train_mlm.py
+        raise UserError(f"the checkpoint's saved flags have no valid {', '.join(bad)}, so its pretraining "
+                        f"text cannot be found again; use a ckpt.pt that train_clm.py or train_mlm.py wrote")
     saved = checkpoint["train_config"]
-    dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved["data_dir"],
-                                   cache_dir or saved["cache_dir"], verbose=False)
+    dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved.get("data_dir"),
+                                   cache_dir or saved.get("cache_dir"), verbose=False)
     plumbing.check_tokenizer(checkpoint, data.tokenizer_identity(dataset.enc))
     return dataset
 

@@ -384,6 +384,22 @@ def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pret
         prompting.verbalizers(tasks.load_labelled(pretrained["tsv"]), "animal=person")
 
 
+@pytest.mark.parametrize("edit", [lambda saved: saved.pop("corpus"), lambda saved: saved.update(batch_size="8"),
+                                  lambda saved: saved.update(block_size=0)])
+def test_forgetting_refuses_a_checkpoint_whose_saved_flags_were_edited(pretrained, tmp_path, capsys, edit):
+    """--forgetting finds the pretraining text and scores on it by the run's saved flags: a ckpt.pt
+    whose flags lack one (or hold a string for a number) is refused in one line, before any training."""
+    checkpoint = torch.load(pretrained["clm"][0], weights_only=True)
+    edit(checkpoint["train_config"])
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        plumbing.run_cli(lambda: finetune.main(["--checkpoint", str(tmp_path / "edited.pt"), "--task",
+                                                pretrained["tsv"], "--forgetting", *quick_flags(tmp_path / "out")]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "have no valid train_config." in err and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--checkpoint", "no/such/ckpt.pt"], "no checkpoint at"),
     ([], "--init pretrained needs --checkpoint"),
