@@ -428,10 +428,10 @@ def finetune(classifier, train_sequences, train_labels, cfg, pad_id, device, dev
 PRETRAINING_EVALUATIONS = {"causal": train_clm.evaluate_clm, "bidirectional": train_mlm.evaluate_mlm}
 
 
-def pretraining_eval(checkpoint, device, data_dir=None, cache_dir=None):
+def pretraining_eval(checkpoint, path, device, data_dir=None, cache_dir=None):
     """A function model -> validation loss, on the checkpoint's own validation split and objective
     (the whole split: for a CLM checkpoint the 'before' number is the one train_clm.py printed)."""
-    dataset = train_clm.pretraining_dataset(checkpoint, data_dir, cache_dir)  # same text, same vocabulary
+    dataset = train_clm.pretraining_dataset(checkpoint, path, data_dir, cache_dir)   # same text, same vocabulary
     settings = types.SimpleNamespace(**checkpoint["train_config"])     # the run's saved flags
     evaluate = PRETRAINING_EVALUATIONS[checkpoint["kind"]]           # the objective it was trained on
 
@@ -532,7 +532,7 @@ def single_run(args, cfg):
     if args.checkpoint:
         checkpoint, enc = train_clm.load_pretrained(args.checkpoint, None, args.data_dir, args.cache_dir)
         body = body_from(checkpoint, args.init, cfg.seed)
-        source = f"{checkpoint.get('objective', '?')} checkpoint {args.checkpoint}"
+        source = f"checkpoint {args.checkpoint}"
         source = source if args.init == "pretrained" else f"random weights shaped like {source}"
     elif args.init == "pretrained":
         raise UserError("--init pretrained needs --checkpoint CKPT (from train_clm.py or train_mlm.py); "
@@ -549,7 +549,8 @@ def single_run(args, cfg):
                         "and a mode that trains")
     labelled = tasks.load_labelled(args.task, args.data_dir, args.cache_dir)
     train = tasks.subsample_balanced(labelled.train, cfg.n_train, cfg.seed) if cfg.n_train else labelled.train
-    forgetting = pretraining_eval(checkpoint, device, args.data_dir, args.cache_dir) if args.forgetting else None
+    forgetting = (pretraining_eval(checkpoint, args.checkpoint, device, args.data_dir, args.cache_dir)
+                  if args.forgetting else None)
     lock = plumbing.lock_folder(args.out_dir)         # every input is good: the folder is this run's
     print(f"task {args.task}: {len(labelled.label_names)} classes, {len(train)} train"
           f"{' (balanced subsample)' if cfg.n_train else ''} / {len(labelled.dev)} dev / "

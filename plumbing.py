@@ -830,7 +830,7 @@ def keep_due(run, progress):
 
 def save_run(run, description, model, optimizer, scaler, batch_generator, state, history, precision,
              metrics):
-    """The one checkpoint format: `description` (model_config, kind, objective, tokenizer and
+    """The one checkpoint format: `description` (model_config, kind, tokenizer and
     tokenizer_state, from the lesson that trains), the weights, and everything --resume needs.
     Every rank takes part (the data positions are gathered); rank 0 writes. Weights come from the
     plain model, so compiled runs load into uncompiled models."""

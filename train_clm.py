@@ -420,15 +420,18 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
 # What a checkpoint's saved flags must hold to find its pretraining text again and score on it.
 PRETRAINING_FIELDS = {"train_config.corpus": str, "train_config.tokenizer": str,
                       **dict.fromkeys(("train_config.batch_size", "train_config.block_size"),
-                                      lambda n: isinstance(n, int) and n > 0)}
+                                      lambda n: isinstance(n, int) and n > 0),
+                      **dict.fromkeys(("train_config.data_dir", "train_config.cache_dir"),   # absent: the defaults
+                                      lambda folder: folder is None or isinstance(folder, str))}
 
 
-def pretraining_dataset(checkpoint, data_dir=None, cache_dir=None):
-    """The dataset a checkpoint was pretrained on (its run's saved --corpus and --tokenizer; data_dir
-    and cache_dir, if given, say where to look instead), checked to give the checkpoint's vocabulary."""
+def pretraining_dataset(checkpoint, path, data_dir=None, cache_dir=None):
+    """The dataset the checkpoint read from `path` was pretrained on (its run's saved --corpus and
+    --tokenizer; data_dir and cache_dir, if given, say where to look instead), checked to give the
+    checkpoint's vocabulary."""
     bad = plumbing.invalid_fields(checkpoint, PRETRAINING_FIELDS)
     if bad:                                         # edited, or not written by train_clm.py / train_mlm.py
-        raise UserError(f"the checkpoint's saved flags have no valid {', '.join(bad)}, so its pretraining "
+        raise UserError(f"{path}: the run's saved flags have no valid {', '.join(bad)}, so its pretraining "
                         f"text cannot be found again; use a ckpt.pt that train_clm.py or train_mlm.py wrote")
     saved = checkpoint["train_config"]
     dataset = data.prepare_dataset(saved["corpus"], saved["tokenizer"], data_dir or saved.get("data_dir"),

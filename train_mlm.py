@@ -306,7 +306,7 @@ def compare_causal(clm_path, mlm_path, data_dir=None, cache_dir=None, batch_size
     any difference is what the right-hand context is worth. Returns a dict of top-1 accuracies."""
     mlm_ckpt = plumbing.load_checkpoint(mlm_path, "bidirectional")
     clm_ckpt = plumbing.load_checkpoint(clm_path, "causal")
-    dataset = pretraining_dataset(mlm_ckpt, data_dir, cache_dir)
+    dataset = pretraining_dataset(mlm_ckpt, mlm_path, data_dir, cache_dir)
     plumbing.check_tokenizer(clm_ckpt, data.tokenizer_identity(dataset.enc))     # the same vocabulary, too
     device = plumbing.pick_device("auto")
     mlm = Transformer.from_checkpoint(mlm_ckpt).to(device).eval()

@@ -242,7 +242,9 @@ def test_cli_single_runs_measure_forgetting(pretrained, tmp_path, capsys):
     assert runs["clm", "lora"]["lora_merge_max_abs_diff"] < 1e-4
     assert runs["clm", "lora"]["trainable"] < runs["clm", "full"]["trainable"]
     assert runs["clm", "full"]["bag_of_words"]["test"]["accuracy"] > 0.5
-    assert "forgetting: pretraining val loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "forgetting: pretraining val loss" in printed
+    assert f"body: checkpoint {pretrained['mlm'][0]} (bidirectional, " in printed   # where the body came from
 
 
 def test_cli_scratch_without_a_checkpoint_builds_the_preset_shape_with_the_asked_tokenizer(pretrained, tmp_path):
@@ -385,7 +387,7 @@ def test_cli_prompting_scores_a_causal_body_and_refuses_a_bidirectional_one(pret
 
 
 @pytest.mark.parametrize("edit", [lambda saved: saved.pop("corpus"), lambda saved: saved.update(batch_size="8"),
-                                  lambda saved: saved.update(block_size=0)])
+                                  lambda saved: saved.update(block_size=0), lambda saved: saved.update(data_dir=3)])
 def test_forgetting_refuses_a_checkpoint_whose_saved_flags_were_edited(pretrained, tmp_path, capsys, edit):
     """--forgetting finds the pretraining text and scores on it by the run's saved flags: a ckpt.pt
     whose flags lack one (or hold a string for a number) is refused in one line, before any training."""
@@ -397,7 +399,8 @@ def test_forgetting_refuses_a_checkpoint_whose_saved_flags_were_edited(pretraine
                                                 pretrained["tsv"], "--forgetting", *quick_flags(tmp_path / "out")]))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert "have no valid train_config." in err and not (tmp_path / "out").exists()
+    assert f"{tmp_path / 'edited.pt'}: the run's saved flags have no valid train_config." in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
