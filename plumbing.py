@@ -110,13 +110,13 @@ def build_parser(description, config_class, presets, epilog=None, default_preset
     preset = (presets or {}).get(default_preset) or {}
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
-        default = f"{preset[f.name]} from --preset {default_preset}" if f.name in preset else f.default
+        default = f"{preset[f.name]}, from --preset {default_preset}" if f.name in preset else f.default
         if f.type is bool or f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{f.metadata['help']} (default: {default})")
         else:
             kind = {int: int, Optional[int]: int, float: float, Optional[float]: float}.get(f.type, str)
-            within = f" in {f.metadata['within']}" if f.metadata.get("within") else ""
+            within = f"; range {f.metadata['within']}" if f.metadata.get("within") else ""
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
                                 help=f"{f.metadata['help']} (default: {default}{within})")
     return parser
@@ -156,7 +156,7 @@ def add_flag(parser, flag, default, help, within=None, type=None, **kw):
         if reason:
             raise argparse.ArgumentTypeError(f"{value} {reason}")
         return value
-    suffix = f" (default: %(default)s{f' in {within}' if within else ''})"   # the formatter adds no second one
+    suffix = f" (default: %(default)s{f'; range {within}' if within else ''})"   # the formatter adds no second one
     return parser.add_argument(flag, default=default, type=checked if kind is not str or within else None,
                                help=help + suffix, **kw)
 

@@ -234,17 +234,17 @@ def test_help_shows_the_values_the_default_preset_runs_with(capsys):
             main(["--help"])
     text = " ".join(capsys.readouterr().out.split())           # argparse wraps lines anywhere
     clm, mlm = text.split("usage:")[1], text.split("usage:")[2]
-    assert "(default: 0.003 from --preset cpu in (0, inf))" in clm           # --lr
-    assert "(default: 0.049 from --preset cpu in (0, inf))" in clm           # --init-std
-    assert "(default: 0.02 from --preset cpu in [0, inf))" in clm            # --muon-lr
-    assert "(default: 2 from --preset cpu in [1, inf))" in mlm               # --n-layer
-    assert "(default: 64 from --preset cpu in [1, inf))" in mlm              # --block-size
-    assert "(default: 0.4 from --preset cpu in (0, 1])" in mlm               # --mask-prob
+    assert "(default: 0.003, from --preset cpu; range (0, inf))" in clm  # --lr
+    assert "(default: 0.049, from --preset cpu; range (0, inf))" in clm  # --init-std
+    assert "(default: 0.02, from --preset cpu; range [0, inf))" in clm   # --muon-lr
+    assert "(default: 2, from --preset cpu; range [1, inf))" in mlm      # --n-layer
+    assert "(default: 64, from --preset cpu; range [1, inf))" in mlm     # --block-size
+    assert "(default: 0.4, from --preset cpu; range (0, 1])" in mlm      # --mask-prob
     import transfer                              # a flag outside the config (add_flag): one default
     with pytest.raises(SystemExit):
         transfer.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 3 in [1, inf))" in text and "(default: 3)" not in text       # --seeds
+    assert "(default: 3; range [1, inf))" in text and "(default: 3)" not in text       # --seeds
 
 
 def test_same_seed_same_losses_whether_or_not_precision_was_measured(corpus_file, tmp_path, monkeypatch):
