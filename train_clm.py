@@ -421,8 +421,8 @@ def gpt2_checkpoint(name_or_folder, data_dir=None, cache_dir=None):
 PRETRAINING_FIELDS = {"train_config.corpus": str, "train_config.tokenizer": str,
                       **dict.fromkeys(("train_config.batch_size", "train_config.block_size"),
                                       lambda n: isinstance(n, int) and n > 0),
-                      **dict.fromkeys(("train_config.data_dir", "train_config.cache_dir"),   # absent: the defaults
-                                      lambda folder: folder is None or isinstance(folder, str))}
+                      **dict.fromkeys(("train_config.data_dir", "train_config.cache_dir"),   # None: the defaults
+                                      (str, type(None)))}
 
 
 def pretraining_dataset(checkpoint, path, data_dir=None, cache_dir=None):
