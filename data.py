@@ -336,8 +336,7 @@ def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False)
         sample = text[:20_000]
         assert enc.decode(enc.encode_ordinary(sample)) == sample, f"{path} does not round-trip"
         if trained:                         # cached only once it is known to round-trip
-            saved = ranks_text(ranks).encode()
-            write_atomic(path, saved)
+            write_atomic(path, ranks_text(ranks).encode())
             if verbose:
                 print(f"trained {name} on {len(text):,} chars in {seconds:.1f} s -> {path}")
         return enc
