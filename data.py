@@ -336,7 +336,8 @@ def get_tokenizer(name, text=None, cache_dir=None, data_dir=None, verbose=False)
         sample = text[:20_000]
         assert enc.decode(enc.encode_ordinary(sample)) == sample, f"{path} does not round-trip"
         if trained:                         # cached only once it is known to round-trip
-            write_atomic(path, ranks_text(ranks).encode())
+            ranks_file = ranks_text(ranks).encode()     # the text a later run reads back (cached_ranks)
+            write_atomic(path, ranks_file)
             if verbose:
                 print(f"trained {name} on {len(text):,} chars in {seconds:.1f} s -> {path}")
         return enc
