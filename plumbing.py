@@ -1049,13 +1049,13 @@ def load_checkpoint(path, kind=None):
     return checkpoint
 
 
-def is_count(value):
-    return isinstance(value, NUMBER) and value >= 0
+def is_count(value, kind=NUMBER):
+    return isinstance(value, kind) and value >= 0
 
 
 RESUME_FIELDS = {      # what only --resume reads from a ckpt.pt (save_run writes it); whether the
     # optimiser's state fits this run's optimiser (AdamW alone, or with Muon) shows when restore loads it
-    "optimizer": dict, "state.step": is_count, "state.tokens": is_count,
+    "optimizer": dict, "state.step": lambda n: is_count(n, int), "state.tokens": lambda n: is_count(n, int),
     "state.seconds": is_count, "state.flops": is_count, "precision": lambda name: name in PRECISIONS,
     "history": lambda records: isinstance(records, list) and all(isinstance(r, dict) for r in records),
     "rng.batches": list, "scaler": dict, "train_config": dict}

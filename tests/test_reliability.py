@@ -495,8 +495,9 @@ def edit_weights(checkpoint):
     (edit_weights, "does not fit this model and optimiser (RuntimeError: "),
     (lambda c: c["optimizer"].update(param_groups=[]), "does not fit this model and optimiser (ValueError: "),
     (lambda c: c["state"].update(step=-5), "has no valid state.step;"),
+    (lambda c: c["state"].update(step=2.5), "has no valid state.step;"),
 ], ids=["optimizer", "counters", "history", "data-position", "precision", "loss-scale", "weights", "groups",
-         "negative-step"])
+         "negative-step", "fractional-step"])
 def test_a_resume_checkpoint_from_another_version_or_edited_is_refused_untouched(edit, reason, good_run, tmp_path,
                                                                                  capsys):
     """--resume reads more than a pretraining checkpoint's model: the optimiser, counters, history,
